@@ -1,0 +1,3 @@
+from regbench.train import main
+
+main()

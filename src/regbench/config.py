@@ -1,0 +1,164 @@
+"""The configuration schema: structured configs registered in Hydra's ConfigStore.
+
+The YAML files in ``configs/`` are presets on top of these dataclasses, so a misspelled key or a
+value of the wrong type is refused by Hydra while the config is composed, before any training.
+Range checks that a type cannot express live in ``__post_init__`` and run when the composed
+config is turned into objects (``OmegaConf.to_object``) at the start of a run.
+
+Model and regularizer schemas are registered under ``schema/model/<name>`` and
+``schema/regularizer/<name>`` by the modules that define them; their YAML options pull them in with
+``- /schema/<group>/<name>@_here_``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class ConfigError(ValueError):
+    """A user mistake in the configuration: reported as one line, without a traceback."""
+
+
+def check(condition: bool, key: str, value: Any, allowed: str) -> None:
+    """Refuse ``key=value`` unless ``condition`` holds, naming what is allowed."""
+    if not condition:
+        raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    # Where datasets live; REGBENCH_DATA lets a user keep one copy for all projects.
+    root: str = "${oc.env:REGBENCH_DATA,data}"
+    # Fetch missing files with torchvision's downloaders (needs internet).
+    download: bool = True
+    # Use only the first N training examples after a fixed shuffle (None: all of them).
+    train_size: Optional[int] = None
+    # Examples held out of the training split for model selection; the test split is used once.
+    val_size: int = 5000
+    # The shuffle that picks validation and train_size examples; fixed so every seed sees the
+    # same split and runs differ only in initialization and data order.
+    split_seed: int = 0
+    # Per-channel normalization of [0, 1] pixels (the dataset's training-set statistics).
+    mean: List[float] = field(default_factory=lambda: [0.5])
+    std: List[float] = field(default_factory=lambda: [0.5])
+    # File-based datasets (pets, imagefolder): images are resized to this square size.
+    image_size: int = 0
+    # File-based datasets decode images in DataLoader workers.
+    num_workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.train_size is not None:
+            check(self.train_size >= 1, "dataset.train_size", self.train_size, "an integer >= 1")
+        check(self.val_size >= 0, "dataset.val_size", self.val_size, "an integer >= 0")
+        check(len(self.mean) == len(self.std), "dataset.std", self.std,
+              f"one value per channel, like dataset.mean={self.mean}")
+        check(all(s > 0 for s in self.std), "dataset.std", self.std, "values > 0")
+        check(self.num_workers >= 0, "dataset.num_workers", self.num_workers, "an integer >= 0")
+
+
+@dataclass
+class ModelConfig:
+    """Common part of every model schema; each model module extends it."""
+
+    name: str = MISSING
+
+
+class Schedule(str, Enum):
+    none = "none"
+    step = "step"
+    cosine = "cosine"
+    onecycle = "onecycle"
+
+
+class OptimizerName(str, Enum):
+    sgd = "sgd"
+    adam = "adam"
+    adamw = "adamw"
+
+
+@dataclass
+class OptimizerConfig:
+    name: OptimizerName = OptimizerName.sgd
+    lr: float = 0.1
+    # SGD momentum (Nesterov optional), as in torchvision's classification reference.
+    momentum: float = 0.9
+    nesterov: bool = False
+    # Adam/AdamW betas (Kingma & Ba 2015 defaults).
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    # Learning-rate schedule over the whole run, stepped every batch.
+    schedule: Schedule = Schedule.cosine
+    # Linear warmup from lr * warmup_start_factor over this many epochs (0: none); not with onecycle,
+    # which has its own warmup.
+    warmup_epochs: float = 0.0
+    warmup_start_factor: float = 0.1
+    # step schedule: multiply the lr by step_gamma every step_epochs epochs (torchvision: 30, 0.1).
+    step_epochs: int = 30
+    step_gamma: float = 0.1
+    # onecycle: share of the run spent increasing the lr (Smith & Topin 2019; torch's default).
+    onecycle_pct_start: float = 0.3
+
+    def __post_init__(self) -> None:
+        check(self.lr > 0, "optimizer.lr", self.lr, "a number > 0")
+        check(0 <= self.momentum < 1, "optimizer.momentum", self.momentum, "a number in [0, 1)")
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optimizer.betas",
+              self.betas, "two numbers in [0, 1)")
+        check(self.warmup_epochs >= 0, "optimizer.warmup_epochs", self.warmup_epochs, "a number >= 0")
+        check(0 < self.warmup_start_factor <= 1, "optimizer.warmup_start_factor",
+              self.warmup_start_factor, "a number in (0, 1]")
+        check(self.step_epochs >= 1, "optimizer.step_epochs", self.step_epochs, "an integer >= 1")
+        check(0 < self.onecycle_pct_start < 1, "optimizer.onecycle_pct_start",
+              self.onecycle_pct_start, "a number in (0, 1)")
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 30
+    batch_size: int = 64
+    # auto: CUDA when available, else CPU; or an explicit torch device string.
+    device: str = "auto"
+    # Deterministic algorithms (slower on CUDA; CPU runs are reproducible either way).
+    deterministic: bool = False
+    # Mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler); ignored on CPU.
+    amp: bool = True
+    # Progress bar: null = on when stderr is a terminal and the run is not part of a multirun.
+    progress: Optional[bool] = None
+    # CPU threads for this process; 0 = every core (for parallel sweeps set cores / n_jobs).
+    num_threads: int = 0
+    # torch.compile the model (opt-in: compilation costs more than it saves on short runs).
+    compile: bool = False
+    # Write last.pt at the end of every epoch (needed to resume).
+    checkpoint: bool = True
+
+    def __post_init__(self) -> None:
+        check(self.epochs >= 1, "trainer.epochs", self.epochs, "an integer >= 1")
+        check(self.batch_size >= 1, "trainer.batch_size", self.batch_size, "an integer >= 1")
+        check(self.num_threads >= 0, "trainer.num_threads", self.num_threads, "an integer >= 0")
+        check(self.device == "auto" or self.device.split(":")[0] in {"cpu", "cuda", "mps"},
+              "trainer.device", self.device, "auto, cpu, cuda, cuda:N or mps")
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    dataset: DatasetConfig = MISSING
+    model: Any = MISSING
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    # One entry per selected regularizer, keyed by its name; empty for the baseline.
+    regularizer: Dict[str, Any] = field(default_factory=dict)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="schema", node=Config)
+
+
+def register_schema(group: str, name: str, node: type) -> None:
+    """Register the schema of one option of a config group (used by models and regularizers)."""
+    ConfigStore.instance().store(group=f"schema/{group}", name=name, node=node)

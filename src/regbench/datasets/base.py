@@ -1,0 +1,150 @@
+"""What every dataset provides, and the batching shared by all of them.
+
+A dataset loader returns its official train and test splits (``RawSplits``). ``build_data`` then
+holds out ``val_size`` training examples, keeps the first ``train_size`` of the rest (both after one
+fixed shuffle) and wraps each split in a batch iterator. Every iterator yields
+``(uint8 images [B, C, H, W], int64 labels [B])``; conversion to float and normalization happen on
+whole batches on the training device (``normalize``), so no per-sample Python runs for the
+in-memory datasets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence, Union
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.transforms.v2 import functional as TF
+
+from regbench.config import ConfigError, DatasetConfig, check
+
+
+class DatasetNotFoundError(ConfigError):
+    """The dataset's files are missing and could not be downloaded."""
+
+
+class CorruptDatasetError(ConfigError):
+    """A dataset file exists but cannot be read."""
+
+
+@dataclass
+class ImageTensors:
+    """A whole split in memory: small datasets (digits, MNIST family, CIFAR)."""
+
+    images: torch.Tensor  # uint8 [N, C, H, W]
+    labels: torch.Tensor  # int64 [N]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: torch.Tensor) -> "ImageTensors":
+        return ImageTensors(self.images[indices], self.labels[indices])
+
+
+# File-based datasets (pets, imagefolder) are torch Datasets of (uint8 [C, H, W] tensor, int label).
+Split = Union[ImageTensors, Dataset]
+
+
+@dataclass
+class RawSplits:
+    train: Split
+    test: Split
+    classes: list[str]
+
+
+def missing_files_error(name: str, root: Path, expected: Sequence[str], how: str) -> DatasetNotFoundError:
+    return DatasetNotFoundError(
+        f"dataset {name!r}: files not found under {root} (expected {', '.join(expected)}); {how}"
+    )
+
+
+class TensorBatches:
+    """Mini-batches of an in-memory split: one random permutation per epoch, indexed on device."""
+
+    def __init__(self, data: ImageTensors, batch_size: int, shuffle: bool, drop_last: bool,
+                 device: torch.device, seed: int = 0) -> None:
+        self.images = data.images.to(device)
+        self.labels = data.labels.to(device)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last and len(data) > batch_size
+        # A CPU generator keeps the data order identical on every device and easy to checkpoint.
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        if self.shuffle:
+            order = torch.randperm(n, generator=self.generator).to(self.images.device)
+        else:
+            order = torch.arange(n, device=self.images.device)
+        for batch in range(len(self)):
+            index = order[batch * self.batch_size:(batch + 1) * self.batch_size]
+            yield self.images[index], self.labels[index]
+
+
+@dataclass
+class DataBundle:
+    train: object  # TensorBatches or DataLoader; both yield (uint8 images, labels)
+    val: object
+    test: object
+    # The training split in evaluation order (no shuffle, no augmentation), for train metrics.
+    train_eval: object
+    classes: list[str]
+    input_shape: tuple[int, int, int]
+    mean: list[float]
+    std: list[float]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def split_sizes(cfg: DatasetConfig, num_train: int) -> tuple[int, int]:
+    """(validation size, training size) after checking them against the training split."""
+    check(cfg.val_size < num_train, "dataset.val_size", cfg.val_size,
+          f"fewer than the {num_train} training examples of {cfg.name}")
+    available = num_train - cfg.val_size
+    train_size = available if cfg.train_size is None else cfg.train_size
+    check(train_size <= available, "dataset.train_size", cfg.train_size,
+          f"at most {available} ({num_train} training examples of {cfg.name} minus "
+          f"dataset.val_size={cfg.val_size})")
+    return cfg.val_size, train_size
+
+
+def split_train(cfg: DatasetConfig, train: Split) -> tuple[Split, Split]:
+    """Hold out validation examples, then keep the first train_size, after one fixed shuffle."""
+    val_size, train_size = split_sizes(cfg, len(train))
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.split_seed))
+    val_index, train_index = order[:val_size], order[val_size:val_size + train_size]
+    if isinstance(train, ImageTensors):
+        return train.subset(train_index), train.subset(val_index)
+    return Subset(train, train_index.tolist()), Subset(train, val_index.tolist())
+
+
+def make_batches(split: Split, batch_size: int, shuffle: bool, device: torch.device, seed: int,
+                 num_workers: int) -> object:
+    if isinstance(split, ImageTensors):
+        return TensorBatches(split, batch_size, shuffle=shuffle, drop_last=shuffle, device=device,
+                             seed=seed)
+    return DataLoader(
+        split, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle and len(split) > batch_size,
+        num_workers=num_workers, pin_memory=device.type == "cuda",
+        persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def input_shape(split: Split) -> tuple[int, int, int]:
+    if isinstance(split, ImageTensors):
+        return tuple(split.images.shape[1:])
+    return tuple(split[0][0].shape)
+
+
+def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 [B, C, H, W] -> float32 normalized, on the images' device."""
+    return TF.normalize(TF.to_dtype(images, torch.float32, scale=True), list(mean), list(std))

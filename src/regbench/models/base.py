@@ -1,0 +1,83 @@
+"""The contract every model keeps, and the hidden-layer block that regularizers shape.
+
+A model returns logits and exposes its penultimate features (``forward_features`` then
+``forward_head``, as in timm), so the training loop gets both from one forward pass. Where
+normalization and dropout layers go is decided by ``ModelOptions``, which regularizers fill in
+before the model is built (see regularizers/base.py: ``configure_model``); models never hard-code them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal, Optional
+
+import torch
+from torch import nn
+
+LayerKind = Literal["linear", "conv"]
+
+
+@dataclass
+class ModelOptions:
+    # norm(width, kind) -> a normalization layer, inserted after each hidden conv/linear layer.
+    norm: Optional[Callable[[int, LayerKind], nn.Module]] = None
+    # dropout(kind) -> a dropout layer for hidden layers of that kind, or None to leave them alone.
+    dropout: Optional[Callable[[LayerKind], Optional[nn.Module]]] = None
+    # input_dropout() -> a dropout layer applied to the input image.
+    input_dropout: Optional[Callable[[], nn.Module]] = None
+    # after_bn: with normalization present, dropout only after the last normalized layer (on the
+    # penultimate features), so no normalization layer sees dropout's train/test variance shift
+    # (Li et al. 2019). before_bn: dropout in every hidden block, ahead of the next block's
+    # normalization. Without normalization both mean "every hidden block".
+    dropout_placement: Literal["after_bn", "before_bn"] = "after_bn"
+
+    def wants_dropout_in(self, is_last_hidden: bool) -> bool:
+        return self.norm is None or self.dropout_placement == "before_bn" or is_last_hidden
+
+
+def hidden_block(layer: nn.Module, width: int, kind: LayerKind, options: ModelOptions,
+                 is_last_hidden: bool) -> nn.Sequential:
+    """layer -> [norm] -> ReLU -> [dropout]; the norm sits before the activation (Ioffe & Szegedy 2015)."""
+    parts: list[nn.Module] = [layer]
+    if options.norm is not None:
+        parts.append(options.norm(width, kind))
+    parts.append(nn.ReLU(inplace=True))
+    if options.dropout is not None and options.wants_dropout_in(is_last_hidden):
+        dropout = options.dropout(kind)
+        if dropout is not None:
+            parts.append(dropout)
+    return nn.Sequential(*parts)
+
+
+def before_activation(block: nn.Sequential) -> nn.Module:
+    """The layer of a ``hidden_block`` whose output is the pre-activation (after the norm, if any)."""
+    modules = list(block)
+    return modules[[isinstance(m, nn.ReLU) for m in modules].index(True) - 1]
+
+
+def input_block(options: ModelOptions) -> nn.Module:
+    return options.input_dropout() if options.input_dropout is not None else nn.Identity()
+
+
+class Classifier(nn.Module):
+    """Base class: subclasses build ``self.body`` (image -> penultimate features) and ``self.head``."""
+
+    num_features: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Identity at the head's input: a hook on it sees exactly the penultimate features.
+        self.penultimate = nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.penultimate(self.body(x))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def feature_layers(self) -> dict[str, nn.Module]:
+        """Named layers whose outputs a regularizer may read; ``penultimate`` is always there."""
+        return {"penultimate": self.penultimate}

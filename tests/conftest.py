@@ -1,0 +1,52 @@
+"""Shared helpers: compose the real configs, train in-process, run the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from regbench.paths import config_dir
+from regbench.train import train  # also registers the structured configs
+
+# Small, fast settings for runs inside tests; tests add their own overrides after these.
+FAST = ["trainer.epochs=3", "trainer.progress=false", "trainer.num_threads=1"]
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def train_in_process(run_dir: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Train through the same code path as the CLI, minus Hydra's process setup."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return train(compose_config([*FAST, *overrides]), run_dir)
+
+
+def run_cli(args: Sequence[str], cwd: Path, module: str = "regbench",
+            env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m <module> args`` in a subprocess, the way a user runs it."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.fixture
+def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty dataset root, also exported as REGBENCH_DATA (the default of dataset.root)."""
+    root = tmp_path / "data"
+    root.mkdir()
+    monkeypatch.setenv("REGBENCH_DATA", str(root))
+    return root
