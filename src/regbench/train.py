@@ -151,13 +151,21 @@ def tensorboard_logdir(run_dir: Path) -> Path:
     return run_dir
 
 
+def relative_to_cwd(path: Path) -> Path:
+    """Paths under the working directory are shown as the user typed them: outputs/..."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
+
+
 def print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
     print(
         f"\ntest accuracy {metrics['test/acc']:.4f} (loss {metrics['test/loss']:.4f}, "
         f"mean confidence {metrics['test/mean_confidence']:.3f}) after {metrics['epochs']} epochs "
         f"in {metrics['seconds']:.1f} s\n"
-        f"run folder:   {run_dir}\n"
-        f"see curves:   tensorboard --logdir {tensorboard_logdir(run_dir)}"
+        f"run folder:   {relative_to_cwd(run_dir)}\n"
+        f"see curves:   tensorboard --logdir {relative_to_cwd(tensorboard_logdir(run_dir))}"
     )
 
 

@@ -1,0 +1,107 @@
+"""The user-facing commands, end to end, in a subprocess from an empty working directory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import read_metrics, run_cli
+
+pytestmark = pytest.mark.slow
+
+METRICS_KEYS = {"status", "test/acc", "test/loss", "train/acc", "val/acc", "epochs", "seconds",
+                "dataset", "model", "regularizer", "seed"}
+HISTORY_KEYS = {"epoch", "train/loss", "train/acc", "val/loss", "val/acc", "lr", "seconds"}
+SCALARS = {"train/loss", "train/acc", "val/loss", "val/acc", "lr"}
+
+
+def only_run_folder(root: Path) -> Path:
+    folders = [path.parent for path in root.rglob("metrics.json")]
+    assert len(folders) == 1, folders
+    return folders[0]
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """`python -m regbench` with no arguments, exactly as a new user runs it."""
+    cwd = tmp_path_factory.mktemp("user")
+    result = run_cli([], cwd=cwd)
+    return cwd, result
+
+
+def test_default_run_reaches_documented_accuracy(default_run):
+    cwd, result = default_run
+    assert result.returncode == 0, result.stderr
+    run_dir = only_run_folder(cwd / "outputs")
+    metrics = read_metrics(run_dir)
+    assert METRICS_KEYS <= metrics.keys()
+    assert metrics["status"] == "completed"
+    assert metrics["test/acc"] >= 0.90
+    assert metrics["epochs"] == 30
+    assert (metrics["dataset"], metrics["model"], metrics["regularizer"]) == ("digits", "mlp", ["none"])
+
+
+def test_default_run_prints_a_summary(default_run):
+    cwd, result = default_run
+    run_dir = only_run_folder(cwd / "outputs")
+    metrics = read_metrics(run_dir)
+    assert f"test accuracy {metrics['test/acc']:.4f}" in result.stdout
+    assert "tensorboard --logdir outputs" in result.stdout
+    assert str(run_dir.relative_to(cwd)) in result.stdout
+
+
+def test_default_run_folder_layout(default_run):
+    cwd, _ = default_run
+    run_dir = only_run_folder(cwd / "outputs")
+    # outputs/runs/<date>/<time with microseconds>
+    assert run_dir.relative_to(cwd).parts[:2] == ("outputs", "runs")
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert (run_dir / "last.pt").is_file()
+    assert (run_dir / "regbench.log").is_file()  # hydra.job.name, not __main__
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [record["epoch"] for record in history] == list(range(1, 31))
+    assert all(HISTORY_KEYS <= record.keys() for record in history)
+    assert not (cwd / "data").exists() or not any((cwd / "data").iterdir())
+
+
+def test_default_run_writes_tensorboard_scalars(default_run):
+    cwd, _ = default_run
+    events = EventAccumulator(str(only_run_folder(cwd / "outputs")))
+    events.Reload()
+    assert SCALARS <= set(events.Tags()["scalars"])
+    assert len(events.Scalars("val/acc")) == 30
+
+
+def test_console_script_is_equivalent(tmp_path):
+    script = Path(sys.executable).with_name("regbench")
+    if not script.exists():
+        script = Path(shutil.which("regbench") or "regbench")
+    result = subprocess.run([str(script), "trainer.epochs=1", "trainer.progress=false",
+                             f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert read_metrics(tmp_path / "run")["status"] == "completed"
+
+
+def test_multirun_gives_one_folder_per_job(tmp_path):
+    result = run_cli(["-m", "seed=0,1", "trainer.epochs=1"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = sorted((read_metrics(path.parent) for path in (tmp_path / "outputs" / "multirun").rglob("metrics.json")),
+                     key=lambda m: m["seed"])
+    assert [m["seed"] for m in metrics] == [0, 1]
+    assert all(m["status"] == "completed" for m in metrics)
+    assert metrics[0]["test/loss"] != metrics[1]["test/loss"]
+
+
+def test_bad_value_is_one_line_without_traceback(tmp_path):
+    result = run_cli(["trainer.epochs=0", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "regbench: error: trainer.epochs=0 is not allowed: an integer >= 1"]
+    assert not (tmp_path / "run" / "history.jsonl").exists()
