@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import read_metrics, run_cli
 
@@ -76,6 +77,38 @@ def test_default_run_writes_tensorboard_scalars(default_run):
     events.Reload()
     assert SCALARS <= set(events.Tags()["scalars"])
     assert len(events.Scalars("val/acc")) == 30
+
+
+def test_default_run_writes_calibration_dashboards(default_run):
+    """Issue 4: histograms per epoch, figures at the end (also as PNG), HParams with final metrics."""
+    cwd, _ = default_run
+    run_dir = only_run_folder(cwd / "outputs")
+    events = EventAccumulator(str(run_dir), size_guidance={"histograms": 0, "images": 0})
+    events.Reload()
+    tags = events.Tags()
+    for split in ("train", "val"):
+        assert {f"{split}/{m}" for m in ("acc", "loss", "nll", "ece", "mean_confidence", "entropy")} <= set(tags["scalars"])
+    assert {"test/acc", "test/ece", "test/ece_ts", "test/nll_ts", "gap/acc", "temperature"} <= set(tags["scalars"])
+    histograms = {"val/confidence", "val/confidence_correct", "val/confidence_incorrect",
+                  "val/true_class_prob", "val/entropy"}
+    assert histograms <= set(tags["histograms"])
+    assert len(events.Histograms("val/confidence")) == 30
+    assert {"test/reliability", "test/confidence_hist"} <= set(tags["images"])
+    assert (run_dir / "test_reliability.png").stat().st_size > 1000
+    assert (run_dir / "test_confidence_hist.png").stat().st_size > 1000
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hparams = start.session_start_info.hparams
+    assert hparams["dataset.name"].string_value == "digits"
+    assert hparams["regularizer"].string_value == "none"
+    assert hparams["seed"].number_value == 0
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+    assert "test/acc" in {m.name.tag for m in experiment.experiment.metric_infos}
+    metrics = read_metrics(run_dir)
+    for key in ("test/nll", "test/brier", "test/ece", "test/mce", "test/mean_true_class_prob",
+                "temperature", "test/ece_ts", "test/nll_ts", "gap/acc", "gap/loss"):
+        assert isinstance(metrics[key], float), key
+    assert metrics["gap/acc"] == pytest.approx(metrics["train/acc"] - metrics["test/acc"])
 
 
 def test_console_script_is_equivalent(tmp_path):

@@ -13,9 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from regbench.calibration import fit_temperature
 from regbench.config import TrainerConfig
 from regbench.datasets.base import DataBundle, normalize
 from regbench.metrics import classification_metrics, to_floats
+from regbench.recording import RunRecorder
 from regbench.regularizers.base import Regularizer, StepOutput
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,9 @@ class Evaluation:
 
     def metrics(self, prefix: str) -> dict[str, float]:
         return to_floats(classification_metrics(self.logits, self.labels), prefix)
+
+    def __len__(self) -> int:
+        return len(self.labels)
 
 
 class WithFeatures(nn.Module):
@@ -76,7 +81,7 @@ def weight_norm(model: nn.Module) -> float:
 class Trainer:
     def __init__(self, model: nn.Module, data: DataBundle, regularizers: list[Regularizer],
                  optimizer: torch.optim.Optimizer, scheduler: Any, cfg: TrainerConfig,
-                 device: torch.device, show_progress: bool) -> None:
+                 device: torch.device, show_progress: bool, recorder: RunRecorder) -> None:
         self.model = model
         self.data = data
         self.regularizers = regularizers
@@ -85,6 +90,7 @@ class Trainer:
         self.cfg = cfg
         self.device = device
         self.show_progress = show_progress
+        self.recorder = recorder
         self.amp_dtype = autocast_dtype(device, cfg.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         # channels_last speeds up convolutions on CUDA; a no-op layout for MLPs.
@@ -124,7 +130,9 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
         sums: dict[str, torch.Tensor] = {}
-        correct = torch.zeros((), device=self.device)
+        # The epoch's logits and labels stay on the device for the epoch-level train/ metrics.
+        epoch_logits: list[torch.Tensor] = []
+        epoch_labels: list[torch.Tensor] = []
         seen = 0
         batches = tqdm(self.data.train, total=self.steps_per_epoch, desc=f"epoch {epoch + 1}",
                        leave=False, disable=not self.show_progress, dynamic_ncols=True)
@@ -149,11 +157,14 @@ class Trainer:
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0) + value.detach() * batch
             sums["loss"] = sums.get("loss", 0) + loss.detach() * batch
-            correct += (logits.argmax(dim=1) == labels).sum()
+            epoch_logits.append(logits.detach())
+            epoch_labels.append(labels)
             if self.show_progress and step % 10 == 0:
                 batches.set_postfix(loss=f"{loss.item():.4f}")
-        means = {key if key == "loss" else f"loss_{key}": value / seen for key, value in sums.items()}
-        means["acc"] = correct / seen
+        # train/ per epoch: the batches as the optimizer saw them (train mode, augmented); the clean
+        # eval-mode pass over the training split happens once, in test(), for honest gaps.
+        means = classification_metrics(torch.cat(epoch_logits), torch.cat(epoch_labels))
+        means.update({key if key == "loss" else f"loss_{key}": value / seen for key, value in sums.items()})
         result = to_floats(means, "train")
         if not all(map(torch.isfinite, torch.tensor(list(result.values())))):
             raise DivergedError(epoch + 1, self.steps_per_epoch, result)
@@ -176,21 +187,31 @@ class Trainer:
         return self.optimizer.param_groups[0]["lr"]
 
     # --- the whole run ---------------------------------------------------------------------
+    def validate(self, epoch: int) -> dict[str, float]:
+        """Validation metrics and prediction histograms for one epoch."""
+        if len(self.data.val) == 0:
+            return {}
+        val = self.evaluate(self.data.val)
+        self.recorder.log_prediction_histograms("val", val.logits, val.labels, epoch)
+        return val.metrics("val")
+
     def fit(self, start_epoch: int, on_epoch: Callable[[dict[str, Any]], None]) -> int:
-        """Train from ``start_epoch``; ``on_epoch`` records and checkpoints each finished epoch.
+        """Train from ``start_epoch``; ``on_epoch`` checkpoints each finished epoch.
         Returns the number of epochs trained in total."""
-        has_val = len(self.data.val) > 0
         epoch = start_epoch
         for epoch in range(start_epoch, self.cfg.epochs):
             started = time.perf_counter()
             lr = self.current_lr()
             record: dict[str, Any] = {"epoch": epoch + 1, **self.train_epoch(epoch)}
-            if has_val:
-                record.update(self.evaluate(self.data.val).metrics("val"))
+            trained = time.perf_counter()
+            record.update(self.validate(epoch + 1))
             record["lr"] = lr
+            record["train_seconds"] = trained - started
+            record["eval_seconds"] = time.perf_counter() - trained
             record["seconds"] = time.perf_counter() - started
             # Every regularizer sees the epoch's end, even when an earlier one asks to stop.
             stop = [r.on_epoch_end(epoch, record, self.model) for r in self.regularizers]
+            self.recorder.log_epoch(record)
             on_epoch(record)
             log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                               for k, v in record.items()))
@@ -199,8 +220,9 @@ class Trainer:
                 return epoch + 1
         return max(epoch + 1, start_epoch)
 
-    def test(self) -> dict[str, float]:
-        """Final metrics: test split (touched only here), and the train split in eval mode."""
+    def test(self, step: int) -> dict[str, float]:
+        """Final metrics: the test split (touched only here), the train split in eval mode, the
+        generalization gaps and temperature scaling fitted on the validation split."""
         extra: dict[str, float] = {}
         for regularizer in self.regularizers:
             extra.update(regularizer.on_fit_end(self.model))
@@ -209,7 +231,15 @@ class Trainer:
         metrics["test/feature_norm"] = test.features.norm(dim=1).mean().item()
         metrics["test/weight_norm"] = weight_norm(self.model)
         metrics.update(self.evaluate(self.data.train_eval).metrics("train"))
+        metrics["gap/acc"] = metrics["train/acc"] - metrics["test/acc"]
+        metrics["gap/loss"] = metrics["test/loss"] - metrics["train/loss"]
         if len(self.data.val) > 0:
-            metrics.update(self.evaluate(self.data.val).metrics("val"))
+            val = self.evaluate(self.data.val)
+            metrics.update(val.metrics("val"))
+            temperature = fit_temperature(val.logits, val.labels)
+            scaled = to_floats(classification_metrics(test.logits / temperature, test.labels), "test")
+            metrics.update({"temperature": temperature, "test/ece_ts": scaled["test/ece"],
+                            "test/nll_ts": scaled["test/nll"]})
+        self.recorder.log_figures("test", test.logits, test.labels, metrics["test/ece"], step)
         metrics.update(extra)
         return metrics

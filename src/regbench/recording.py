@@ -14,7 +14,16 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+from regbench.figures import confidence_histogram, reliability_diagram
+
+# Histogram bins for probabilities: fixed, so epochs and runs are comparable in TensorBoard.
+PROBABILITY_BINS = np.linspace(0.0, 1.0, 51)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -65,13 +74,57 @@ class RunRecorder:
         """One epoch: scalars to TensorBoard and one line to history.jsonl."""
         epoch = record["epoch"]
         for key, value in record.items():
-            if key not in ("epoch", "seconds") and isinstance(value, (int, float)):
+            if key != "epoch" and not key.endswith("seconds") and isinstance(value, (int, float)):
                 self.writer.add_scalar(key, value, epoch)
         self.writer.flush()
         with self.history_path.open("a") as file:
             file.write(json.dumps(json_ready(dict(record))) + "\n")
             file.flush()
             os.fsync(file.fileno())
+
+    def log_prediction_histograms(self, split: str, logits: torch.Tensor, labels: torch.Tensor,
+                                  step: int) -> None:
+        """Confidence (all, correct, incorrect), true-class probability and entropy histograms."""
+        log_probs = logits.float().log_softmax(dim=1)
+        probabilities = log_probs.exp()
+        confidence, prediction = probabilities.max(dim=1)
+        correct = prediction == labels
+        values = {
+            "confidence": confidence,
+            "confidence_correct": confidence[correct],
+            "confidence_incorrect": confidence[~correct],
+            "true_class_prob": probabilities.gather(1, labels[:, None]).squeeze(1),
+        }
+        for name, tensor in values.items():
+            if tensor.numel():
+                self.writer.add_histogram(f"{split}/{name}", tensor.cpu().numpy(), step,
+                                          bins=PROBABILITY_BINS)
+        entropy = -(probabilities * log_probs).sum(dim=1)
+        self.writer.add_histogram(f"{split}/entropy", entropy.cpu().numpy(), step, bins="auto")
+
+    def log_figures(self, split: str, logits: torch.Tensor, labels: torch.Tensor, ece: float,
+                    step: int) -> None:
+        """Reliability diagram and confidence histogram, in TensorBoard and as PNG files."""
+        figures: dict[str, Figure] = {
+            "reliability": reliability_diagram(logits, labels, ece, title=split),
+            "confidence_hist": confidence_histogram(logits, labels, title=split),
+        }
+        for name, figure in figures.items():
+            figure.savefig(self.run_dir / f"{split}_{name}.png")
+            self.writer.add_figure(f"{split}/{name}", figure, step, close=False)
+
+    def log_hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float], step: int) -> None:
+        """The run's settings and final metrics for TensorBoard's HParams tab, in this run's own
+        event file (SummaryWriter.add_hparams would start a separate sub-run)."""
+        finite = {key: value for key, value in metrics.items()
+                  if isinstance(value, (int, float)) and math.isfinite(value)}
+        for key, value in finite.items():
+            self.writer.add_scalar(key, value, step)
+        experiment, session_start, session_end = hparams_summaries(dict(hparams), finite)
+        file_writer = self.writer._get_file_writer()
+        for summary in (experiment, session_start, session_end):
+            file_writer.add_summary(summary)
+        self.writer.flush()
 
     def rewrite_history(self, records: Iterable[Mapping[str, Any]]) -> None:
         """On resume: the history up to the checkpoint, dropping epochs logged after it."""

@@ -55,6 +55,27 @@ def run_identity(settings: Config) -> dict[str, Any]:
     }
 
 
+def hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The flattened settings a sweep compares, for TensorBoard's HParams tab."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    flat: dict[str, Any] = {
+        "regularizer": ",".join(sorted(container.get("regularizer") or {})) or "none",
+        "seed": container["seed"],
+    }
+    sections = {key: container[key] for key in ("dataset", "model", "optimizer", "regularizer")}
+    sections["trainer"] = {k: container["trainer"][k] for k in ("epochs", "batch_size")}
+    for section, values in sections.items():
+        for key, value in (values or {}).items():
+            if section == "dataset" and key in ("root", "download", "num_workers"):
+                continue  # where the data is does not change the experiment
+            if isinstance(value, dict):  # one regularizer's parameters
+                flat.update({f"{section}.{key}.{k}": v for k, v in value.items()})
+            else:
+                flat[f"{section}.{key}"] = value
+    # The HParams plugin takes numbers, strings and booleans only.
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}
+
+
 def show_progress(setting: bool | None) -> bool:
     if setting is not None:
         return setting
@@ -85,14 +106,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         regularizer.on_model_built(model)
     optimizer = build_optimizer(settings.optimizer, param_groups(model, regularizers))
     scheduler = build_scheduler(settings.optimizer, optimizer, trainer_cfg.epochs, len(data.train))
+    recorder = RunRecorder(run_dir)
     trainer = Trainer(model, data, regularizers, optimizer, scheduler, trainer_cfg, device,
-                      show_progress(trainer_cfg.progress))
+                      show_progress(trainer_cfg.progress), recorder)
 
     summary: dict[str, Any] = {
         "dataset": settings.dataset.name, "model": settings.model.name,
         "regularizer": sorted(settings.regularizer) or ["none"], "seed": settings.seed,
     }
-    recorder = RunRecorder(run_dir)
     identity = run_identity(settings)
     history: list[dict[str, Any]] = []
     start_epoch = 0
@@ -114,7 +135,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         log.info("resuming from %s after epoch %d", checkpoint_path, start_epoch)
 
     def on_epoch(record: dict[str, Any]) -> None:
-        recorder.log_epoch(record)
         history.append(record)
         if trainer_cfg.checkpoint:
             save_checkpoint(checkpoint_path, {
@@ -136,8 +156,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         recorder.write_metrics(metrics)
         recorder.close()
         raise
-    metrics = {"status": "completed", **trainer.test(), "epochs": epochs,
+    metrics = {"status": "completed", **trainer.test(step=epochs), "epochs": epochs,
                "seconds": sum(r["seconds"] for r in history), **summary}
+    final = {k: v for k, v in metrics.items() if k.startswith(("test/", "gap/")) or k == "temperature"}
+    recorder.log_hparams(hparams(cfg), final, step=epochs)
     recorder.write_metrics(metrics)
     recorder.close()
     return metrics

@@ -1,0 +1,61 @@
+"""End-of-run figures: reliability diagram and confidence histogram (matplotlib, no pyplot state)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from regbench.metrics import CALIBRATION_BINS
+
+
+def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS):
+    """Per equal-width bin: (mean confidence, accuracy, count); [lo, hi) bins, 1.0 in the last one,
+    as torchmetrics counts them."""
+    index = np.minimum((confidence * bins).astype(int), bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_confidence = np.bincount(index, weights=confidence, minlength=bins) / counts
+        accuracy = np.bincount(index, weights=correct.astype(float), minlength=bins) / counts
+    return mean_confidence, accuracy, counts
+
+
+def split_confidence(logits: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    confidence, prediction = logits.float().softmax(dim=1).max(dim=1)
+    return confidence.cpu().numpy(), (prediction == labels).cpu().numpy()
+
+
+def reliability_diagram(logits: torch.Tensor, labels: torch.Tensor, ece: float, title: str) -> Figure:
+    """Accuracy per confidence bin against the diagonal; the red part of a bar is its gap."""
+    confidence, correct = split_confidence(logits, labels)
+    mean_confidence, accuracy, counts = reliability_bins(confidence, correct)
+    edges = np.linspace(0, 1, CALIBRATION_BINS + 1)
+    centers, width = (edges[:-1] + edges[1:]) / 2, 1 / CALIBRATION_BINS
+    filled = counts > 0
+    figure = Figure(figsize=(4.5, 4.5), dpi=100)
+    axes = figure.add_subplot()
+    axes.bar(centers[filled], accuracy[filled], width=width, edgecolor="black", color="tab:blue",
+             label="accuracy")
+    axes.bar(centers[filled], (mean_confidence - accuracy)[filled], bottom=accuracy[filled], width=width,
+             edgecolor="red", color="red", alpha=0.3, hatch="//", label="gap (confidence - accuracy)")
+    axes.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max softmax probability)", ylabel="accuracy",
+             title=f"{title}: ECE {100 * ece:.2f} % ({CALIBRATION_BINS} bins)")
+    axes.legend(loc="upper left", fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
+def confidence_histogram(logits: torch.Tensor, labels: torch.Tensor, title: str) -> Figure:
+    """How confident the model is on the examples it gets right and wrong."""
+    confidence, correct = split_confidence(logits, labels)
+    edges = np.linspace(0, 1, 2 * CALIBRATION_BINS + 1)
+    figure = Figure(figsize=(5, 3.5), dpi=100)
+    axes = figure.add_subplot()
+    axes.hist([confidence[correct], confidence[~correct]], bins=edges, stacked=True,
+              color=["tab:green", "tab:red"], label=[f"correct ({correct.sum()})", f"incorrect ({(~correct).sum()})"])
+    axes.set(xlim=(0, 1), xlabel="confidence (max softmax probability)", ylabel="examples",
+             title=f"{title}: mean confidence {confidence.mean():.3f}, accuracy {correct.mean():.3f}")
+    axes.legend(loc="upper left", fontsize="small")
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,106 @@
+"""Metrics and temperature scaling against hand-computed examples."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from regbench.calibration import fit_temperature
+from regbench.figures import reliability_bins
+from regbench.metrics import brier_score, calibration_errors, classification_metrics, predictive_entropy
+
+
+def logits_for(probabilities: list[list[float]]) -> torch.Tensor:
+    return torch.tensor(probabilities).log()
+
+
+def test_perfectly_calibrated_predictions_have_zero_ece():
+    # Ten predictions at confidence 0.8, eight of them right.
+    probabilities = torch.tensor([[0.8, 0.2]] * 10)
+    labels = torch.tensor([0] * 8 + [1] * 2)
+    ece, mce = calibration_errors(probabilities, labels)
+    assert ece.item() == pytest.approx(0.0, abs=1e-6)
+    assert mce.item() == pytest.approx(0.0, abs=1e-6)
+    # Brier: right ones (0.8-1)^2 + 0.2^2 = 0.08, wrong ones 0.8^2 + (0.2-1)^2 = 1.28.
+    assert brier_score(probabilities, labels).item() == pytest.approx((8 * 0.08 + 2 * 1.28) / 10)
+
+
+def test_overconfident_predictions():
+    # Confidence 0.95 everywhere, half right: ECE = MCE = 0.45.
+    probabilities = torch.tensor([[0.95, 0.05]] * 4)
+    labels = torch.tensor([0, 0, 1, 1])
+    ece, mce = calibration_errors(probabilities, labels)
+    assert ece.item() == pytest.approx(0.45, abs=1e-6)
+    assert mce.item() == pytest.approx(0.45, abs=1e-6)
+
+
+def test_ece_and_mce_weight_bins_by_their_size():
+    # Bin of confidence 1.0 (right), bin around 0.9 (wrong), bin around 0.5 (right).
+    probabilities = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.5, 0.5]])
+    labels = torch.tensor([0, 1, 0])
+    ece, mce = calibration_errors(probabilities, labels)
+    assert ece.item() == pytest.approx((0.0 + 0.9 + 0.5) / 3, abs=1e-6)
+    assert mce.item() == pytest.approx(0.9, abs=1e-6)
+
+
+def test_entropy_in_nats():
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [100.0, 0.0, 0.0, 0.0]])
+    entropy = predictive_entropy(logits)
+    assert entropy[0].item() == pytest.approx(math.log(4))
+    assert entropy[1].item() == pytest.approx(0.0, abs=1e-6)
+    p = torch.tensor([0.7, 0.2, 0.1])
+    assert predictive_entropy(p.log()[None])[0].item() == pytest.approx(-(p * p.log()).sum().item())
+
+
+def test_classification_metrics_by_hand():
+    logits = logits_for([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3]])
+    labels = torch.tensor([0, 2])
+    metrics = {k: v.item() for k, v in classification_metrics(logits, labels).items()}
+    assert metrics["acc"] == pytest.approx(0.5)
+    assert metrics["nll"] == pytest.approx(-(math.log(0.7) + math.log(0.3)) / 2, rel=1e-5)
+    assert metrics["loss"] == metrics["nll"]
+    assert metrics["mean_confidence"] == pytest.approx((0.7 + 0.6) / 2)
+    assert metrics["mean_true_class_prob"] == pytest.approx((0.7 + 0.3) / 2)
+    brier = ((0.3**2 + 0.2**2 + 0.1**2) + (0.1**2 + 0.6**2 + 0.7**2)) / 2
+    assert metrics["brier"] == pytest.approx(brier, rel=1e-5)
+    assert "acc_top5" not in metrics
+
+
+def test_top5_only_with_more_than_ten_classes():
+    logits = torch.arange(12.0).repeat(3, 1)  # class 11 most likely, then 10, 9, 8, 7
+    labels = torch.tensor([7, 6, 11])
+    metrics = classification_metrics(logits, labels)
+    assert metrics["acc_top5"].item() == pytest.approx(2 / 3)
+
+
+def test_reliability_bins_match_torchmetrics_ece():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(500, 5, generator=generator) * 3
+    labels = torch.randint(0, 5, (500,), generator=generator)
+    probabilities = logits.softmax(dim=1)
+    confidence, prediction = probabilities.max(dim=1)
+    mean_confidence, accuracy, counts = reliability_bins(confidence.numpy(), (prediction == labels).numpy())
+    filled = counts > 0
+    ece = (counts[filled] / counts.sum() * abs(accuracy[filled] - mean_confidence[filled])).sum()
+    assert ece == pytest.approx(calibration_errors(probabilities, labels)[0].item(), abs=1e-5)
+
+
+def test_temperature_scaling_fixes_an_overconfident_model():
+    generator = torch.Generator().manual_seed(0)
+    true_logits = torch.randn(4000, 10, generator=generator)
+    labels = torch.multinomial(true_logits.softmax(dim=1), 1, generator=generator).squeeze(1)
+    overconfident = 3.0 * true_logits  # the calibrated temperature is 3
+    temperature = fit_temperature(overconfident, labels)
+    assert temperature == pytest.approx(3.0, rel=0.1)
+    nll_before = F.cross_entropy(overconfident, labels).item()
+    nll_after = F.cross_entropy(overconfident / temperature, labels).item()
+    assert nll_after < nll_before - 0.1
+    # It is the minimum: nearby temperatures are no better.
+    for other in (temperature * 0.9, temperature * 1.1):
+        assert F.cross_entropy(overconfident / other, labels).item() >= nll_after
+    ece_before = calibration_errors(overconfident.softmax(1), labels)[0]
+    ece_after = calibration_errors((overconfident / temperature).softmax(1), labels)[0]
+    assert ece_after < ece_before / 2
