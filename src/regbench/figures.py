@@ -8,6 +8,9 @@ from matplotlib.figure import Figure
 
 from regbench.metrics import CALIBRATION_BINS
 
+# Confidence histograms use bins half as wide as the calibration bins.
+CONFIDENCE_HISTOGRAM_EDGES = np.linspace(0, 1, 2 * CALIBRATION_BINS + 1)
+
 
 def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS):
     """Per equal-width bin: (mean confidence, accuracy, count); [lo, hi) bins, 1.0 in the last one,
@@ -49,10 +52,9 @@ def reliability_diagram(logits: torch.Tensor, labels: torch.Tensor, ece: float, 
 def confidence_histogram(logits: torch.Tensor, labels: torch.Tensor, title: str) -> Figure:
     """How confident the model is on the examples it gets right and wrong."""
     confidence, correct = split_confidence(logits, labels)
-    edges = np.linspace(0, 1, 2 * CALIBRATION_BINS + 1)
     figure = Figure(figsize=(5, 3.5), dpi=100)
     axes = figure.add_subplot()
-    axes.hist([confidence[correct], confidence[~correct]], bins=edges, stacked=True,
+    axes.hist([confidence[correct], confidence[~correct]], bins=CONFIDENCE_HISTOGRAM_EDGES, stacked=True,
               color=["tab:green", "tab:red"], label=[f"correct ({correct.sum()})", f"incorrect ({(~correct).sum()})"])
     axes.set(xlim=(0, 1), xlabel="confidence (max softmax probability)", ylabel="examples",
              title=f"{title}: mean confidence {confidence.mean():.3f}, accuracy {correct.mean():.3f}")

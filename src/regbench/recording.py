@@ -20,7 +20,13 @@ from matplotlib.figure import Figure
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-from regbench.figures import confidence_histogram, reliability_diagram
+from regbench.figures import (
+    CONFIDENCE_HISTOGRAM_EDGES,
+    confidence_histogram,
+    reliability_bins,
+    reliability_diagram,
+    split_confidence,
+)
 
 # Histogram bins for probabilities: fixed, so epochs and runs are comparable in TensorBoard.
 PROBABILITY_BINS = np.linspace(0.0, 1.0, 51)
@@ -59,6 +65,25 @@ def atomic_write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
+
+
+def calibration_summary(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """Reliability bins and confidence histograms as numbers, so a report can overlay runs."""
+    confidence, correct = split_confidence(logits, labels)
+    mean_confidence, accuracy, counts = reliability_bins(confidence, correct)
+    histogram = {
+        name: np.histogram(confidence[mask], bins=CONFIDENCE_HISTOGRAM_EDGES)[0].tolist()
+        for name, mask in (("correct", correct), ("incorrect", ~correct))
+    }
+    return {
+        "bin_edges": np.linspace(0, 1, len(counts) + 1).tolist(),
+        "bin_confidence": [None if c == 0 else float(v) for v, c in zip(mean_confidence, counts)],
+        "bin_accuracy": [None if c == 0 else float(v) for v, c in zip(accuracy, counts)],
+        "bin_count": counts.tolist(),
+        "histogram_edges": CONFIDENCE_HISTOGRAM_EDGES.tolist(),
+        "histogram_correct": histogram["correct"],
+        "histogram_incorrect": histogram["incorrect"],
+    }
 
 
 class RunRecorder:
@@ -112,6 +137,8 @@ class RunRecorder:
         for name, figure in figures.items():
             figure.savefig(self.run_dir / f"{split}_{name}.png")
             self.writer.add_figure(f"{split}/{name}", figure, step, close=False)
+        atomic_write_json(self.run_dir / f"{split}_calibration.json",
+                          calibration_summary(logits, labels))
 
     def log_hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float], step: int) -> None:
         """The run's settings and final metrics for TensorBoard's HParams tab, in this run's own
