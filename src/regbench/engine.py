@@ -31,6 +31,14 @@ class DivergedError(RuntimeError):
         self.epoch, self.step, self.terms = epoch, step, terms
 
 
+class InterruptedRun(RuntimeError):
+    """A signal asked the run to stop; the last completed epoch is checkpointed."""
+
+    def __init__(self, signal_name: str, epoch: int, step: int) -> None:
+        super().__init__(f"interrupted by {signal_name} during epoch {epoch}, step {step}")
+        self.signal_name, self.epoch, self.step = signal_name, epoch, step
+
+
 @dataclass
 class Evaluation:
     """A whole split's outputs, kept on the device."""
@@ -100,6 +108,8 @@ class Trainer:
         self.steps_per_epoch = len(data.train)
         # Checking the loss every step costs a device sync on CUDA; on CPU it is free.
         self.finite_check_every = 1 if device.type == "cpu" else 50
+        # Set by a signal handler (train.stop_on_signals); checked after every step.
+        self.stop_signal: Optional[str] = None
 
     # --- one batch -------------------------------------------------------------------------
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
@@ -161,6 +171,8 @@ class Trainer:
             epoch_labels.append(labels)
             if self.show_progress and step % 10 == 0:
                 batches.set_postfix(loss=f"{loss.item():.4f}")
+            if self.stop_signal is not None:
+                raise InterruptedRun(self.stop_signal, epoch + 1, step + 1)
         # train/ per epoch: the batches as the optimizer saw them (train mode, augmented); the clean
         # eval-mode pass over the training split happens once, in test(), for honest gaps.
         means = classification_metrics(torch.cat(epoch_logits), torch.cat(epoch_labels))

@@ -89,11 +89,11 @@ def calibration_summary(logits: torch.Tensor, labels: torch.Tensor) -> dict[str,
 class RunRecorder:
     """One run's outputs, all in its Hydra run folder."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, purge_step: int | None = None) -> None:
         self.run_dir = run_dir
         self.history_path = run_dir / "history.jsonl"
         self.metrics_path = run_dir / "metrics.json"
-        self.writer = SummaryWriter(log_dir=str(run_dir))
+        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
 
     def log_epoch(self, record: Mapping[str, Any]) -> None:
         """One epoch: scalars to TensorBoard and one line to history.jsonl."""

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
+import signal
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import hydra
 import numpy as np
@@ -20,12 +24,13 @@ from omegaconf import DictConfig, OmegaConf
 from regbench.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from regbench.config import Config, ConfigError, register_configs
 from regbench.datasets import build_data
-from regbench.engine import DivergedError, Trainer, resolve_device
+from regbench.datasets.base import DataBundle
+from regbench.engine import DivergedError, InterruptedRun, Trainer, resolve_device
 from regbench.models import ModelOptions, build_model
 from regbench.optim import build_optimizer, build_scheduler, param_groups
 from regbench.paths import config_dir
 from regbench.recording import RunRecorder, read_json
-from regbench.regularizers import RunContext, build_regularizers
+from regbench.regularizers import Regularizer, RunContext, build_regularizers
 
 log = logging.getLogger("regbench")
 register_configs()
@@ -82,15 +87,19 @@ def show_progress(setting: bool | None) -> bool:
     return sys.stderr.isatty() and HydraConfig.get().mode != RunMode.MULTIRUN
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Train and test one configuration; everything lands in ``run_dir``. Returns metrics.json."""
-    started = time.perf_counter()
-    settings: Config = OmegaConf.to_object(cfg)  # runs the schema's range checks
-    trainer_cfg = settings.trainer
-    torch.set_num_threads(trainer_cfg.num_threads or os.cpu_count() or 1)
-    seed_everything(settings.seed, trainer_cfg.deterministic)
-    device = resolve_device(trainer_cfg.device)
+@dataclass
+class Run:
+    """The objects of one training run, built from its settings."""
 
+    data: DataBundle
+    regularizers: list[Regularizer]
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+
+
+def build_run(settings: Config, device: torch.device) -> Run:
+    trainer_cfg = settings.trainer
     data = build_data(settings.dataset, trainer_cfg.batch_size, device, settings.seed)
     context = RunContext(
         dataset=settings.dataset.name, model=settings.model.name, num_classes=data.num_classes,
@@ -106,54 +115,106 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         regularizer.on_model_built(model)
     optimizer = build_optimizer(settings.optimizer, param_groups(model, regularizers))
     scheduler = build_scheduler(settings.optimizer, optimizer, trainer_cfg.epochs, len(data.train))
-    recorder = RunRecorder(run_dir)
-    trainer = Trainer(model, data, regularizers, optimizer, scheduler, trainer_cfg, device,
-                      show_progress(trainer_cfg.progress), recorder)
+    return Run(data, regularizers, model, optimizer, scheduler)
+
+
+def checkpoint_state(run: Run, scaler: torch.amp.GradScaler, history: list[dict[str, Any]],
+                     identity: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "epoch": history[-1]["epoch"], "identity": identity, "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "regularizers": {r.name: r.state_dict() for r in run.regularizers},
+        "data_order": run.data.train.generator.get_state(),
+        "rng": rng_state(), "history": history,
+    }
+
+
+def restore(run: Run, state: dict[str, Any]) -> None:
+    """Put every piece of state back as it was at the end of the checkpointed epoch."""
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    for regularizer in run.regularizers:
+        regularizer.load_state_dict(state["regularizers"].get(regularizer.name, {}))
+    run.data.train.generator.set_state(state["data_order"])
+    set_rng_state(state["rng"])
+
+
+@contextlib.contextmanager
+def stop_on_signals(trainer: Trainer) -> Iterator[None]:
+    """SIGINT and SIGTERM (Ctrl-C, a scheduler's pre-emption) let the current step finish, then the
+    run stops with its last completed epoch checkpointed; a second signal stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signum: int, frame: Any) -> None:
+        if trainer.stop_signal is not None:
+            raise KeyboardInterrupt
+        trainer.stop_signal = signal.Signals(signum).name
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Train and test one configuration; everything lands in ``run_dir``. Returns metrics.json.
+
+    A run folder that already holds a checkpoint is resumed from its last completed epoch; one whose
+    metrics.json says completed is not trained again."""
+    started = time.perf_counter()
+    settings: Config = OmegaConf.to_object(cfg)  # runs the schema's range checks
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.exists() and read_json(metrics_path).get("status") == "completed":
+        log.info("%s is already completed; not training again", run_dir)
+        return read_json(metrics_path)
+    trainer_cfg = settings.trainer
+    torch.set_num_threads(trainer_cfg.num_threads or os.cpu_count() or 1)
+    seed_everything(settings.seed, trainer_cfg.deterministic)
+    device = resolve_device(trainer_cfg.device)
+    run = build_run(settings, device)
+
+    identity = run_identity(settings)
+    history: list[dict[str, Any]] = []
+    checkpoint_path = run_dir / CHECKPOINT
+    state = load_checkpoint(checkpoint_path, identity) if checkpoint_path.exists() else None
+    if state is not None:
+        restore(run, state)
+        history = list(state["history"])
+        log.info("resuming from %s after epoch %d", checkpoint_path, state["epoch"])
+    start_epoch = len(history)
+    # Events of epochs after the checkpoint (logged before an interruption) are dropped.
+    recorder = RunRecorder(run_dir, purge_step=start_epoch + 1 if state else None)
+    recorder.rewrite_history(history)
+    trainer = Trainer(run.model, run.data, run.regularizers, run.optimizer, run.scheduler, trainer_cfg,
+                      device, show_progress(trainer_cfg.progress), recorder)
+    if state is not None:
+        trainer.scaler.load_state_dict(state["scaler"])
+
+    def on_epoch(record: dict[str, Any]) -> None:
+        history.append(record)
+        if trainer_cfg.checkpoint:
+            save_checkpoint(checkpoint_path, checkpoint_state(run, trainer.scaler, history, identity))
 
     summary: dict[str, Any] = {
         "dataset": settings.dataset.name, "model": settings.model.name,
         "regularizer": sorted(settings.regularizer) or ["none"], "seed": settings.seed,
     }
-    identity = run_identity(settings)
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    checkpoint_path = run_dir / CHECKPOINT
-    if checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path, identity)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        trainer.scaler.load_state_dict(state["scaler"])
-        for regularizer in regularizers:
-            regularizer.load_state_dict(state["regularizers"].get(regularizer.name, {}))
-        if hasattr(data.train, "generator"):
-            data.train.generator.set_state(state["data_order"])
-        set_rng_state(state["rng"])
-        history = list(state["history"])
-        recorder.rewrite_history(history)
-        start_epoch = state["epoch"]
-        log.info("resuming from %s after epoch %d", checkpoint_path, start_epoch)
-
-    def on_epoch(record: dict[str, Any]) -> None:
-        history.append(record)
-        if trainer_cfg.checkpoint:
-            save_checkpoint(checkpoint_path, {
-                "epoch": record["epoch"], "identity": identity, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": trainer.scaler.state_dict(),
-                "regularizers": {r.name: r.state_dict() for r in regularizers},
-                "data_order": getattr(data.train, "generator", torch.Generator()).get_state(),
-                "rng": rng_state(), "history": history,
-            })
-
     try:
-        epochs = trainer.fit(start_epoch, on_epoch)
-    except DivergedError as error:
-        last = history[-1] if history else {}
-        metrics = {"status": "diverged", "error": str(error), "diverged_epoch": error.epoch,
-                   "diverged_step": error.step, **summary, **last,
-                   "epochs": len(history), "seconds": time.perf_counter() - started}
-        recorder.write_metrics(metrics)
+        with stop_on_signals(trainer):
+            epochs = trainer.fit(start_epoch, on_epoch)
+    except (DivergedError, InterruptedRun) as error:
+        status = "diverged" if isinstance(error, DivergedError) else "interrupted"
+        recorder.write_metrics({
+            "status": status, "error": str(error), f"{status}_epoch": error.epoch,
+            f"{status}_step": error.step, **summary, **(history[-1] if history else {}),
+            "epochs": len(history), "seconds": time.perf_counter() - started,
+        })
         recorder.close()
         raise
     metrics = {"status": "completed", **trainer.test(step=epochs), "epochs": epochs,
@@ -200,8 +261,13 @@ def main(cfg: DictConfig) -> float:
         print(f"regbench: error: {error}", file=sys.stderr)
         sys.exit(2)
     except DivergedError as error:
-        print(f"regbench: diverged: {error}; see {run_dir / 'metrics.json'}", file=sys.stderr)
+        print(f"regbench: diverged: {error}; see {relative_to_cwd(run_dir / 'metrics.json')}",
+              file=sys.stderr)
         sys.exit(1)
+    except InterruptedRun as error:
+        print(f"regbench: {error}; run the same command with hydra.run.dir={relative_to_cwd(run_dir)} "
+              f"to resume from the last completed epoch", file=sys.stderr)
+        sys.exit(128 + signal.Signals[error.signal_name].value)
     print_summary(metrics, run_dir)
     return float(metrics.get("val/acc", metrics["test/acc"]))
 
