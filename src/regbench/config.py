@@ -51,6 +51,9 @@ class DatasetConfig:
     image_size: int = 0
     # File-based datasets decode images in DataLoader workers.
     num_workers: int = 2
+    # Zhang et al. 2017's corrupted labels: this fraction of the training labels is replaced by a
+    # uniformly random class (possibly the true one), fixed by the run's seed; never val or test.
+    label_noise: float = 0.0
 
     def __post_init__(self) -> None:
         if self.train_size is not None:
@@ -60,6 +63,8 @@ class DatasetConfig:
               f"one value per channel, like dataset.mean={self.mean}")
         check(all(s > 0 for s in self.std), "dataset.std", self.std, "values > 0")
         check(self.num_workers >= 0, "dataset.num_workers", self.num_workers, "an integer >= 0")
+        check(0.0 <= self.label_noise <= 1.0, "dataset.label_noise", self.label_noise,
+              "a fraction in [0, 1]")
 
 
 @dataclass
@@ -146,6 +151,9 @@ class TrainerConfig:
 @dataclass
 class Config:
     seed: int = 0
+    # The metric the entrypoint returns, for sweepers that optimize it (e.g. Optuna): a validation
+    # metric, since the test split must not steer model selection.
+    objective: str = "val/acc"
     dataset: DatasetConfig = MISSING
     model: Any = MISSING
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)

@@ -161,5 +161,10 @@ class RunRecorder:
     def write_metrics(self, metrics: Mapping[str, Any]) -> None:
         atomic_write_json(self.metrics_path, metrics)
 
+    @staticmethod
+    def write_failure(run_dir: Path, metrics: Mapping[str, Any]) -> None:
+        """metrics.json for a run refused before training (no recorder was opened)."""
+        atomic_write_json(run_dir / "metrics.json", metrics)
+
     def close(self) -> None:
         self.writer.close()

@@ -252,24 +252,41 @@ def print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
     )
 
 
+class JobFailed(RuntimeError):
+    """A multirun job that failed; raised so the launcher goes on with the other jobs."""
+
+
+def fail(message: str, exit_code: int) -> None:
+    """Report a failed run: one line on stderr; a single run exits, a multirun job raises."""
+    print(message, file=sys.stderr)
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        log.error(message)
+        raise JobFailed(message) from None
+    sys.exit(exit_code)
+
+
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def main(cfg: DictConfig) -> float:
+    """Returns the objective (``objective``, a validation metric) for sweepers such as Optuna."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         metrics = train(cfg, run_dir)
     except ConfigError as error:
-        print(f"regbench: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        RunRecorder.write_failure(run_dir, {"status": "failed", "error": str(error)})
+        fail(f"regbench: error: {error}", exit_code=2)
     except DivergedError as error:
-        print(f"regbench: diverged: {error}; see {relative_to_cwd(run_dir / 'metrics.json')}",
-              file=sys.stderr)
-        sys.exit(1)
+        fail(f"regbench: diverged: {error}; see {relative_to_cwd(run_dir / 'metrics.json')}",
+             exit_code=1)
     except InterruptedRun as error:
-        print(f"regbench: {error}; run the same command with hydra.run.dir={relative_to_cwd(run_dir)} "
-              f"to resume from the last completed epoch", file=sys.stderr)
-        sys.exit(128 + signal.Signals[error.signal_name].value)
+        fail(f"regbench: {error}; run the same command with hydra.run.dir={relative_to_cwd(run_dir)} "
+             f"to resume from the last completed epoch",
+             exit_code=128 + signal.Signals[error.signal_name].value)
     print_summary(metrics, run_dir)
-    return float(metrics.get("val/acc", metrics["test/acc"]))
+    objective = cfg.objective
+    if objective not in metrics:
+        fail(f"regbench: error: objective={objective!r} is not a metric of this run; choose one of: "
+             f"{', '.join(k for k, v in metrics.items() if isinstance(v, float))}", exit_code=2)
+    return float(metrics[objective])
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from regbench.config import DatasetConfig
 from regbench.datasets.base import (
     DataBundle,
     RawSplits,
+    corrupt_labels,
     input_shape,
     make_batches,
     split_train,
@@ -24,6 +25,8 @@ import_submodules(__name__, __path__)
 def build_data(cfg: DatasetConfig, batch_size: int, device: torch.device, seed: int) -> DataBundle:
     raw = DATASETS.get(cfg.name)(cfg)
     train, val = split_train(cfg, raw.train)
+    if cfg.label_noise > 0:
+        train = corrupt_labels(train, cfg.label_noise, len(raw.classes), seed)
     workers = cfg.num_workers
 
     def batches(split, shuffle: bool, offset: int = 0):

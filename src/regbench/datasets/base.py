@@ -127,6 +127,46 @@ def split_train(cfg: DatasetConfig, train: Split) -> tuple[Split, Split]:
     return Subset(train, train_index.tolist()), Subset(train, val_index.tolist())
 
 
+class RelabeledDataset(Dataset):
+    """A file-based split whose labels are replaced (label noise)."""
+
+    def __init__(self, dataset: Dataset, labels: torch.Tensor) -> None:
+        self.dataset, self.labels = dataset, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        return self.dataset[index][0], int(self.labels[index])
+
+
+def split_labels(split: Split) -> torch.Tensor:
+    if isinstance(split, ImageTensors):
+        return split.labels
+    if isinstance(split, Subset):
+        return torch.as_tensor(split_labels_of_dataset(split.dataset))[split.indices]
+    return torch.as_tensor(split_labels_of_dataset(split))
+
+
+def split_labels_of_dataset(dataset: Dataset) -> list[int]:
+    """Labels without decoding images: torchvision's ImageFolder has ``targets``, OxfordIIITPet ``_labels``."""
+    for attribute in ("targets", "_labels", "labels"):
+        if hasattr(dataset, attribute):
+            return list(getattr(dataset, attribute))
+    return [dataset[index][1] for index in range(len(dataset))]
+
+
+def corrupt_labels(split: Split, fraction: float, num_classes: int, seed: int) -> Split:
+    """Replace ``fraction`` of the labels by a uniformly random class (Zhang et al. 2017)."""
+    labels = split_labels(split).clone()
+    generator = torch.Generator().manual_seed(seed)
+    chosen = torch.rand(len(labels), generator=generator) < fraction
+    labels[chosen] = torch.randint(0, num_classes, (int(chosen.sum()),), generator=generator)
+    if isinstance(split, ImageTensors):
+        return ImageTensors(split.images, labels)
+    return RelabeledDataset(split, labels)
+
+
 def make_batches(split: Split, batch_size: int, shuffle: bool, device: torch.device, seed: int,
                  num_workers: int) -> object:
     if isinstance(split, ImageTensors):
