@@ -272,8 +272,13 @@ def main(cfg: DictConfig) -> float:
     try:
         metrics = train(cfg, run_dir)
     except ConfigError as error:
-        RunRecorder.write_failure(run_dir, {"status": "failed", "error": str(error)})
-        fail(f"regbench: error: {error}", exit_code=2)
+        message = str(error)
+        # DataLoader re-raises a worker's error with the traceback as its message; its last line
+        # is the error itself (e.g. a corrupt image, named).
+        if message.startswith("Caught ") and "\nOriginal Traceback" in message:
+            message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
+        RunRecorder.write_failure(run_dir, {"status": "failed", "error": message})
+        fail(f"regbench: error: {message}", exit_code=2)
     except DivergedError as error:
         fail(f"regbench: diverged: {error}; see {relative_to_cwd(run_dir / 'metrics.json')}",
              exit_code=1)

@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-from regbench.config import DatasetConfig
+from regbench.config import DatasetConfig, check
 from regbench.datasets.base import (
     DataBundle,
     RawSplits,
@@ -28,9 +28,14 @@ def build_data(cfg: DatasetConfig, batch_size: int, device: torch.device, seed: 
     if cfg.label_noise > 0:
         train = corrupt_labels(train, cfg.label_noise, len(raw.classes), seed)
     workers = cfg.num_workers
+    shape = input_shape(raw.test)  # decodes one image for file-based datasets
+    channels = shape[0]
+    for key, values in (("dataset.mean", cfg.mean), ("dataset.std", cfg.std)):
+        check(len(values) in (1, channels), key, list(values),
+              f"1 or {channels} values (the channels of {cfg.name})")
 
-    def batches(split, shuffle: bool, offset: int = 0):
-        return make_batches(split, batch_size, shuffle, device, seed + offset, workers)
+    def batches(split, shuffle: bool):
+        return make_batches(split, batch_size, shuffle, device, seed, workers)
 
     return DataBundle(
         train=batches(train, shuffle=True),
@@ -38,7 +43,7 @@ def build_data(cfg: DatasetConfig, batch_size: int, device: torch.device, seed: 
         test=batches(raw.test, shuffle=False),
         train_eval=batches(train, shuffle=False),
         classes=raw.classes,
-        input_shape=input_shape(raw.test),
+        input_shape=shape,
         mean=list(cfg.mean),
         std=list(cfg.std),
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence, Union
+from typing import Callable, Iterator, Sequence, Union
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -58,6 +58,37 @@ def missing_files_error(name: str, root: Path, expected: Sequence[str], how: str
     return DatasetNotFoundError(
         f"dataset {name!r}: files not found under {root} (expected {', '.join(expected)}); {how}"
     )
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (torchvision's download errors span several)."""
+    return " ".join(str(error).split())
+
+
+def require_files(cfg: DatasetConfig, directory: Path, expected: Sequence[str],
+                  fetch: Callable[[], object], how: str) -> None:
+    """Download missing files when dataset.download allows it; refuse in one line if they stay missing.
+
+    ``expected`` are paths relative to ``directory``; ``fetch`` runs torchvision's downloader;
+    ``how`` tells the user how to get the files by hand.
+    """
+
+    def missing() -> list[str]:
+        return [name for name in expected if not (directory / name).exists()]
+
+    if not missing():
+        return
+    if not cfg.download:
+        raise missing_files_error(cfg.name, directory, missing(),
+                                  f"rerun with dataset.download=true or {how}")
+    try:
+        fetch()
+    except (OSError, RuntimeError) as error:
+        # Offline, urllib raises URLError (an OSError); torchvision's MNIST wraps it in RuntimeError.
+        raise missing_files_error(cfg.name, directory, missing(),
+                                  f"the download failed ({one_line(error)}); {how}") from None
+    if missing():
+        raise missing_files_error(cfg.name, directory, missing(), how)
 
 
 class TensorBatches:

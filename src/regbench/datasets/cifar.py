@@ -17,8 +17,7 @@ from torchvision.datasets.utils import check_integrity
 
 from regbench.config import DatasetConfig
 from regbench.datasets import DATASETS
-from regbench.datasets.base import CorruptDatasetError, ImageTensors, RawSplits
-from regbench.datasets.mnist import one_line, require_files
+from regbench.datasets.base import CorruptDatasetError, ImageTensors, RawSplits, one_line, require_files
 
 REDO = "delete it and rerun with dataset.download=true"
 # What unpickling a truncated or garbled batch raises, besides UnpicklingError.

@@ -10,50 +10,19 @@ memory as one uint8 tensor.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from torchvision.datasets import MNIST, FashionMNIST
 from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 
 from regbench.config import DatasetConfig
 from regbench.datasets import DATASETS
-from regbench.datasets.base import CorruptDatasetError, ImageTensors, RawSplits, missing_files_error
+from regbench.datasets.base import CorruptDatasetError, ImageTensors, RawSplits, one_line, require_files
 
 # What torchvision's IDX parser raises on a truncated or garbled file: it asserts the header and the
 # size (AssertionError), checks dtype/dimensions (TypeError/ValueError), and under ``python -O`` a
 # wrong size surfaces as a failed view (RuntimeError).
 IDX_ERRORS = (AssertionError, ValueError, TypeError, RuntimeError, KeyError)
-
-
-def one_line(error: BaseException) -> str:
-    """An exception's message on one line (torchvision's download errors span several)."""
-    return " ".join(str(error).split())
-
-
-def require_files(cfg: DatasetConfig, directory: Path, expected: Sequence[str],
-                  fetch: Callable[[], object], how: str) -> None:
-    """Download missing files when dataset.download allows it; refuse in one line if they stay missing.
-
-    ``expected`` are paths relative to ``directory``; ``fetch`` runs torchvision's downloader;
-    ``how`` tells the user how to get the files by hand.
-    """
-
-    def missing() -> list[str]:
-        return [name for name in expected if not (directory / name).exists()]
-
-    if not missing():
-        return
-    if not cfg.download:
-        raise missing_files_error(cfg.name, directory, missing(),
-                                  f"rerun with dataset.download=true or {how}")
-    try:
-        fetch()
-    except (OSError, RuntimeError) as error:
-        # Offline, urllib raises URLError (an OSError); torchvision's MNIST wraps it in RuntimeError.
-        raise missing_files_error(cfg.name, directory, missing(),
-                                  f"the download failed ({one_line(error)}); {how}") from None
-    if missing():
-        raise missing_files_error(cfg.name, directory, missing(), how)
 
 
 def unreadable_idx_file(paths: Sequence[Path]) -> Path | None:

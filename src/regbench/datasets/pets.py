@@ -15,14 +15,13 @@ from torchvision.transforms import v2
 
 from regbench.config import DatasetConfig
 from regbench.datasets import DATASETS
-from regbench.datasets.base import CorruptDatasetError, RawSplits
+from regbench.datasets.base import CorruptDatasetError, RawSplits, one_line, require_files
 from regbench.datasets.imagefolder import (
     CheckedImages,
     check_image_files,
     check_image_size,
     image_transform,
 )
-from regbench.datasets.mnist import one_line, require_files
 
 HOW = ("download images.tar.gz and annotations.tar.gz from "
        "https://www.robots.ox.ac.uk/~vgg/data/pets/ and extract both there")

@@ -49,6 +49,16 @@ def hidden_block(layer: nn.Module, width: int, kind: LayerKind, options: ModelOp
     return nn.Sequential(*parts)
 
 
+def pooled_block(conv: nn.Module, width: int, pool: nn.Module,
+                 options: ModelOptions) -> nn.Sequential:
+    """conv -> [norm] -> ReLU -> pool -> [dropout]: a conv ``hidden_block`` with pooling right
+    after the activation, so dropout (if any) drops pooled units, as in Srivastava et al. 2014's
+    conv nets; dropout before max-pooling would bias which unit wins the max."""
+    parts = list(hidden_block(conv, width, "conv", options, is_last_hidden=False))
+    activation = [isinstance(part, nn.ReLU) for part in parts].index(True)
+    return nn.Sequential(*parts[:activation + 1], pool, *parts[activation + 1:])
+
+
 def before_activation(block: nn.Sequential) -> nn.Module:
     """The layer of a ``hidden_block`` whose output is the pre-activation (after the norm, if any)."""
     modules = list(block)

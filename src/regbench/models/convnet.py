@@ -26,8 +26,8 @@ from regbench.models.base import (
     before_activation,
     hidden_block,
     input_block,
+    pooled_block,
 )
-from regbench.models.lenet import pooled_block
 
 KERNEL = 5
 CONV_CHANNELS = [32, 64]

@@ -27,6 +27,7 @@ from regbench.models.base import (
     before_activation,
     hidden_block,
     input_block,
+    pooled_block,
 )
 
 KERNEL = 5
@@ -41,16 +42,6 @@ class LeNetConfig(ModelConfig):
 
 
 register_schema("model", "lenet", LeNetConfig)
-
-
-def pooled_block(conv: nn.Module, width: int, pool: nn.Module,
-                 options: ModelOptions) -> nn.Sequential:
-    """conv -> [norm] -> ReLU -> pool -> [dropout]: a conv ``hidden_block`` with pooling right
-    after the activation, so dropout (if any) drops pooled units, as in Srivastava et al. 2014's
-    conv nets; dropout before max-pooling would bias which unit wins the max."""
-    parts = list(hidden_block(conv, width, "conv", options, is_last_hidden=False))
-    activation = [isinstance(part, nn.ReLU) for part in parts].index(True)
-    return nn.Sequential(*parts[:activation + 1], pool, *parts[activation + 1:])
 
 
 def same_padding_if_smaller(size: int, lenet_size: int) -> int:

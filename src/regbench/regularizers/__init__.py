@@ -6,7 +6,7 @@ overriding the hooks it needs), ``configs/regularizer/<name>.yaml`` and a test. 
 
 from __future__ import annotations
 
-from regbench.regularizers.base import (  # noqa: F401
+from regbench.regularizers.base import (
     REGULARIZERS,
     Regularizer,
     RunContext,
@@ -16,5 +16,8 @@ from regbench.regularizers.base import (  # noqa: F401
 )
 
 from regbench.registry import import_submodules
+
+__all__ = ["REGULARIZERS", "Regularizer", "RunContext", "StepOutput", "build_regularizers",
+           "register_regularizer"]
 
 import_submodules(__name__, __path__)
