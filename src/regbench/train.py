@@ -256,10 +256,11 @@ class JobFailed(RuntimeError):
     """A multirun job that failed; raised so the launcher goes on with the other jobs."""
 
 
-def fail(message: str, exit_code: int) -> None:
-    """Report a failed run: one line on stderr; a single run exits, a multirun job raises."""
+def fail(message: str, exit_code: int, stop_sweep: bool = False) -> None:
+    """Report a failed run: one line on stderr; a single run exits, a multirun job raises so the
+    other jobs go on, unless the whole sweep must stop (an interruption)."""
     print(message, file=sys.stderr)
-    if HydraConfig.get().mode == RunMode.MULTIRUN:
+    if HydraConfig.get().mode == RunMode.MULTIRUN and not stop_sweep:
         log.error(message)
         raise JobFailed(message) from None
     sys.exit(exit_code)
@@ -285,7 +286,11 @@ def main(cfg: DictConfig) -> float:
     except InterruptedRun as error:
         fail(f"regbench: {error}; run the same command with hydra.run.dir={relative_to_cwd(run_dir)} "
              f"to resume from the last completed epoch",
-             exit_code=128 + signal.Signals[error.signal_name].value)
+             exit_code=128 + signal.Signals[error.signal_name].value, stop_sweep=True)
+    except Exception as error:
+        # An unexpected fault: record it for the report, keep the traceback for the bug report.
+        RunRecorder.write_failure(run_dir, {"status": "failed", "error": f"{type(error).__name__}: {error}"})
+        raise
     print_summary(metrics, run_dir)
     objective = cfg.objective
     if objective not in metrics:
