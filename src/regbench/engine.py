@@ -223,6 +223,8 @@ class Trainer:
             record["seconds"] = time.perf_counter() - started
             # Every regularizer sees the epoch's end, even when an earlier one asks to stop.
             stop = [r.on_epoch_end(epoch, record, self.model) for r in self.regularizers]
+            # Kept in the history, so a resumed run does not train past an early stop.
+            record["stopped_early"] = any(stop)
             self.recorder.log_epoch(record)
             on_epoch(record)
             log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

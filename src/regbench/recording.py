@@ -99,7 +99,8 @@ class RunRecorder:
         """One epoch: scalars to TensorBoard and one line to history.jsonl."""
         epoch = record["epoch"]
         for key, value in record.items():
-            if key != "epoch" and not key.endswith("seconds") and isinstance(value, (int, float)):
+            if (key != "epoch" and not key.endswith("seconds") and not isinstance(value, bool)
+                    and isinstance(value, (int, float))):
                 self.writer.add_scalar(key, value, epoch)
         self.writer.flush()
         with self.history_path.open("a") as file:

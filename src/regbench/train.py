@@ -207,7 +207,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     }
     try:
         with stop_on_signals(trainer):
-            epochs = trainer.fit(start_epoch, on_epoch)
+            stopped = bool(history) and history[-1].get("stopped_early", False)
+            epochs = len(history) if stopped else trainer.fit(start_epoch, on_epoch)
     except (DivergedError, InterruptedRun) as error:
         status = "diverged" if isinstance(error, DivergedError) else "interrupted"
         recorder.write_metrics({
