@@ -52,9 +52,10 @@ def load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
     """Load ``path``, refusing one written by a run with a different model, dataset or regularizers."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated or foreign file
-        raise ConfigError(f"checkpoint {path} cannot be read ({type(error).__name__}: {error}); "
-                          f"delete it to start the run from scratch") from None
+    except Exception as error:  # a truncated, corrupt or foreign file (torch's message spans lines)
+        raise ConfigError(f"checkpoint {path} cannot be read (truncated, corrupt or not a regbench "
+                          f"checkpoint: {type(error).__name__}); delete it to start the run from "
+                          f"scratch") from None
     saved = state.get("identity", {})
     if saved != identity:
         different = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))

@@ -31,6 +31,7 @@ from regbench.optim import build_optimizer, build_scheduler, param_groups
 from regbench.paths import config_dir
 from regbench.recording import RunRecorder, read_json
 from regbench.regularizers import Regularizer, RunContext, build_regularizers
+from regbench.validate import exit_on_bad_command_line
 
 log = logging.getLogger("regbench")
 register_configs()
@@ -169,8 +170,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     metrics.json says completed is not trained again."""
     started = time.perf_counter()
     settings: Config = OmegaConf.to_object(cfg)  # runs the schema's range checks
+    identity = run_identity(settings)
+    checkpoint_path = run_dir / CHECKPOINT
     metrics_path = run_dir / "metrics.json"
     if metrics_path.exists() and read_json(metrics_path).get("status") == "completed":
+        if checkpoint_path.exists():
+            load_checkpoint(checkpoint_path, identity)  # refuses a folder of another configuration
         log.info("%s is already completed; not training again", run_dir)
         return read_json(metrics_path)
     trainer_cfg = settings.trainer
@@ -179,9 +184,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     device = resolve_device(trainer_cfg.device)
     run = build_run(settings, device)
 
-    identity = run_identity(settings)
     history: list[dict[str, Any]] = []
-    checkpoint_path = run_dir / CHECKPOINT
     state = load_checkpoint(checkpoint_path, identity) if checkpoint_path.exists() else None
     if state is not None:
         restore(run, state)
@@ -268,7 +271,7 @@ def fail(message: str, exit_code: int, stop_sweep: bool = False) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
     """Returns the objective (``objective``, a validation metric) for sweepers such as Optuna."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
@@ -298,6 +301,12 @@ def main(cfg: DictConfig) -> float:
         fail(f"regbench: error: objective={objective!r} is not a metric of this run; choose one of: "
              f"{', '.join(k for k, v in metrics.items() if isinstance(v, float))}", exit_code=2)
     return float(metrics[objective])
+
+
+def main() -> None:
+    """``python -m regbench`` and the ``regbench`` script: check the command line, then run Hydra."""
+    exit_on_bad_command_line(sys.argv[1:])
+    hydra_main()
 
 
 if __name__ == "__main__":

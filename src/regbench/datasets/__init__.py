@@ -31,8 +31,9 @@ def build_data(cfg: DatasetConfig, batch_size: int, device: torch.device, seed: 
     shape = input_shape(raw.test)  # decodes one image for file-based datasets
     channels = shape[0]
     for key, values in (("dataset.mean", cfg.mean), ("dataset.std", cfg.std)):
+        allowed = "1 value" if channels == 1 else f"1 or {channels} values"
         check(len(values) in (1, channels), key, list(values),
-              f"1 or {channels} values (the channels of {cfg.name})")
+              f"{allowed} ({cfg.name} images have {channels} channel{'s' * (channels > 1)})")
 
     def batches(split, shuffle: bool):
         return make_batches(split, batch_size, shuffle, device, seed, workers)

@@ -1,0 +1,124 @@
+"""Refuse a bad command line in one line, before Hydra starts a run or a sweep.
+
+Hydra reports an unknown option, a misspelled key or a value of the wrong type in several lines
+(and, in a sweep, only when it reaches the job). This check composes the configuration once per
+distinct value on the command line, with Hydra's own parser and compose API, and turns the first
+failure into one line: what was given and what is allowed. Range checks of the schema
+(``__post_init__``) run here too, so ``trainer.epochs=0`` is refused before the first job of a sweep.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Iterator, Sequence
+
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from regbench.config import ConfigError
+from regbench.paths import config_dir
+
+# Flags after which the command line is not a plain run or sweep (help, printing a config, another
+# primary config): Hydra handles those itself.
+HANDS_OFF_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--config-path",
+                   "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--shell-completion", "-sc",
+                   "--resolve", "--package", "-p", "--experimental-rerun", "--version"}
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(path.stem for path in (config_dir() / group).glob("*.yaml"))
+
+
+def config_groups() -> set[str]:
+    return {path.name for path in config_dir().iterdir() if path.is_dir() and path.name != "hydra"}
+
+
+def chosen_options(value: str) -> list[str]:
+    """``label_smoothing`` or ``[dropout,label_smoothing]`` -> option names."""
+    value = value.strip()
+    if value.startswith("[") and value.endswith("]"):
+        return [name.strip() for name in value[1:-1].split(",") if name.strip()]
+    return [value]
+
+
+def override_values(override: Override) -> list[str]:
+    """Each value an override takes (one, or each choice of a sweep)."""
+    if not override.is_sweep_override():
+        return [override.get_value_element_as_str()]
+    return list(override.sweep_string_iterator())  # glob/interval sweeps raise: not enumerable
+
+
+def check_group_choice(group: str, value: str) -> None:
+    options = group_options(group)
+    for name in chosen_options(value):
+        if name not in options and name not in ("null", ""):
+            raise ConfigError(f"unknown {group} {name!r}; choose one of: {', '.join(options)}")
+
+
+def candidate_command_lines(overrides: Sequence[Override]) -> Iterator[list[str]]:
+    """The command line with every sweep at its first value, then each other value of each sweep."""
+    values = [override_values(override) for override in overrides]
+    first = [f"{o.get_key_element()}={v[0]}" for o, v in zip(overrides, values)]
+    yield first
+    for index, (override, choices) in enumerate(zip(overrides, values)):
+        for value in choices[1:]:
+            yield first[:index] + [f"{override.get_key_element()}={value}"] + first[index + 1:]
+
+
+def one_line(error: BaseException) -> str:
+    """Hydra's and OmegaConf's messages, first lines only (they add full_key/object_type lines)."""
+    lines = [str(error).strip().splitlines()[0]]
+    cause = error.__cause__ or error.__context__
+    if cause is not None and str(cause).strip():
+        lines.append(str(cause).strip().splitlines()[0])
+    return " ".join(dict.fromkeys(line.strip() for line in lines))
+
+
+def check_command_line(args: Sequence[str]) -> None:
+    """Raise ConfigError for the first bad override of a command line."""
+    if any(arg.split("=")[0] in HANDS_OFF_FLAGS for arg in args):
+        return
+    try:
+        overrides = OverridesParser.create().parse_overrides(
+            [arg for arg in args if not arg.startswith("-")])
+    except HydraException as error:
+        raise ConfigError(one_line(error)) from None
+    groups = config_groups()
+    checked: list[Override] = []
+    for override in overrides:
+        if override.key_or_group.startswith("hydra"):
+            continue  # Hydra's own settings: Hydra checks them
+        try:
+            values = override_values(override)
+        except HydraException:
+            continue  # glob(...), interval(...): only a sweeper can expand these
+        if override.key_or_group in groups:
+            for value in values:
+                check_group_choice(override.key_or_group, value)
+        checked.append(override)
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        for command_line in candidate_command_lines(checked):
+            try:
+                OmegaConf.to_object(compose(config_name="config", overrides=command_line))
+            except ConfigError:
+                raise
+            except (HydraException, OmegaConfBaseException, ValueError) as error:
+                message = one_line(error)
+                unselected = [line.split("=")[0] for line in command_line
+                              if line.startswith("regularizer.") and "is not in struct" in message]
+                if unselected:
+                    name = unselected[0].split(".")[1]
+                    message += f" (select it too: regularizer={name} or regularizer=[...,{name}])"
+                raise ConfigError(message) from None
+
+
+def exit_on_bad_command_line(args: Sequence[str]) -> None:
+    try:
+        check_command_line(args)
+    except ConfigError as error:
+        print(f"regbench: error: {error}", file=sys.stderr)
+        sys.exit(2)

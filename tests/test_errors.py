@@ -1,0 +1,124 @@
+"""Bad input is refused in one line, before any training, with a non-zero exit; faults during a
+sweep do not stop the other jobs."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import read_metrics, run_cli, train_in_process
+from regbench.config import ConfigError
+from regbench.validate import check_command_line
+
+REGULARIZERS = ("augmentation, batchnorm, confidence_penalty, dropout, early_stopping, "
+                "feature_contraction, l1, l2, label_smoothing, none")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["regularizer=nonexistent"], f"unknown regularizer 'nonexistent'; choose one of: {REGULARIZERS}"),
+    (["regularizer=[dropout,nonexistent]"], "unknown regularizer 'nonexistent'"),
+    (["dataset=mnits"], "unknown dataset 'mnits'; choose one of: cifar10, cifar100, digits, "
+                        "fashion_mnist, imagefolder, mnist, pets"),
+    (["-m", "model=mlp,lenett"], "unknown model 'lenett'"),
+    (["trainer.epoch=3"], "Key 'epoch' not in 'TrainerConfig'"),
+    (["trainer.batch_size=many"], "Value 'many' of type 'str' could not be converted to Integer"),
+    (["optimizer.schedule=exp"], "Invalid value 'exp', expected one of [none, step, cosine, onecycle]"),
+    (["regularizer=dropout", "regularizer.dropout.p=1.0"], "regularizer.dropout.p=1.0 is not allowed"),
+    (["regularizer=label_smoothing", "regularizer.label_smoothing.epsilon=1.0"],
+     "regularizer.label_smoothing.epsilon=1.0 is not allowed: a number in [0, 1)"),
+    (["regularizer=confidence_penalty", "regularizer.confidence_penalty.beta=-1"],
+     "regularizer.confidence_penalty.beta=-1.0 is not allowed"),
+    (["regularizer=feature_contraction", "regularizer.feature_contraction.gamma=-1"],
+     "regularizer.feature_contraction.gamma=-1.0 is not allowed"),
+    (["regularizer=l2", "regularizer.l2.coef=-1"], "regularizer.l2.coef=-1.0 is not allowed"),
+    (["regularizer=l1", "regularizer.l1.coef=-1"], "regularizer.l1.coef=-1.0 is not allowed"),
+    (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 is not allowed: a number > 0"),
+    (["trainer.epochs=0"], "trainer.epochs=0 is not allowed: an integer >= 1"),
+    (["-m", "seed=0,1", "trainer.batch_size=0"], "trainer.batch_size=0 is not allowed: an integer >= 1"),
+    (["dataset.label_noise=1.5"], "dataset.label_noise=1.5 is not allowed: a fraction in [0, 1]"),
+    (["regularizer.dropout.p=0.2"], "select it too: regularizer=dropout"),
+])
+def test_command_line_mistakes_are_refused_before_hydra_starts(args, message):
+    with pytest.raises(ConfigError) as error:
+        check_command_line(args)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_valid_command_lines_pass():
+    check_command_line(["-m", "regularizer=[label_smoothing],[dropout,label_smoothing]", "seed=0,1",
+                        "regularizer.label_smoothing.epsilon=0.2"])
+    check_command_line(["--cfg", "job", "regularizer=whatever"])  # Hydra's own flags: hands off
+    check_command_line(["-m", "regularizer=glob(*)", "hydra/launcher=joblib"])
+
+
+@pytest.mark.slow
+def test_cli_prints_one_line_and_trains_nothing(tmp_path):
+    result = run_cli(["regularizer=nonexistent", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"regbench: error: unknown regularizer 'nonexistent'; choose one of: {REGULARIZERS}"]
+    assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["dataset.train_size=5000"], "dataset.train_size=5000 is not allowed: at most 1257"),
+    (["dataset.val_size=2000"], "dataset.val_size=2000 is not allowed"),
+    (["dataset.mean=[0.5,0.5,0.5]", "dataset.std=[0.5,0.5,0.5]"],
+     "dataset.mean=[0.5, 0.5, 0.5] is not allowed: 1 value (digits images have 1 channel)"),
+    (["dataset=mnist", "dataset.download=false"], "files not found under"),
+    (["regularizer=l2", "regularizer.l2.decoupled=true"], "only with optimizer=adamw"),
+    (["regularizer=early_stopping", "dataset.val_size=0"], "early_stopping"),
+    (["regularizer=[none,dropout]"], "regularizer=none cannot be combined with others"),
+])
+def test_run_level_mistakes_stop_before_training(tmp_path, data_root, overrides, message):
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError, match=None) as error:
+        train_in_process(run_dir, overrides)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+    assert not (run_dir / "history.jsonl").exists() or not (run_dir / "history.jsonl").read_text()
+    assert not (run_dir / "last.pt").exists()
+
+
+def test_checkpoint_of_another_configuration_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    train_in_process(run_dir, ["trainer.epochs=1", "model.hidden_sizes=[32]"])
+    with pytest.raises(ConfigError, match="belongs to a different run .*model"):
+        train_in_process(run_dir, ["trainer.epochs=1", "model.hidden_sizes=[64]"])
+    (run_dir / "metrics.json").unlink()  # an unfinished run folder: the resume path checks too
+    with pytest.raises(ConfigError, match="belongs to a different run .*dataset"):
+        train_in_process(run_dir, ["trainer.epochs=1", "model.hidden_sizes=[32]", "dataset.train_size=100"])
+
+
+def test_corrupt_checkpoint_is_refused_in_one_line(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="cannot be read.*delete it"):
+        train_in_process(run_dir, ["trainer.epochs=1"])
+
+
+@pytest.mark.slow
+def test_divergence_in_a_sweep_does_not_stop_the_other_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(["-m", "optimizer.lr=1e9,0.05", "trainer.epochs=2", "trainer.progress=false",
+                      "trainer.num_threads=1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert result.returncode != 0  # the sweep says that something failed
+    diverged, completed = read_metrics(sweep / "0"), read_metrics(sweep / "1")
+    assert diverged["status"] == "diverged"
+    assert diverged["diverged_epoch"] == 1 and "not finite" in diverged["error"]
+    assert completed["status"] == "completed"
+    report = run_cli([str(sweep)], cwd=tmp_path, module="regbench.report")
+    assert report.returncode == 0
+    assert "diverged" in (sweep / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_single_diverged_run_exits_non_zero(tmp_path):
+    result = run_cli(["optimizer.lr=1e9", "trainer.epochs=2", "trainer.progress=false",
+                      f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("regbench: diverged: loss is not finite at epoch 1")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert read_metrics(tmp_path / "run")["status"] == "diverged"
