@@ -37,6 +37,8 @@ log = logging.getLogger("regbench")
 register_configs()
 
 CHECKPOINT = "last.pt"
+# Dataset keys that say where and how the files are read, not what is trained on.
+DATA_LOCATION_KEYS = ("root", "download", "num_workers")
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -52,11 +54,19 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def run_identity(settings: Config) -> dict[str, Any]:
-    """What a checkpoint must share with the run that loads it."""
+    """What a checkpoint must share with the run that loads it: everything that shapes the
+    training, but not where the data lives or how it is loaded."""
+    def as_yaml(node: Any) -> str:
+        return OmegaConf.to_yaml(OmegaConf.structured(node))
+
+    dataset = OmegaConf.to_container(OmegaConf.structured(settings.dataset))
+    dataset = {key: value for key, value in dataset.items() if key not in DATA_LOCATION_KEYS}
     return {
-        "dataset": OmegaConf.to_yaml(OmegaConf.structured(settings.dataset)),
-        "model": OmegaConf.to_yaml(OmegaConf.structured(settings.model)),
-        "regularizer": sorted(settings.regularizer),
+        "dataset": OmegaConf.to_yaml(dataset),
+        "model": as_yaml(settings.model),
+        "regularizer": as_yaml(settings.regularizer),
+        "optimizer": as_yaml(settings.optimizer),
+        "batch_size": settings.trainer.batch_size,
         "seed": settings.seed,
     }
 
@@ -72,7 +82,7 @@ def hparams(cfg: DictConfig) -> dict[str, Any]:
     sections["trainer"] = {k: container["trainer"][k] for k in ("epochs", "batch_size")}
     for section, values in sections.items():
         for key, value in (values or {}).items():
-            if section == "dataset" and key in ("root", "download", "num_workers"):
+            if section == "dataset" and key in DATA_LOCATION_KEYS:
                 continue  # where the data is does not change the experiment
             if isinstance(value, dict):  # one regularizer's parameters
                 flat.update({f"{section}.{key}.{k}": v for k, v in value.items()})
