@@ -85,3 +85,29 @@ def test_multi_select_keeps_each_regularizer_under_its_own_key():
                           "regularizer.label_smoothing.epsilon=0.2"])
     assert set(cfg.regularizer) == {"dropout", "label_smoothing"}
     assert cfg.regularizer.label_smoothing.epsilon == 0.2
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_grid_is_valid(experiment):
+    """Each value of each preset's sweep composes into a valid config (checked like a command line)."""
+    from hydra import compose, initialize_config_dir
+
+    from regbench.validate import check_command_line
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    params = cfg.hydra.sweeper.params
+    assert "seed" in params and len(str(params.seed).split(",")) >= 3
+    check_command_line(["-m", f"experiment={experiment}", *(f"{k}={v}" for k, v in params.items())])
+
+
+@pytest.mark.parametrize("search", options("hparams_search"))
+def test_every_hparams_search_composes(search):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=[f"hparams_search={search}"], return_hydra_config=True)
+    (key,) = cfg.hydra.sweeper.params
+    assert key.startswith(f"regularizer.{search}.")
+    assert list(cfg.regularizer) == [search] and cfg.objective == "val/acc"
