@@ -43,6 +43,12 @@ def read_metrics(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+def read_history(run_dir: Path) -> list[dict[str, Any]]:
+    """history.jsonl as a list of per-epoch records ([] before the first epoch)."""
+    path = run_dir / "history.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
 @pytest.fixture
 def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty dataset root, also exported as REGBENCH_DATA (the default of dataset.root)."""

@@ -3,7 +3,6 @@ metrics of an uninterrupted run."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_metrics, run_cli
+from conftest import read_history, read_metrics, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -26,17 +25,12 @@ def without_timings(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}
 
 
-def history(run_dir: Path) -> list[dict]:
-    path = run_dir / "history.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
 def start_and_terminate(run_dir: Path, cwd: Path, after_epochs: int) -> subprocess.CompletedProcess:
     process = subprocess.Popen([sys.executable, "-m", "regbench", *ARGS, f"hydra.run.dir={run_dir}"],
                                cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + 300
-    while len(history(run_dir)) < after_epochs and process.poll() is None and time.monotonic() < deadline:
+    while len(read_history(run_dir)) < after_epochs and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=120)
@@ -56,14 +50,14 @@ def test_sigterm_then_rerun_matches_an_uninterrupted_run(tmp_path):
     epochs_done = metrics["epochs"]
     assert 3 <= epochs_done < 12
     assert (run_dir / "last.pt").is_file()
-    assert len(history(run_dir)) == epochs_done
+    assert len(read_history(run_dir)) == epochs_done
 
     resumed = run_cli([*ARGS, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert f"after epoch {epochs_done}" in resumed.stdout + resumed.stderr
     assert without_timings(read_metrics(run_dir)) == without_timings(read_metrics(tmp_path / "reference"))
-    assert [without_timings(r) for r in history(run_dir)] == \
-        [without_timings(r) for r in history(tmp_path / "reference")]
+    assert [without_timings(r) for r in read_history(run_dir)] == \
+        [without_timings(r) for r in read_history(tmp_path / "reference")]
 
     again = run_cli([*ARGS, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert again.returncode == 0 and "already completed" in again.stdout + again.stderr

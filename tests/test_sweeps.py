@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_metrics, run_cli
+from conftest import read_history, read_metrics, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -70,11 +69,6 @@ def test_slurm_preset_composes():
     assert compose_config()  # the plain config still composes
 
 
-def history_lines(run_dir: Path) -> int:
-    path = run_dir / "history.jsonl"
-    return len(path.read_text().splitlines()) if path.exists() else 0
-
-
 def test_interrupted_sweep_is_finished_by_running_it_again(tmp_path):
     sweep = tmp_path / "sweep"
     command = [sys.executable, "-m", "regbench", "-m", "seed=0,1,2", "trainer.epochs=15",
@@ -82,7 +76,7 @@ def test_interrupted_sweep_is_finished_by_running_it_again(tmp_path):
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + 300
-    while history_lines(sweep / "1") < 2 and process.poll() is None and time.monotonic() < deadline:
+    while len(read_history(sweep / "1")) < 2 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
@@ -100,5 +94,5 @@ def test_interrupted_sweep_is_finished_by_running_it_again(tmp_path):
     assert all(after[job]["status"] == "completed" for job in ("0", "1", "2"))
     assert (completed_job.stat().st_mtime_ns, completed_job.read_text()) == before  # untouched
     assert "resuming from" in (sweep / "1" / "regbench.log").read_text()
-    epochs = [json.loads(line)["epoch"] for line in (sweep / "1" / "history.jsonl").read_text().splitlines()]
+    epochs = [record["epoch"] for record in read_history(sweep / "1")]
     assert epochs == list(range(1, 16))

@@ -3,15 +3,13 @@ hinge do what they say, and training with it makes the network less confident on
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose_config, read_metrics, run_cli, train_in_process
+from conftest import compose_config, read_history, read_metrics, run_cli, train_in_process
 from regbench.config import ConfigError
 from regbench.regularizers import REGULARIZERS, RunContext, StepOutput
 from regbench.regularizers.confidence_penalty import ConfidencePenaltyConfig
@@ -44,10 +42,6 @@ def term(regularizer, logits: torch.Tensor, progress: float = 0.0) -> torch.Tens
     terms = regularizer.loss_terms(step)
     assert list(terms) == ["confidence_penalty"]
     return terms["confidence_penalty"]
-
-
-def read_history(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
 
 
 def test_term_is_minus_beta_times_mean_entropy():

@@ -4,15 +4,13 @@ the features on real data."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from conftest import compose_config, read_metrics, run_cli, train_in_process
+from conftest import compose_config, read_history, read_metrics, run_cli, train_in_process
 from regbench.config import ConfigError
 from regbench.models import ModelOptions, build_model
 from regbench.models.mlp import MLPConfig
@@ -40,10 +38,6 @@ def training_step(regularizer, model, inputs: torch.Tensor) -> tuple[torch.Tenso
     terms = regularizer.loss_terms(step)
     assert list(terms) == ["feature_contraction"]
     return terms["feature_contraction"], step
-
-
-def read_history(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
 
 
 INPUTS = torch.tensor([[[[1.0, -2.0], [0.5, 3.0]]], [[[-1.0, 0.0], [2.0, -0.5]]]])

@@ -3,16 +3,14 @@ training with it makes the network less confident on real data."""
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from conftest import compose_config, read_metrics, run_cli, train_in_process
+from conftest import compose_config, read_history, read_metrics, run_cli, train_in_process
 from regbench.config import ConfigError
 from regbench.regularizers import REGULARIZERS, StepOutput
 from regbench.regularizers.label_smoothing import LabelSmoothingConfig
@@ -22,10 +20,6 @@ def step_output(logits: torch.Tensor, labels: torch.Tensor) -> StepOutput:
     return StepOutput(inputs=torch.zeros(len(labels), 1), labels=labels, logits=logits,
                       features=torch.zeros(len(labels), 1), model=torch.nn.Identity(), epoch=0,
                       progress=0.0)
-
-
-def read_history(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
 
 
 def term(epsilon: float, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
