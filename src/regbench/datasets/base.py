@@ -116,7 +116,8 @@ class TensorBatches:
             order = torch.arange(n, device=self.images.device)
         for batch in range(len(self)):
             index = order[batch * self.batch_size:(batch + 1) * self.batch_size]
-            yield self.images[index], self.labels[index]
+            # index_select is several times faster than advanced indexing for this gather.
+            yield self.images.index_select(0, index), self.labels.index_select(0, index)
 
 
 @dataclass
@@ -218,4 +219,6 @@ def input_shape(split: Split) -> tuple[int, int, int]:
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 [B, C, H, W] -> float32 normalized, on the images' device."""
-    return TF.normalize(TF.to_dtype(images, torch.float32, scale=True), list(mean), list(std))
+    converted = TF.to_dtype(images, torch.float32, scale=True)
+    # In place when the conversion made a new tensor: one buffer per batch instead of two.
+    return TF.normalize(converted, list(mean), list(std), inplace=converted is not images)

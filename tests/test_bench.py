@@ -1,0 +1,46 @@
+"""scripts/bench.py runs end to end on tiny settings and writes its JSON. No timing assertions:
+speed is measured by running the benchmark, not by timed tests."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
+
+
+def test_bench_writes_medians_and_ratios(tmp_path: Path) -> None:
+    out = tmp_path / "b.json"
+    # From an empty working directory: the benchmark must leave nothing behind (Lightning included).
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--samples", "512", "--repeats", "1", "--models", "lenet",
+         "--threads", "1", "--out", str(out)],
+        cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json"]
+    report = json.loads(out.read_text())
+
+    lenet = report["models"]["lenet"]
+    expected = {"A", "B", "C"} | ({"D"} if importlib.util.find_spec("lightning") else set())
+    assert set(lenet["pipelines"]) == expected
+    # 512 samples in full batches of 128: every pipeline sees the same 4 batches.
+    assert (lenet["batches_per_epoch"], lenet["samples_per_epoch"]) == (4, 512)
+    assert lenet["dataloader_workers"] in (0, 2)
+    medians = {name: row["median_seconds"] for name, row in lenet["pipelines"].items()}
+    for name, row in lenet["pipelines"].items():
+        assert row["median_seconds"] > 0 and len(row["seconds"]) == 1
+        assert row["samples_per_second"] == pytest.approx(512 / row["median_seconds"])
+    assert report["speedup_vs_dataloader"] == pytest.approx(medians["B"] / medians["A"])
+    assert report["overhead_vs_compute"] == pytest.approx(medians["A"] / medians["C"])
+    assert report["machine"]["threads"] == 1 and report["machine"]["torch"]
+    assert report["batch_size"] == 128 and report["samples"] == 512
+    for name in expected:
+        assert f"lenet   {name} " in result.stdout  # one table row per pipeline
