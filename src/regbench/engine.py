@@ -86,6 +86,19 @@ def weight_norm(model: nn.Module) -> float:
     return torch.stack(squares).sum().sqrt().item()
 
 
+def epoch_summary(record: dict[str, Any], epochs: int) -> str:
+    """One readable progress line per epoch; history.jsonl and TensorBoard have every value."""
+    terms = " ".join(f"{key.removeprefix('train/loss_')} {value:.4f}" for key, value in record.items()
+                     if key.startswith("train/loss_") and key != "train/loss_ce")
+    train = f"train loss {record['train/loss']:.4f} acc {record['train/acc']:.4f}"
+    parts = [f"epoch {record['epoch']}/{epochs}", train + (f" ({terms})" if terms else "")]
+    if "val/acc" in record:
+        parts.append(f"val loss {record['val/loss']:.4f} acc {record['val/acc']:.4f} "
+                     f"ece {record['val/ece']:.4f} confidence {record['val/mean_confidence']:.3f}")
+    parts.append(f"lr {record['lr']:.3g}  {record['seconds']:.2f} s")
+    return " | ".join(parts)
+
+
 class Trainer:
     def __init__(self, model: nn.Module, data: DataBundle, regularizers: list[Regularizer],
                  optimizer: torch.optim.Optimizer, scheduler: Any, cfg: TrainerConfig,
@@ -227,8 +240,7 @@ class Trainer:
             record["stopped_early"] = any(stop)
             self.recorder.log_epoch(record)
             on_epoch(record)
-            log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                              for k, v in record.items()))
+            log.info(epoch_summary(record, self.cfg.epochs))
             if any(stop):
                 log.info("stopping early after epoch %d", epoch + 1)
                 return epoch + 1
