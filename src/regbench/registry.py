@@ -34,9 +34,6 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._entries)
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._entries
-
 
 def import_submodules(package: str, path: list[str], skip: tuple[str, ...] = ("base",)) -> None:
     """Import every module of a package, so that each registers its entries on import."""
