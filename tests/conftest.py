@@ -43,6 +43,21 @@ def read_metrics(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+def train_with_cli(tmp_path: Path, overrides: Sequence[str],
+                   epochs: int = 2) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``python -m regbench <overrides>`` for a few epochs in a subprocess, as a user runs it;
+    checks that it completed and returns (metrics.json, history.jsonl) of its run folder."""
+    run_dir = tmp_path / "run"
+    result = run_cli([*overrides, f"trainer.epochs={epochs}", "trainer.progress=false",
+                      "trainer.num_threads=1", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = read_metrics(run_dir)
+    assert metrics["status"] == "completed"
+    history = read_history(run_dir)
+    assert len(history) == epochs
+    return metrics, history
+
+
 def read_history(run_dir: Path) -> list[dict[str, Any]]:
     """history.jsonl as a list of per-epoch records ([] before the first epoch)."""
     path = run_dir / "history.jsonl"

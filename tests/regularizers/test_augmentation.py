@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torchvision.transforms import v2
 
-from conftest import compose_config, read_metrics, run_cli, train_in_process
+from conftest import compose_config, train_in_process, train_with_cli
 from regbench.config import ConfigError
 from regbench.regularizers import REGULARIZERS, RunContext
 from regbench.regularizers.augmentation import Augmentation, AugmentationConfig, AugmentationMode
@@ -152,8 +152,4 @@ def test_only_training_batches_are_augmented(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_cli_trains_with_augmentation(tmp_path):
-    run_dir = tmp_path / "run"
-    result = run_cli(["regularizer=augmentation", "trainer.epochs=2", "trainer.progress=false",
-                      "trainer.num_threads=1", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert read_metrics(run_dir)["status"] == "completed"
+    train_with_cli(tmp_path, ["regularizer=augmentation"])

@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import compose_config, read_metrics, run_cli
+from conftest import compose_config, train_with_cli
 from regbench.config import ConfigError
 from regbench.models import build_model
 from regbench.models.base import ModelOptions, hidden_block
@@ -92,11 +92,5 @@ def test_config_composes_and_bad_values_are_refused():
 
 @pytest.mark.slow
 def test_cli_trains_with_dropout_and_batchnorm(tmp_path):
-    run_dir = tmp_path / "run"
-    result = run_cli(["regularizer=[dropout,batchnorm]", "trainer.epochs=2",
-                      "trainer.progress=false", "trainer.num_threads=1",
-                      f"hydra.run.dir={run_dir}"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    metrics = read_metrics(run_dir)
-    assert metrics["status"] == "completed"
+    metrics, _ = train_with_cli(tmp_path, ["regularizer=[dropout,batchnorm]"])
     assert metrics["regularizer"] == ["batchnorm", "dropout"]

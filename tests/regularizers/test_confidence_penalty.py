@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose_config, read_history, read_metrics, run_cli, train_in_process
+from conftest import compose_config, train_in_process, train_with_cli
 from regbench.config import ConfigError
 from regbench.regularizers import REGULARIZERS, RunContext, StepOutput
 from regbench.regularizers.confidence_penalty import ConfidencePenaltyConfig
@@ -158,12 +158,6 @@ def test_hinge_stops_pushing_once_entropy_reaches_threshold(tmp_path, baseline, 
 
 @pytest.mark.slow
 def test_cli_run_logs_the_term(tmp_path):
-    result = run_cli(["regularizer=confidence_penalty", "trainer.epochs=2",
-                      "trainer.progress=false", "trainer.num_threads=1",
-                      f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert read_metrics(tmp_path / "run")["status"] == "completed"
-    history = read_history(tmp_path / "run")
-    assert len(history) == 2
+    _, history = train_with_cli(tmp_path, ["regularizer=confidence_penalty"])
     # Without a threshold the term is -beta * H: negative.
     assert all(record["train/loss_confidence_penalty"] < 0 for record in history)

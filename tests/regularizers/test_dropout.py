@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import compose_config, read_metrics, run_cli, train_in_process
+from conftest import compose_config, train_in_process, train_with_cli
 from regbench.config import ConfigError
 from regbench.models import build_model
 from regbench.models.base import ModelOptions, hidden_block
@@ -194,11 +194,6 @@ def test_channel_dropout_on_lenet_needs_before_bn_next_to_batchnorm(tmp_path):
 
 @pytest.mark.slow
 def test_cli_trains_with_dropout(tmp_path):
-    run_dir = tmp_path / "run"
-    result = run_cli(["regularizer=dropout", "regularizer.dropout.kind=gaussian",
-                      "regularizer.dropout.input_p=0.2", "trainer.epochs=2",
-                      "trainer.progress=false", "trainer.num_threads=1",
-                      f"hydra.run.dir={run_dir}"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    metrics = read_metrics(run_dir)
-    assert metrics["status"] == "completed" and metrics["regularizer"] == ["dropout"]
+    metrics, _ = train_with_cli(tmp_path, ["regularizer=dropout", "regularizer.dropout.kind=gaussian",
+                                           "regularizer.dropout.input_p=0.2"])
+    assert metrics["regularizer"] == ["dropout"]

@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import compose_config, read_metrics, run_cli, train_in_process
+from conftest import compose_config, train_in_process, train_with_cli
 from regbench.config import ConfigError
 from regbench.regularizers import REGULARIZERS, RunContext
 from regbench.regularizers.early_stopping import EarlyStopping, EarlyStoppingConfig
@@ -137,10 +137,5 @@ def test_real_run_stops_and_tests_the_best_epochs_weights(tmp_path):
 
 @pytest.mark.slow
 def test_cli_trains_with_early_stopping(tmp_path):
-    run_dir = tmp_path / "run"
-    result = run_cli(["regularizer=early_stopping", "trainer.epochs=2", "trainer.progress=false",
-                      "trainer.num_threads=1", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    metrics = read_metrics(run_dir)
-    assert metrics["status"] == "completed"
+    metrics, _ = train_with_cli(tmp_path, ["regularizer=early_stopping"])
     assert 1 <= metrics["early_stopping/best_epoch"] <= metrics["early_stopping/stopped_epoch"] == 2

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from conftest import compose_config, read_history, read_metrics, run_cli, train_in_process
+from conftest import compose_config, train_in_process, train_with_cli
 from regbench.config import ConfigError
 from regbench.models import ModelOptions, build_model
 from regbench.models.mlp import MLPConfig
@@ -154,11 +154,5 @@ def test_contraction_lowers_test_feature_norm_on_digits(tmp_path):
 
 @pytest.mark.slow
 def test_cli_run_logs_the_term(tmp_path):
-    result = run_cli(["regularizer=feature_contraction", "trainer.epochs=2",
-                      "trainer.progress=false", "trainer.num_threads=1",
-                      f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert read_metrics(tmp_path / "run")["status"] == "completed"
-    history = read_history(tmp_path / "run")
-    assert len(history) == 2
+    _, history = train_with_cli(tmp_path, ["regularizer=feature_contraction"])
     assert all(record["train/loss_feature_contraction"] > 0 for record in history)

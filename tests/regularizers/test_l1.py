@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import compose_config, read_metrics, run_cli, train_in_process
+from conftest import compose_config, train_in_process, train_with_cli
 from regbench.config import ConfigError
 from regbench.regularizers import REGULARIZERS, StepOutput
 from regbench.regularizers.l1 import L1Config
@@ -84,8 +84,4 @@ def test_l1_shrinks_the_absolute_weights_on_digits(tmp_path):
 
 @pytest.mark.slow
 def test_cli_trains_with_l1(tmp_path):
-    run_dir = tmp_path / "run"
-    result = run_cli(["regularizer=l1", "trainer.epochs=2", "trainer.progress=false",
-                      "trainer.num_threads=1", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert read_metrics(run_dir)["status"] == "completed"
+    train_with_cli(tmp_path, ["regularizer=l1"])

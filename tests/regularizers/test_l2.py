@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import compose_config, read_metrics, run_cli, train_in_process
+from conftest import compose_config, train_in_process, train_with_cli
 from regbench.config import ConfigError
 from regbench.optim import param_groups
 from regbench.regularizers import REGULARIZERS, RunContext, StepOutput
@@ -140,8 +140,4 @@ def test_decoupled_weight_decay_with_adamw_lowers_the_weight_norm(tmp_path):
 
 @pytest.mark.slow
 def test_cli_trains_with_l2(tmp_path):
-    run_dir = tmp_path / "run"
-    result = run_cli(["regularizer=l2", "trainer.epochs=2", "trainer.progress=false",
-                      "trainer.num_threads=1", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert read_metrics(run_dir)["status"] == "completed"
+    train_with_cli(tmp_path, ["regularizer=l2"])

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from conftest import compose_config, read_history, read_metrics, run_cli, train_in_process
+from conftest import compose_config, read_history, train_in_process, train_with_cli
 from regbench.config import ConfigError
 from regbench.regularizers import REGULARIZERS, StepOutput
 from regbench.regularizers.label_smoothing import LabelSmoothingConfig
@@ -90,25 +90,12 @@ def test_label_smoothing_lowers_test_confidence_on_digits(tmp_path):
 
 @pytest.mark.slow
 def test_cli_run_logs_the_term(tmp_path):
-    result = run_cli(["regularizer=label_smoothing", "trainer.epochs=2", "trainer.progress=false",
-                      "trainer.num_threads=1", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert read_metrics(tmp_path / "run")["status"] == "completed"
-    history = read_history(tmp_path / "run")
-    assert len(history) == 2
+    _, history = train_with_cli(tmp_path, ["regularizer=label_smoothing"])
     assert all("train/loss_label_smoothing" in record for record in history)
 
 
 @pytest.mark.slow
 def test_cli_run_combines_with_dropout(tmp_path):
-    # dropout is written separately; this combination is tested once it exists.
-    if "dropout" not in REGULARIZERS:
-        pytest.skip("the dropout regularizer is not there yet")
-    result = run_cli(["regularizer=[dropout,label_smoothing]", "trainer.epochs=2",
-                      "trainer.progress=false", "trainer.num_threads=1",
-                      f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    metrics = read_metrics(tmp_path / "run")
-    assert metrics["status"] == "completed"
+    metrics, history = train_with_cli(tmp_path, ["regularizer=[dropout,label_smoothing]"])
     assert metrics["regularizer"] == ["dropout", "label_smoothing"]
-    assert "train/loss_label_smoothing" in read_history(tmp_path / "run")[-1]
+    assert "train/loss_label_smoothing" in history[-1]
