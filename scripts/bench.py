@@ -175,8 +175,7 @@ def bench_model(model_name: str, data_root: Path, repeats: int, threads: int) ->
     run = build_run(settings, device)
     with tempfile.TemporaryDirectory() as run_folder:
         recorder = RunRecorder(Path(run_folder))
-        trainer = Trainer(run.model, run.data, run.regularizers, run.optimizer, run.scheduler,
-                          settings.trainer, device, show_progress=False, recorder=recorder)
+        trainer = Trainer(run, settings.trainer, device, show_progress=False, recorder=recorder)
         samples = len(run.data.train) * BATCH_SIZE  # full batches only (drop_last)
         compute_batches = prepared_batches(run, trainer)
 

@@ -52,8 +52,7 @@ def main() -> None:
     run = build_run(settings, device)
     with tempfile.TemporaryDirectory() as folder:
         recorder = RunRecorder(Path(folder))
-        trainer = Trainer(run.model, run.data, run.regularizers, run.optimizer, run.scheduler,
-                          settings.trainer, device, show_progress=False, recorder=recorder)
+        trainer = Trainer(run, settings.trainer, device, show_progress=False, recorder=recorder)
         trainer.train_epoch(0)  # warm-up
         logits = torch.cat([run.model(trainer.prepare(x.to(device))).detach() for x, _ in run.data.train])
         labels = torch.cat([y.to(device) for _, y in run.data.train])

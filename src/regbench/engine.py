@@ -99,15 +99,25 @@ def epoch_summary(record: dict[str, Any], epochs: int) -> str:
     return " | ".join(parts)
 
 
+@dataclass
+class Run:
+    """The objects of one training run, built from its settings (train.build_run)."""
+
+    data: DataBundle
+    regularizers: list[Regularizer]
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+
+
 class Trainer:
-    def __init__(self, model: nn.Module, data: DataBundle, regularizers: list[Regularizer],
-                 optimizer: torch.optim.Optimizer, scheduler: Any, cfg: TrainerConfig,
-                 device: torch.device, show_progress: bool, recorder: RunRecorder) -> None:
-        self.model = model
-        self.data = data
-        self.regularizers = regularizers
-        self.optimizer = optimizer
-        self.scheduler = scheduler
+    def __init__(self, run: Run, cfg: TrainerConfig, device: torch.device, show_progress: bool,
+                 recorder: RunRecorder) -> None:
+        self.model = run.model
+        self.data = run.data
+        self.regularizers = run.regularizers
+        self.optimizer = run.optimizer
+        self.scheduler = run.scheduler
         self.cfg = cfg
         self.device = device
         self.show_progress = show_progress
@@ -116,9 +126,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         # channels_last speeds up convolutions on CUDA; a no-op layout for MLPs.
         self.memory_format = torch.channels_last if device.type == "cuda" else torch.preserve_format
-        step_model = WithFeatures(model)
+        step_model = WithFeatures(run.model)
         self.step_model = torch.compile(step_model) if cfg.compile else step_model
-        self.steps_per_epoch = len(data.train)
+        self.steps_per_epoch = len(run.data.train)
         # Checking the loss every step costs a device sync on CUDA; on CPU it is free.
         self.finite_check_every = 1 if device.type == "cpu" else 50
         # Set by a signal handler (train.stop_on_signals); checked after every step.

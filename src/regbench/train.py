@@ -10,7 +10,6 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -24,13 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 from regbench.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from regbench.config import Config, ConfigError, register_configs
 from regbench.datasets import build_data
-from regbench.datasets.base import DataBundle
-from regbench.engine import DivergedError, InterruptedRun, Trainer, resolve_device
+from regbench.engine import DivergedError, InterruptedRun, Run, Trainer, resolve_device
 from regbench.models import ModelOptions, build_model
 from regbench.optim import build_optimizer, build_scheduler, param_groups
 from regbench.paths import config_dir
 from regbench.recording import RunRecorder, read_json
-from regbench.regularizers import Regularizer, RunContext, build_regularizers
+from regbench.regularizers import RunContext, build_regularizers
 from regbench.validate import exit_on_bad_command_line
 
 log = logging.getLogger("regbench")
@@ -96,17 +94,6 @@ def show_progress(setting: bool | None) -> bool:
     if setting is not None:
         return setting
     return sys.stderr.isatty() and HydraConfig.get().mode != RunMode.MULTIRUN
-
-
-@dataclass
-class Run:
-    """The objects of one training run, built from its settings."""
-
-    data: DataBundle
-    regularizers: list[Regularizer]
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
 
 
 def build_run(settings: Config, device: torch.device) -> Run:
@@ -204,8 +191,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # Events of epochs after the checkpoint (logged before an interruption) are dropped.
     recorder = RunRecorder(run_dir, purge_step=start_epoch + 1 if state else None)
     recorder.rewrite_history(history)
-    trainer = Trainer(run.model, run.data, run.regularizers, run.optimizer, run.scheduler, trainer_cfg,
-                      device, show_progress(trainer_cfg.progress), recorder)
+    trainer = Trainer(run, trainer_cfg, device, show_progress(trainer_cfg.progress), recorder)
     if state is not None:
         trainer.scaler.load_state_dict(state["scaler"])
 

@@ -8,8 +8,9 @@ before the model is built (see regularizers/base.py: ``configure_model``); model
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Literal, Optional
+from typing import Callable, Literal, Optional, Sequence
 
 import torch
 from torch import nn
@@ -57,6 +58,20 @@ def pooled_block(conv: nn.Module, width: int, pool: nn.Module,
     parts = list(hidden_block(conv, width, "conv", options, is_last_hidden=False))
     activation = [isinstance(part, nn.ReLU) for part in parts].index(True)
     return nn.Sequential(*parts[:activation + 1], pool, *parts[activation + 1:])
+
+
+def fully_connected_blocks(in_features: int, hidden_sizes: Sequence[int],
+                           options: ModelOptions) -> tuple["OrderedDict[str, nn.Sequential]", int]:
+    """Hidden layers fc1..fcN as ``hidden_block``s (the last one gives the penultimate features),
+    and the width of their output (``in_features`` when there are none)."""
+    blocks: OrderedDict[str, nn.Sequential] = OrderedDict()
+    width = in_features
+    for index, hidden in enumerate(hidden_sizes, start=1):
+        linear = nn.Linear(width, hidden, bias=options.norm is None)
+        blocks[f"fc{index}"] = hidden_block(linear, hidden, "linear", options,
+                                            is_last_hidden=index == len(hidden_sizes))
+        width = hidden
+    return blocks, width
 
 
 def before_activation(block: nn.Sequential) -> nn.Module:

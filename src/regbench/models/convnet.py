@@ -24,7 +24,7 @@ from regbench.models.base import (
     Classifier,
     ModelOptions,
     before_activation,
-    hidden_block,
+    fully_connected_blocks,
     input_block,
     pooled_block,
 )
@@ -56,8 +56,7 @@ class ConvNet(Classifier):
             raise ConfigError(f"model=convnet needs images of at least 4x4 pixels, got "
                               f"{input_shape[1]}x{input_shape[2]}")
         layers["flatten"] = nn.Flatten()
-        fc = nn.Linear(channels * height * width, HIDDEN_SIZE, bias=options.norm is None)
-        layers["fc1"] = hidden_block(fc, HIDDEN_SIZE, "linear", options, is_last_hidden=True)
+        layers.update(fully_connected_blocks(channels * height * width, [HIDDEN_SIZE], options)[0])
         self.body = nn.Sequential(OrderedDict(layers))
         self.head = nn.Linear(HIDDEN_SIZE, num_classes)
         self.num_features = HIDDEN_SIZE

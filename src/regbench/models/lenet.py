@@ -25,7 +25,7 @@ from regbench.models.base import (
     Classifier,
     ModelOptions,
     before_activation,
-    hidden_block,
+    fully_connected_blocks,
     input_block,
     pooled_block,
 )
@@ -66,12 +66,8 @@ class LeNet(Classifier):
             raise ConfigError(f"model=lenet needs images of at least 4x4 pixels, got "
                               f"{input_shape[1]}x{input_shape[2]}")
         layers["flatten"] = nn.Flatten()
-        features = channels * height * width
-        for index, hidden in enumerate(HIDDEN_SIZES, start=1):
-            fc = nn.Linear(features, hidden, bias=options.norm is None)
-            layers[f"fc{index}"] = hidden_block(fc, hidden, "linear", options,
-                                                is_last_hidden=index == len(HIDDEN_SIZES))
-            features = hidden
+        blocks, features = fully_connected_blocks(channels * height * width, HIDDEN_SIZES, options)
+        layers.update(blocks)
         self.body = nn.Sequential(OrderedDict(layers))
         self.head = nn.Linear(features, num_classes)
         self.num_features = features

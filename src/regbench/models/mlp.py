@@ -6,6 +6,7 @@ Default 2x1024 ReLU: the permutation-invariant MNIST network of Pereyra et al. 2
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -16,7 +17,7 @@ from regbench.models.base import (
     Classifier,
     ModelOptions,
     before_activation,
-    hidden_block,
+    fully_connected_blocks,
     input_block,
 )
 
@@ -34,22 +35,18 @@ class MLP(Classifier):
     def __init__(self, in_features: int, hidden_sizes: list[int], num_classes: int,
                  options: ModelOptions) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Flatten(), input_block(options)]
-        width = in_features
-        for index, hidden in enumerate(hidden_sizes):
-            block = hidden_block(nn.Linear(width, hidden, bias=options.norm is None), hidden,
-                                 "linear", options, is_last_hidden=index == len(hidden_sizes) - 1)
-            layers.append(block)
-            width = hidden
-        self.body = nn.Sequential(*layers)
+        layers = OrderedDict(flatten=nn.Flatten(), input=input_block(options))
+        blocks, width = fully_connected_blocks(in_features, hidden_sizes, options)
+        layers.update(blocks)
+        self.body = nn.Sequential(layers)
         self.head = nn.Linear(width, num_classes)
         self.num_features = width
+        self.last_hidden = list(blocks)[-1] if blocks else None
 
     def feature_layers(self) -> dict[str, nn.Module]:
         layers = super().feature_layers()
-        hidden_blocks = [m for m in self.body if isinstance(m, nn.Sequential)]
-        if hidden_blocks:
-            layers["penultimate_preact"] = before_activation(hidden_blocks[-1])
+        if self.last_hidden is not None:
+            layers["penultimate_preact"] = before_activation(getattr(self.body, self.last_hidden))
         return layers
 
 
