@@ -5,7 +5,7 @@ written as real IDX files to a temporary folder, so both regbench and torchvisio
 as they would the real MNIST), in one process, with the same model object, optimizer, batch size and
 samples per epoch, interleaved A B C (D) over several repetitions after a warm-up:
 
-  A  regbench: ``Trainer.train_epoch``, the CLI's epoch, on the run ``build_run`` makes from the real
+  A  regbench: ``Run.train_epoch``, the CLI's epoch, on the run ``Run.build`` makes from the real
      config (in-memory uint8 split, batches indexed and normalized as whole tensors, the epoch's
      train/ metrics included);
   B  the tutorial pipeline (PyTorch's examples/mnist): torchvision's MNIST with ToTensor + Normalize
@@ -43,22 +43,18 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from regbench.engine import Trainer, resolve_device
-from regbench.paths import config_dir
-from regbench.recording import RunRecorder
-from regbench.train import Run, build_run, seed_everything
+from regbench.composition import compose_settings
+from regbench.engine import Run, resolve_device
 
 BATCH_SIZE = 128  # PyTorch's examples/mnist uses 64; 128 is the common choice for LeNet/MLP benchmarks
 # The tutorial's MNIST statistics (also configs/dataset/mnist.yaml).
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 WORKER_CHOICES = (0, 2)  # the tutorial's default, and one worker per core of a 2-core machine
-NAMES = {"A": "regbench Trainer", "B": "tutorial DataLoader", "C": "pure compute", "D": "lightning"}
+NAMES = {"A": "regbench Run", "B": "tutorial DataLoader", "C": "pure compute", "D": "lightning"}
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -88,9 +84,9 @@ def tutorial_loader(root: Path, num_workers: int) -> DataLoader:
     return DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=True, num_workers=num_workers, drop_last=True)
 
 
-def prepared_batches(run: Run, trainer: Trainer) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def prepared_batches(run: Run) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """A's batches, converted and normalized once, kept in memory for C."""
-    return [(trainer.prepare(images), labels) for images, labels in run.data.train]
+    return [(run.prepare(images), labels) for images, labels in run.data.train]
 
 
 # --- the plain loop (B and C) and Lightning (D) -----------------------------------------------------
@@ -158,52 +154,46 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def compose_settings(model: str, data_root: Path, threads: int, epochs: int):
+def bench_settings(model: str, data_root: Path, threads: int, epochs: int):
     overrides = [
         "dataset=mnist", f"dataset.root={data_root}", "dataset.download=false", "dataset.val_size=0",
         f"model={model}", f"trainer.batch_size={BATCH_SIZE}", "regularizer=none", "trainer.progress=false",
         f"trainer.num_threads={threads}", f"trainer.epochs={epochs}",
     ]
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return OmegaConf.to_object(compose("config", overrides=overrides))
+    return compose_settings(overrides)
 
 
 def bench_model(model_name: str, data_root: Path, repeats: int, threads: int) -> dict:
-    settings = compose_settings(model_name, data_root, threads, epochs=repeats + 1)
-    seed_everything(settings.seed, deterministic=False)
-    device = resolve_device(settings.trainer.device)
-    run = build_run(settings, device)
-    with tempfile.TemporaryDirectory() as run_folder:
-        recorder = RunRecorder(Path(run_folder))
-        trainer = Trainer(run, settings.trainer, device, show_progress=False, recorder=recorder)
-        samples = len(run.data.train) * BATCH_SIZE  # full batches only (drop_last)
-        compute_batches = prepared_batches(run, trainer)
+    settings = bench_settings(model_name, data_root, threads, epochs=repeats + 1)
+    run = Run.build(settings)
+    device = run.device
+    samples = len(run.data.train) * BATCH_SIZE  # full batches only (drop_last)
+    compute_batches = prepared_batches(run)
 
-        # B's worker count: one probing epoch each (also B's warm-up).
-        probes = {}
-        for workers in WORKER_CHOICES:
-            probe_loader = tutorial_loader(data_root, workers)
-            probes[workers] = timed(lambda: plain_epoch(run.model, run.optimizer, probe_loader, device), device)
-        workers = min(probes, key=probes.get)
-        loader = tutorial_loader(data_root, workers)
-        epochs = itertools.count()  # A's epoch index (what regularizers read as progress)
-        pipelines: dict[str, Callable[[], object]] = {
-            "A": lambda: trainer.train_epoch(next(epochs)),
-            "B": lambda: plain_epoch(run.model, run.optimizer, loader, device),
-            "C": lambda: plain_epoch(run.model, run.optimizer, compute_batches, device),
-        }
-        lightning_epoch = lightning_epoch_function(run.model, run.optimizer, loader, device)
-        if lightning_epoch is not None:
-            pipelines["D"] = lightning_epoch
+    # B's worker count: one probing epoch each (also B's warm-up).
+    probes = {}
+    for workers in WORKER_CHOICES:
+        probe_loader = tutorial_loader(data_root, workers)
+        probes[workers] = timed(lambda: plain_epoch(run.model, run.optimizer, probe_loader, device), device)
+    workers = min(probes, key=probes.get)
+    loader = tutorial_loader(data_root, workers)
+    epochs = itertools.count()  # A's epoch index (what regularizers read as progress)
+    pipelines: dict[str, Callable[[], object]] = {
+        "A": lambda: run.train_epoch(next(epochs)),
+        "B": lambda: plain_epoch(run.model, run.optimizer, loader, device),
+        "C": lambda: plain_epoch(run.model, run.optimizer, compute_batches, device),
+    }
+    lightning_epoch = lightning_epoch_function(run.model, run.optimizer, loader, device)
+    if lightning_epoch is not None:
+        pipelines["D"] = lightning_epoch
 
+    for name, function in pipelines.items():
+        if name != "B":  # B was warmed up by the probes
+            function()
+    times: dict[str, list[float]] = {name: [] for name in pipelines}
+    for _ in range(repeats):
         for name, function in pipelines.items():
-            if name != "B":  # B was warmed up by the probes
-                function()
-        times: dict[str, list[float]] = {name: [] for name in pipelines}
-        for _ in range(repeats):
-            for name, function in pipelines.items():
-                times[name].append(timed(function, device))
-        recorder.close()
+            times[name].append(timed(function, device))
 
     results = {}
     for name, values in times.items():

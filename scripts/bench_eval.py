@@ -20,14 +20,10 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
-
-from regbench.engine import Trainer, resolve_device
+from regbench.composition import compose_settings
+from regbench.engine import Run
 from regbench.metrics import classification_metrics
-from regbench.paths import config_dir
 from regbench.recording import RunRecorder
-from regbench.train import build_run, seed_everything
 
 
 def timed(function) -> float:
@@ -43,23 +39,17 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=["trainer.progress=false", *args.overrides])
-    settings = OmegaConf.to_object(cfg)
-    torch.set_num_threads(settings.trainer.num_threads or torch.get_num_threads())
-    seed_everything(settings.seed, deterministic=False)
-    device = resolve_device(settings.trainer.device)
-    run = build_run(settings, device)
+    run = Run.build(compose_settings(["trainer.progress=false", *args.overrides]))
+    device = run.device
     with tempfile.TemporaryDirectory() as folder:
         recorder = RunRecorder(Path(folder))
-        trainer = Trainer(run, settings.trainer, device, show_progress=False, recorder=recorder)
-        trainer.train_epoch(0)  # warm-up
-        logits = torch.cat([run.model(trainer.prepare(x.to(device))).detach() for x, _ in run.data.train])
+        run.train_epoch(0)  # warm-up
+        logits = torch.cat([run.model(run.prepare(x.to(device))).detach() for x, _ in run.data.train])
         labels = torch.cat([y.to(device) for _, y in run.data.train])
         times: dict[str, list[float]] = {"A train epoch": [], "B validation": [], "C train metrics": []}
         for repeat in range(args.repeats):
-            times["A train epoch"].append(timed(lambda: trainer.train_epoch(0)))
-            times["B validation"].append(timed(lambda: trainer.validate(repeat)))
+            times["A train epoch"].append(timed(lambda: run.train_epoch(0)))
+            times["B validation"].append(timed(lambda: run.validate(repeat, recorder)))
             times["C train metrics"].append(timed(lambda: classification_metrics(logits, labels)))
         recorder.close()
 

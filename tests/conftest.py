@@ -10,19 +10,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 
-from regbench.paths import config_dir
-from regbench.train import train  # also registers the structured configs
+from regbench.composition import compose_config
+from regbench.train import train
 
 # Small, fast settings for runs inside tests; tests add their own overrides after these.
 FAST = ["trainer.epochs=3", "trainer.progress=false", "trainer.num_threads=1"]
-
-
-def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 def train_in_process(run_dir: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:

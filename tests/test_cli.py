@@ -16,10 +16,10 @@ from conftest import read_metrics, run_cli
 
 pytestmark = pytest.mark.slow
 
-METRICS_KEYS = {"status", "test/acc", "test/loss", "train/acc", "val/acc", "epochs", "seconds",
+METRICS_KEYS = {"status", "test/acc", "test/nll", "train/acc", "val/acc", "epochs", "seconds",
                 "dataset", "model", "regularizer", "seed"}
-HISTORY_KEYS = {"epoch", "train/loss", "train/acc", "val/loss", "val/acc", "lr", "seconds"}
-SCALARS = {"train/loss", "train/acc", "val/loss", "val/acc", "lr"}
+HISTORY_KEYS = {"epoch", "train/loss", "train/acc", "val/nll", "val/acc", "lr", "seconds"}
+SCALARS = {"train/loss", "train/acc", "val/nll", "val/acc", "lr"}
 
 
 def only_run_folder(root: Path) -> Path:
@@ -88,7 +88,7 @@ def test_default_run_writes_calibration_dashboards(default_run):
     tags = events.Tags()
     for split in ("train", "val"):
         assert {f"{split}/{m}" for m in ("acc", "loss", "nll", "ece", "mean_confidence", "entropy")} <= set(tags["scalars"])
-    assert {"test/acc", "test/ece", "test/ece_ts", "test/nll_ts", "gap/acc", "temperature"} <= set(tags["scalars"])
+    assert {"test/acc", "test/ece", "test/ece@temperature", "test/nll@temperature", "gap/acc", "temperature"} <= set(tags["scalars"])
     histograms = {"val/confidence", "val/confidence_correct", "val/confidence_incorrect",
                   "val/true_class_prob", "val/entropy"}
     assert histograms <= set(tags["histograms"])
@@ -106,7 +106,7 @@ def test_default_run_writes_calibration_dashboards(default_run):
     assert "test/acc" in {m.name.tag for m in experiment.experiment.metric_infos}
     metrics = read_metrics(run_dir)
     for key in ("test/nll", "test/brier", "test/ece", "test/mce", "test/mean_true_class_prob",
-                "temperature", "test/ece_ts", "test/nll_ts", "gap/acc", "gap/loss"):
+                "temperature", "test/ece@temperature", "test/nll@temperature", "gap/acc", "gap/nll"):
         assert isinstance(metrics[key], float), key
     assert metrics["gap/acc"] == pytest.approx(metrics["train/acc"] - metrics["test/acc"])
 
@@ -129,7 +129,7 @@ def test_multirun_gives_one_folder_per_job(tmp_path):
                      key=lambda m: m["seed"])
     assert [m["seed"] for m in metrics] == [0, 1]
     assert all(m["status"] == "completed" for m in metrics)
-    assert metrics[0]["test/loss"] != metrics[1]["test/loss"]
+    assert metrics[0]["test/nll"] != metrics[1]["test/nll"]
 
 
 def test_bad_value_is_one_line_without_traceback(tmp_path):

@@ -327,6 +327,6 @@ RUNS = {"lenet": LEARN, "convnet": LEARN, "resnet": TINY, "resnet18": TINY, "res
 def test_training_on_digits_completes(name, tmp_path):
     metrics = train_in_process(tmp_path / "run", [f"model={name}", *RUNS[name]])
     assert metrics["status"] == "completed" and metrics["model"] == name
-    assert math.isfinite(metrics["test/loss"]) and 0 <= metrics["test/acc"] <= 1
+    assert math.isfinite(metrics["test/nll"]) and 0 <= metrics["test/acc"] <= 1
     if RUNS[name] is LEARN:
         assert metrics["test/acc"] > 0.8  # chance is 0.1

@@ -17,14 +17,14 @@ from omegaconf import OmegaConf
 from conftest import read_metrics, run_cli
 from regbench.report import (
     Job,
-    comparable_settings,
     format_mean_std,
     group_jobs,
     main,
     pool_reliability,
 )
+from regbench.spec import experiment_settings as comparable_settings
 
-TABLE_METRICS = ("test/acc", "test/nll", "test/ece", "test/ece_ts", "test/mean_confidence",
+TABLE_METRICS = ("test/acc", "test/nll", "test/ece", "test/ece@temperature", "test/mean_confidence",
                  "gap/acc")
 DIVERGED_ERROR = "loss is not finite at epoch 1, step 3 ({'ce': nan, 'label_smoothing': nan})"
 
@@ -111,7 +111,7 @@ def test_summary_csv_has_one_row_per_job(sweep):
     assert (rows["4"]["status"], rows["4"]["seed"], rows["4"]["regularizer"]) == ("diverged", "2",
                                                                                "label_smoothing")
     assert rows["4"]["detail"] == DIVERGED_ERROR
-    assert rows["4"]["train/loss"] == ""  # null in metrics.json
+    assert rows["4"]["train/nll"] == ""  # null in metrics.json
     assert (rows["5"]["status"], rows["5"]["seed"], rows["5"]["regularizer"]) == ("unfinished", "3", "none")
     assert rows["5"]["test/acc"] == ""
     for name in "0123":
@@ -122,7 +122,7 @@ def test_summary_csv_has_one_row_per_job(sweep):
         assert row["regularizer"] == "+".join(metrics["regularizer"])
         numeric = {k: v for k, v in metrics.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seed"}
-        assert {"test/acc", "test/ece_ts", "gap/acc", "epochs", "seconds"} <= numeric.keys()
+        assert {"test/acc", "test/ece@temperature", "gap/acc", "epochs", "seconds"} <= numeric.keys()
         for key, value in numeric.items():
             assert float(row[key]) == pytest.approx(value, rel=1e-12), key
     # The only setting that varies besides the seed: the regularizer (and label smoothing's epsilon,

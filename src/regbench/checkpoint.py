@@ -16,6 +16,11 @@ import torch
 
 from regbench.config import ConfigError
 from regbench.recording import atomic_write_bytes
+from regbench.spec import first_difference
+
+# What Run.state_dict writes, plus the identity of the run it belongs to.
+REQUIRED_KEYS = frozenset({"identity", "epoch", "model", "optimizer", "scheduler", "scaler",
+                           "regularizers", "data_order", "rng", "history"})
 
 
 def rng_state() -> dict[str, Any]:
@@ -42,23 +47,31 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, state: dict[str, Any], identity: dict[str, Any]) -> None:
     buffer = io.BytesIO()
-    torch.save(state, buffer)
+    torch.save({**state, "identity": identity}, buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
-    """Load ``path``, refusing one written by a run with a different model, dataset or regularizers."""
+    """Load ``path``, refusing a file that is not a regbench checkpoint or belongs to another run."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated, corrupt or foreign file (torch's message spans lines)
         raise ConfigError(f"checkpoint {path} cannot be read (truncated, corrupt or not a regbench "
                           f"checkpoint: {type(error).__name__}); delete it to start the run from "
                           f"scratch") from None
-    saved = state.get("identity", {})
-    if saved != identity:
-        different = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
-        raise ConfigError(f"checkpoint {path} belongs to a different run ({', '.join(different)} "
-                          f"differ); use another hydra.run.dir or delete the checkpoint")
+    if not isinstance(state, dict) or not REQUIRED_KEYS <= state.keys():
+        raise ConfigError(f"checkpoint {path} is not a regbench checkpoint (expected a dict with "
+                          f"{', '.join(sorted(REQUIRED_KEYS))}); delete it to start the run from "
+                          f"scratch")
+    difference = first_difference(state["identity"], identity)
+    if difference is not None:
+        raise ConfigError(different_run_message(path.parent, *difference))
     return state
+
+
+def different_run_message(folder: Path, key: str, old: Any, new: Any) -> str:
+    """One line for a run folder that holds another experiment."""
+    return (f"{folder} belongs to a different run ({key} was {old!r} there, now {new!r}); "
+            f"use a new hydra.run.dir (or hydra.sweep.dir)")

@@ -1,26 +1,48 @@
-"""The training loop. It knows the regularizer hooks, never a particular regularizer, dataset or model."""
+"""One training run: built from its settings, trained, tested, and checkpointable as a whole.
+
+``Run.build(settings)`` makes every object of a run (data, regularizers, model, optimizer,
+scheduler, grad scaler); ``fit`` trains the epochs that are left, ``test`` evaluates once at the
+end, and ``state_dict``/``load_state_dict`` hold everything needed to continue exactly where a run
+stopped (weights, optimizer, scheduler, scaler, regularizers, data order, RNG states, history,
+early stop). ``stop_on_signals`` turns SIGINT/SIGTERM into a clean stop in either phase.
+
+The loop knows the regularizer hooks, never a particular regularizer, dataset or model.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import os
+import random
+import signal
+import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from regbench.calibration import fit_temperature
-from regbench.config import TrainerConfig
+from regbench.checkpoint import rng_state, set_rng_state
+from regbench.config import Config, ConfigError
+from regbench.datasets import build_data
 from regbench.datasets.base import DataBundle, normalize
 from regbench.metrics import classification_metrics, to_floats
+from regbench.models import ModelOptions, build_model
+from regbench.optim import build_optimizer, build_scheduler, param_groups
 from regbench.recording import RunRecorder
-from regbench.regularizers.base import Regularizer, StepOutput
+from regbench.regularizers import Regularizer, RunContext, StepOutput, build_regularizers
+from regbench.spec import EPOCHS, GAP_ACC, TEST_ACC, TEST_ECE, TEST_ECE_TEMPERATURE, TEST_NLL
 
 log = logging.getLogger(__name__)
+
+STOPPED_EARLY = "stopped_early"  # history key: a regularizer ended training after this epoch
 
 
 class DivergedError(RuntimeError):
@@ -34,9 +56,11 @@ class DivergedError(RuntimeError):
 class InterruptedRun(RuntimeError):
     """A signal asked the run to stop; the last completed epoch is checkpointed."""
 
-    def __init__(self, signal_name: str, epoch: int, step: int) -> None:
-        super().__init__(f"interrupted by {signal_name} during epoch {epoch}, step {step}")
-        self.signal_name, self.epoch, self.step = signal_name, epoch, step
+    def __init__(self, signal_name: str, epoch: int, step: int, phase: str = "training") -> None:
+        where = f"during epoch {epoch}, step {step}" if phase == "training" else \
+            f"during the test phase after epoch {epoch}"
+        super().__init__(f"interrupted by {signal_name} {where}")
+        self.signal_name, self.epoch, self.step, self.phase = signal_name, epoch, step, phase
 
 
 @dataclass
@@ -67,9 +91,31 @@ class WithFeatures(nn.Module):
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else the CPU; an explicit device must exist here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count or count == 0:
+            raise ConfigError(f"trainer.device={name!r} is not allowed: this machine has "
+                              f"{count} CUDA device(s); use trainer.device=auto or cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"trainer.device={name!r} is not allowed: MPS is not available here; "
+                          f"use trainer.device=auto or cpu")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    else:
+        torch.backends.cudnn.benchmark = True
 
 
 def autocast_dtype(device: torch.device, amp: bool) -> Optional[torch.dtype]:
@@ -93,46 +139,107 @@ def epoch_summary(record: dict[str, Any], epochs: int) -> str:
     train = f"train loss {record['train/loss']:.4f} acc {record['train/acc']:.4f}"
     parts = [f"epoch {record['epoch']}/{epochs}", train + (f" ({terms})" if terms else "")]
     if "val/acc" in record:
-        parts.append(f"val loss {record['val/loss']:.4f} acc {record['val/acc']:.4f} "
+        parts.append(f"val nll {record['val/nll']:.4f} acc {record['val/acc']:.4f} "
                      f"ece {record['val/ece']:.4f} confidence {record['val/mean_confidence']:.3f}")
     parts.append(f"lr {record['lr']:.3g}  {record['seconds']:.2f} s")
     return " | ".join(parts)
 
 
-@dataclass
+def all_finite(values: Iterable[float]) -> bool:
+    return all(math.isfinite(value) for value in values)
+
+
 class Run:
-    """The objects of one training run, built from its settings (train.build_run)."""
+    """The objects and the state of one training run (build it with ``Run.build``)."""
 
-    data: DataBundle
-    regularizers: list[Regularizer]
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-
-
-class Trainer:
-    def __init__(self, run: Run, cfg: TrainerConfig, device: torch.device, show_progress: bool,
-                 recorder: RunRecorder) -> None:
-        self.model = run.model
-        self.data = run.data
-        self.regularizers = run.regularizers
-        self.optimizer = run.optimizer
-        self.scheduler = run.scheduler
-        self.cfg = cfg
+    def __init__(self, settings: Config, device: torch.device, data: DataBundle,
+                 regularizers: list[Regularizer], model: nn.Module,
+                 optimizer: torch.optim.Optimizer, scheduler: Any, show_progress: bool = False) -> None:
+        self.settings = settings
+        self.epochs = settings.trainer.epochs
         self.device = device
+        self.data = data
+        self.regularizers = regularizers
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
         self.show_progress = show_progress
-        self.recorder = recorder
-        self.amp_dtype = autocast_dtype(device, cfg.amp)
+        self.amp_dtype = autocast_dtype(device, settings.trainer.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         # channels_last speeds up convolutions on CUDA; a no-op layout for MLPs.
         self.memory_format = torch.channels_last if device.type == "cuda" else torch.preserve_format
-        step_model = WithFeatures(run.model)
-        self.step_model = torch.compile(step_model) if cfg.compile else step_model
-        self.steps_per_epoch = len(run.data.train)
+        step_model = WithFeatures(model)
+        self.step_model = torch.compile(step_model) if settings.trainer.compile else step_model
+        self.steps_per_epoch = len(data.train)
         # Checking the loss every step costs a device sync on CUDA; on CPU it is free.
         self.finite_check_every = 1 if device.type == "cpu" else 50
-        # Set by a signal handler (train.stop_on_signals); checked after every step.
+        # One record per finished epoch (what history.jsonl holds).
+        self.history: list[dict[str, Any]] = []
+        # Set by a signal handler (stop_on_signals); checked after every step and test stage.
         self.stop_signal: Optional[str] = None
+
+    @classmethod
+    def build(cls, settings: Config, show_progress: bool = False) -> "Run":
+        """Threads, seeds, device, then data -> regularizers -> model -> optimizer -> schedule."""
+        trainer = settings.trainer
+        torch.set_num_threads(trainer.num_threads or os.cpu_count() or 1)
+        seed_everything(settings.seed, trainer.deterministic)
+        device = resolve_device(trainer.device)
+        data = build_data(settings.dataset, trainer.batch_size, device, settings.seed)
+        context = RunContext(
+            dataset=settings.dataset.name, model=settings.model.name, num_classes=data.num_classes,
+            epochs=trainer.epochs, optimizer=settings.optimizer.name.value,
+            val_size=settings.dataset.val_size,
+        )
+        regularizers = build_regularizers(settings.regularizer, context)
+        options = ModelOptions()
+        for regularizer in regularizers:
+            regularizer.configure_model(options)
+        model = build_model(settings.model, data.input_shape, data.num_classes, options).to(device)
+        for regularizer in regularizers:
+            regularizer.on_model_built(model)
+        optimizer = build_optimizer(settings.optimizer, param_groups(model, regularizers))
+        scheduler = build_scheduler(settings.optimizer, optimizer, trainer.epochs, len(data.train))
+        return cls(settings, device, data, regularizers, model, optimizer, scheduler, show_progress)
+
+    # --- where the run stands ----------------------------------------------------------------
+    @property
+    def epochs_done(self) -> int:
+        return len(self.history)
+
+    @property
+    def training_finished(self) -> bool:
+        """All epochs trained, or a regularizer stopped training early."""
+        return self.epochs_done >= self.epochs or bool(
+            self.history and self.history[-1].get(STOPPED_EARLY, False))
+
+    def request_stop(self, signal_name: str) -> None:
+        self.stop_signal = signal_name
+
+    # --- state --------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue after the last finished epoch. Tensors and plain Python
+        only: checkpoints are loaded with ``weights_only=True``."""
+        return {
+            "epoch": self.epochs_done, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "regularizers": {r.name: r.state_dict() for r in self.regularizers},
+            "data_order": self.data.train.generator.get_state(),
+            "rng": rng_state(), "history": list(self.history),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put every piece of state back as it was at the end of the checkpointed epoch."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        for regularizer in self.regularizers:
+            regularizer.load_state_dict(state["regularizers"].get(regularizer.name, {}))
+        self.data.train.generator.set_state(state["data_order"])
+        set_rng_state(state["rng"])
+        self.history = list(state["history"])
 
     # --- one batch -------------------------------------------------------------------------
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
@@ -161,6 +268,8 @@ class Trainer:
 
     # --- one epoch -------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the training split; ``epoch`` is 0-based. Steps are counted from 1 in
+        errors (the step that diverged or was interrupted)."""
         self.model.train()
         sums: dict[str, torch.Tensor] = {}
         # The epoch's logits and labels stay on the device for the epoch-level train/ metrics.
@@ -169,15 +278,15 @@ class Trainer:
         seen = 0
         batches = tqdm(self.data.train, total=self.steps_per_epoch, desc=f"epoch {epoch + 1}",
                        leave=False, disable=not self.show_progress, dynamic_ncols=True)
-        for step, (images, labels) in enumerate(batches):
+        for step, (images, labels) in enumerate(batches, start=1):
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             for regularizer in self.regularizers:
                 images, labels = regularizer.transform_batch(images, labels)
-            progress = (epoch + step / self.steps_per_epoch) / self.cfg.epochs
+            progress = (epoch + (step - 1) / self.steps_per_epoch) / self.epochs
             terms, logits = self.loss_terms(images, labels, epoch, progress)
             loss = torch.stack(list(terms.values())).sum()
-            if step % self.finite_check_every == 0 and not torch.isfinite(loss):
+            if (step - 1) % self.finite_check_every == 0 and not torch.isfinite(loss):
                 raise DivergedError(epoch + 1, step, {k: v.item() for k, v in terms.items()})
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -192,16 +301,16 @@ class Trainer:
             sums["loss"] = sums.get("loss", 0) + loss.detach() * batch
             epoch_logits.append(logits.detach())
             epoch_labels.append(labels)
-            if self.show_progress and step % 10 == 0:
+            if self.show_progress and step % 10 == 1:
                 batches.set_postfix(loss=f"{loss.item():.4f}")
             if self.stop_signal is not None:
-                raise InterruptedRun(self.stop_signal, epoch + 1, step + 1)
+                raise InterruptedRun(self.stop_signal, epoch + 1, step)
         # train/ per epoch: the batches as the optimizer saw them (train mode, augmented); the clean
         # eval-mode pass over the training split happens once, in test(), for honest gaps.
         means = classification_metrics(torch.cat(epoch_logits), torch.cat(epoch_labels))
         means.update({key if key == "loss" else f"loss_{key}": value / seen for key, value in sums.items()})
         result = to_floats(means, "train")
-        if not all(map(torch.isfinite, torch.tensor(list(result.values())))):
+        if not all_finite(result.values()):
             raise DivergedError(epoch + 1, self.steps_per_epoch, result)
         return result
 
@@ -221,25 +330,26 @@ class Trainer:
     def current_lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
-    # --- the whole run ---------------------------------------------------------------------
-    def validate(self, epoch: int) -> dict[str, float]:
+    def validate(self, epoch: int, recorder: Optional[RunRecorder]) -> dict[str, float]:
         """Validation metrics and prediction histograms for one epoch."""
         if len(self.data.val) == 0:
             return {}
         val = self.evaluate(self.data.val)
-        self.recorder.log_prediction_histograms("val", val.logits, val.labels, epoch)
+        if recorder is not None:
+            recorder.log_prediction_histograms("val", val.logits, val.labels, epoch)
         return val.metrics("val")
 
-    def fit(self, start_epoch: int, on_epoch: Callable[[dict[str, Any]], None]) -> int:
-        """Train from ``start_epoch``; ``on_epoch`` checkpoints each finished epoch.
-        Returns the number of epochs trained in total."""
-        epoch = start_epoch
-        for epoch in range(start_epoch, self.cfg.epochs):
+    # --- the whole run ---------------------------------------------------------------------
+    def fit(self, recorder: Optional[RunRecorder] = None,
+            on_epoch: Optional[Callable[["Run"], None]] = None) -> None:
+        """Train the epochs that are left; ``on_epoch`` (e.g. a checkpoint) follows each one."""
+        while not self.training_finished:
+            epoch = self.epochs_done
             started = time.perf_counter()
             lr = self.current_lr()
             record: dict[str, Any] = {"epoch": epoch + 1, **self.train_epoch(epoch)}
             trained = time.perf_counter()
-            record.update(self.validate(epoch + 1))
+            record.update(self.validate(epoch + 1, recorder))
             record["lr"] = lr
             record["train_seconds"] = trained - started
             record["eval_seconds"] = time.perf_counter() - trained
@@ -247,35 +357,71 @@ class Trainer:
             # Every regularizer sees the epoch's end, even when an earlier one asks to stop.
             stop = [r.on_epoch_end(epoch, record, self.model) for r in self.regularizers]
             # Kept in the history, so a resumed run does not train past an early stop.
-            record["stopped_early"] = any(stop)
-            self.recorder.log_epoch(record)
-            on_epoch(record)
-            log.info(epoch_summary(record, self.cfg.epochs))
-            if any(stop):
-                log.info("stopping early after epoch %d", epoch + 1)
-                return epoch + 1
-        return max(epoch + 1, start_epoch)
+            record[STOPPED_EARLY] = any(stop) and epoch + 1 < self.epochs
+            self.history.append(record)
+            if recorder is not None:
+                recorder.log_epoch(record)
+            if on_epoch is not None:
+                on_epoch(self)
+            log.info(epoch_summary(record, self.epochs))
+            if record[STOPPED_EARLY]:
+                log.info("stopping early after epoch %d of %d", epoch + 1, self.epochs)
 
-    def test(self, step: int) -> dict[str, float]:
+    def check_stop(self) -> None:
+        """Between the stages of the test phase: stop there if a signal asked to."""
+        if self.stop_signal is not None:
+            raise InterruptedRun(self.stop_signal, self.epochs_done, 0, phase="test")
+
+    def test(self, recorder: Optional[RunRecorder] = None) -> dict[str, Any]:
         """Final metrics: the test split (touched only here), the train split in eval mode, the
         generalization gaps and temperature scaling fitted on the validation split."""
+        self.check_stop()
         extra: dict[str, float] = {}
         for regularizer in self.regularizers:
             extra.update(regularizer.on_fit_end(self.model))
         test = self.evaluate(self.data.test)
-        metrics = test.metrics("test")
+        metrics: dict[str, Any] = test.metrics("test")
         metrics["test/feature_norm"] = test.features.norm(dim=1).mean().item()
         metrics["test/weight_norm"] = weight_norm(self.model)
+        self.check_stop()
         metrics.update(self.evaluate(self.data.train_eval).metrics("train"))
-        metrics["gap/acc"] = metrics["train/acc"] - metrics["test/acc"]
-        metrics["gap/loss"] = metrics["test/loss"] - metrics["train/loss"]
+        metrics[GAP_ACC] = metrics["train/acc"] - metrics[TEST_ACC]
+        metrics["gap/nll"] = metrics[TEST_NLL] - metrics["train/nll"]
+        self.check_stop()
         if len(self.data.val) > 0:
             val = self.evaluate(self.data.val)
             metrics.update(val.metrics("val"))
             temperature = fit_temperature(val.logits, val.labels)
             scaled = to_floats(classification_metrics(test.logits / temperature, test.labels), "test")
-            metrics.update({"temperature": temperature, "test/ece_ts": scaled["test/ece"],
-                            "test/nll_ts": scaled["test/nll"]})
-        self.recorder.log_figures("test", test.logits, test.labels, metrics["test/ece"], step)
+            metrics.update({"temperature": temperature, TEST_ECE_TEMPERATURE: scaled[TEST_ECE],
+                            "test/nll@temperature": scaled[TEST_NLL]})
+        self.check_stop()
+        if recorder is not None:
+            recorder.log_figures("test", test.logits, test.labels, metrics[TEST_ECE], self.epochs_done)
         metrics.update(extra)
+        metrics[EPOCHS] = self.epochs_done
         return metrics
+
+
+@contextlib.contextmanager
+def stop_on_signals(run: Run) -> Iterator[None]:
+    """SIGINT and SIGTERM (Ctrl-C, a scheduler's pre-emption) let the current training step or test
+    stage finish, then the run stops (InterruptedRun) with its last finished epoch checkpointed; a
+    second signal stops at once, wherever the run is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if run.stop_signal is not None:
+            raise InterruptedRun(name, run.epochs_done + 1, 0,
+                                 phase="training" if not run.training_finished else "test")
+        run.request_stop(name)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -46,7 +46,6 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[s
     ece, mce = calibration_errors(probabilities, labels)
     metrics = {
         "acc": (prediction == labels).float().mean(),
-        "loss": nll,
         "nll": nll,
         "brier": brier_score(probabilities, labels),
         "ece": ece,

@@ -27,9 +27,7 @@ from regbench.figures import (
     reliability_diagram,
     split_confidence,
 )
-
-# Histogram bins for probabilities: fixed, so epochs and runs are comparable in TensorBoard.
-PROBABILITY_BINS = np.linspace(0.0, 1.0, 51)
+from regbench.spec import CALIBRATION_FILE, HISTORY_FILE, METRICS_FILE
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -63,10 +61,6 @@ def atomic_write_json(path: Path, data: Mapping[str, Any]) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
-
-
 def calibration_summary(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
     """Reliability bins and confidence histograms as numbers, so a report can overlay runs."""
     confidence, correct = split_confidence(logits, labels)
@@ -91,8 +85,8 @@ class RunRecorder:
 
     def __init__(self, run_dir: Path, purge_step: int | None = None) -> None:
         self.run_dir = run_dir
-        self.history_path = run_dir / "history.jsonl"
-        self.metrics_path = run_dir / "metrics.json"
+        self.history_path = run_dir / HISTORY_FILE
+        self.metrics_path = run_dir / METRICS_FILE
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
 
     def log_epoch(self, record: Mapping[str, Any]) -> None:
@@ -124,7 +118,7 @@ class RunRecorder:
         for name, tensor in values.items():
             if tensor.numel():
                 self.writer.add_histogram(f"{split}/{name}", tensor.cpu().numpy(), step,
-                                          bins=PROBABILITY_BINS)
+                                          bins=CONFIDENCE_HISTOGRAM_EDGES)
         entropy = -(probabilities * log_probs).sum(dim=1)
         self.writer.add_histogram(f"{split}/entropy", entropy.cpu().numpy(), step, bins="auto")
 
@@ -138,7 +132,7 @@ class RunRecorder:
         for name, figure in figures.items():
             figure.savefig(self.run_dir / f"{split}_{name}.png")
             self.writer.add_figure(f"{split}/{name}", figure, step, close=False)
-        atomic_write_json(self.run_dir / f"{split}_calibration.json",
+        atomic_write_json(self.run_dir / CALIBRATION_FILE,
                           calibration_summary(logits, labels))
 
     def log_hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float], step: int) -> None:
@@ -161,11 +155,6 @@ class RunRecorder:
 
     def write_metrics(self, metrics: Mapping[str, Any]) -> None:
         atomic_write_json(self.metrics_path, metrics)
-
-    @staticmethod
-    def write_failure(run_dir: Path, metrics: Mapping[str, Any]) -> None:
-        """metrics.json for a run refused before training (no recorder was opened)."""
-        atomic_write_json(run_dir / "metrics.json", metrics)
 
     def close(self) -> None:
         self.writer.close()

@@ -1,9 +1,10 @@
 """A sweep's results at a glance: ``python -m regbench.report <sweep folder>`` / ``regbench-report``.
 
-Reads every job folder of a Hydra multirun (any folder holding ``.hydra/``): its settings from
-``.hydra/config.yaml``, its results from ``metrics.json`` and ``test_calibration.json``. Runs that
-differ only in their seed form one group; every other setting that differs between the jobs splits
-groups, except those that cannot change results (``IGNORED_KEYS``). Writes into the sweep folder:
+Reads every job folder of a Hydra multirun (any folder holding ``.hydra/``): its experiment
+settings from ``spec.json`` (or, for a job that never started, from ``.hydra/config.yaml`` by the
+same rule, ``spec.experiment_settings``), its results from ``metrics.json`` and
+``test_calibration.json``. Runs whose experiment settings are equal form one group: they differ
+only in their seed. Writes into the sweep folder:
 
 - ``summary.csv``: one row per job (settings that vary, seed, every numeric metric);
 - ``summary.md``: one row per group (mean ± standard deviation over completed seeds), then the
@@ -32,29 +33,27 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
-PROGRAM = "regbench-report"
-COMPLETED = "completed"
-UNFINISHED = "unfinished"
-UNREADABLE = "unreadable"
+from regbench.config import one_line
+from regbench.spec import (
+    CALIBRATION_FILE,
+    HISTORY_FILE,
+    HYDRA_SUBDIR,
+    METRICS_FILE,
+    SEED_KEY,
+    SPEC_FILE,
+    Status,
+    canonical,
+    experiment_settings,
+)
 
-# Settings that cannot change a run's results, so they never split a group.
-IGNORED_KEYS = frozenset({
-    "dataset.root",         # where the same files are
-    "dataset.download",     # whether missing files may be fetched
-    "dataset.num_workers",  # how many processes decode the same images
-    "trainer.progress",     # progress bar on or off
-    "trainer.num_threads",  # CPU threads (set per machine for parallel sweeps)
-    "trainer.device",       # where the same computation runs
-    "trainer.checkpoint",   # whether last.pt is written
-})
-IGNORED_PREFIXES = ("hydra.",)
+PROGRAM = "regbench-report"
 
 # The per-group table: metrics.json key, column header, number format.
 TABLE_COLUMNS = (
     ("test/acc", "test acc", ".4f"),
     ("test/nll", "test NLL", ".4f"),
     ("test/ece", "test ECE", ".4f"),
-    ("test/ece_ts", "test ECE (TS)", ".4f"),
+    ("test/ece@temperature", "test ECE (TS)", ".4f"),
     ("test/mean_confidence", "mean confidence", ".4f"),
     ("gap/acc", "gap acc", ".4f"),
     ("epochs", "epochs", ".1f"),
@@ -62,7 +61,6 @@ TABLE_COLUMNS = (
 )
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
-CALIBRATION_FILE = "test_calibration.json"
 PLOT_FILES = {"accuracy_vs_ece": "accuracy_vs_ece.png", "reliability": "reliability.png",
               "confidence_hist": "confidence_hist.png"}
 LABEL_WIDTH = 32  # characters per line of a group's label inside plots
@@ -89,7 +87,7 @@ class Job:
 
     @property
     def completed(self) -> bool:
-        return self.status == COMPLETED
+        return self.status == Status.completed.value
 
 
 def natural_key(name: str) -> tuple:
@@ -107,69 +105,49 @@ def job_name(sweep: Path, folder: Path) -> str:
     return str(folder.relative_to(sweep))
 
 
-def flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay whole values."""
-    flat: dict[str, Any] = {}
-    for key, value in node.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{path}."))
-        else:
-            flat[path] = value
-    return flat
-
-
 def resolved_container(config: Any) -> dict[str, Any]:
     """The config as plain data, interpolations resolved. ``${hydra:...}`` cannot be resolved
     outside the run: then every value is compared as written, which is the same in every job."""
     try:
-        return OmegaConf.to_container(config, resolve=True)
+        return OmegaConf.to_container(config, resolve=True, enum_to_str=True)
     except Exception:  # omegaconf raises several error types for unresolvable interpolations
-        return OmegaConf.to_container(config, resolve=False)
-
-
-def regularizer_names(config: Mapping[str, Any]) -> list[str]:
-    """As metrics.json names them: the selected regularizers, or ["none"]."""
-    return sorted(config.get("regularizer") or {}) or ["none"]
-
-
-def comparable_settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings that define an experiment: the flattened config minus the seed and the keys
-    that cannot change results, plus ``regularizer``: the selected names joined with '+' (an
-    option without parameters, like ``none``, has no leaf of its own)."""
-    settings = {
-        key: value for key, value in flatten(config).items()
-        if key != "seed" and key not in IGNORED_KEYS and not key.startswith(IGNORED_PREFIXES)
-    }
-    settings["regularizer"] = "+".join(regularizer_names(config))
-    return settings
+        return OmegaConf.to_container(config, resolve=False, enum_to_str=True)
 
 
 def read_config(folder: Path) -> tuple[dict[str, Any], Any, list[str]]:
-    """(comparable settings, seed, command-line overrides) of one job."""
-    config = resolved_container(OmegaConf.load(folder / ".hydra" / "config.yaml"))
-    overrides_path = folder / ".hydra" / "overrides.yaml"
+    """(experiment settings, seed, command-line overrides) of one job. The settings are those the
+    run itself recorded in spec.json; a job that never started has only its .hydra/config.yaml,
+    from which the same function derives them."""
+    spec_path = folder / SPEC_FILE
+    if spec_path.is_file():
+        identity = dict(json.loads(spec_path.read_text())["identity"])
+        seed = identity.pop(SEED_KEY, None)
+        settings = identity
+    else:
+        config = resolved_container(OmegaConf.load(folder / HYDRA_SUBDIR / "config.yaml"))
+        settings, seed = experiment_settings(config), config.get(SEED_KEY)
+    overrides_path = folder / HYDRA_SUBDIR / "overrides.yaml"
     overrides = [str(o) for o in OmegaConf.load(overrides_path)] if overrides_path.is_file() else []
-    return comparable_settings(config), config.get("seed"), overrides
+    return settings, seed, overrides
 
 
 def history_length(folder: Path) -> int:
-    path = folder / "history.jsonl"
+    path = folder / HISTORY_FILE
     return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.is_file() else 0
 
 
 def load_job(sweep: Path, folder: Path) -> Job:
     """One job, whatever state it is in; problems become its status, never an exception."""
     name = job_name(sweep, folder)
-    metrics_path = folder / "metrics.json"
+    metrics_path = folder / METRICS_FILE
     try:
         settings, seed, overrides = read_config(folder)
     except Exception as error:  # a torn or hand-edited config must not stop the report
-        job = Job(name, folder, UNREADABLE, None, detail=f".hydra/config.yaml: {one_line(error)}")
+        job = Job(name, folder, Status.unreadable.value, None, detail=f"job settings: {one_line(error)}")
         with contextlib.suppress(OSError, ValueError):  # its metrics still belong in summary.csv
             job.metrics = read_metrics(metrics_path)
         return job
-    job = Job(name, folder, UNFINISHED, settings, seed, overrides=overrides)
+    job = Job(name, folder, Status.unfinished.value, settings, seed, overrides=overrides)
     if not metrics_path.is_file():
         epochs = settings.get("trainer.epochs", "?")
         job.detail = (f"no metrics.json yet (running or interrupted): {history_length(folder)}"
@@ -178,7 +156,7 @@ def load_job(sweep: Path, folder: Path) -> Job:
     try:
         job.metrics = read_metrics(metrics_path)
     except (OSError, ValueError) as error:
-        job.status, job.detail = UNREADABLE, f"metrics.json: {one_line(error)}"
+        job.status, job.detail = Status.unreadable.value, f"{METRICS_FILE}: {one_line(error)}"
         return job
     job.status = str(job.metrics.get("status", "unknown"))
     if not job.completed:
@@ -191,10 +169,6 @@ def read_metrics(path: Path) -> dict[str, Any]:
     if not isinstance(metrics, dict):
         raise ValueError(f"expected a JSON object, found {type(metrics).__name__}")
     return metrics
-
-
-def one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def load_jobs(sweep: Path) -> list[Job]:
@@ -211,9 +185,9 @@ def load_jobs(sweep: Path) -> list[Job]:
 ABSENT = object()
 
 
-def canonical(value: Any) -> str:
-    """A hashable, order-stable form of a setting (lists and nested values included)."""
-    return "<absent>" if value is ABSENT else json.dumps(value, sort_keys=True, default=str)
+def setting_key(value: Any) -> str:
+    """A hashable, order-stable form of a setting, absent ones included."""
+    return "<absent>" if value is ABSENT else canonical(value)
 
 
 def show(value: Any) -> str:
@@ -246,7 +220,7 @@ def varying_keys(settings: Sequence[Mapping[str, Any]]) -> list[str]:
     """Settings that differ between jobs, missing ones included; "regularizer" first."""
     keys = sorted({key for one in settings for key in one})
     varying = [key for key in keys
-               if len({canonical(one.get(key, ABSENT)) for one in settings}) > 1]
+               if len({setting_key(one.get(key, ABSENT)) for one in settings}) > 1]
     return sorted(varying, key=lambda key: (key != "regularizer", key))
 
 
@@ -255,7 +229,7 @@ def label_keys(settings: Sequence[Mapping[str, Any]], varying: Sequence[str]) ->
     only present or absent (regularizer.label_smoothing.epsilon next to regularizer=none) follows
     from another varying key and would only repeat it."""
     return [key for key in varying
-            if len({canonical(one[key]) for one in settings if key in one}) > 1]
+            if len({setting_key(one[key]) for one in settings if key in one}) > 1]
 
 
 def make_label(regularizer: str, values: Mapping[str, Any], keys: Iterable[str]) -> str:
@@ -271,7 +245,7 @@ def group_jobs(jobs: Sequence[Job]) -> Grouping:
     varying = varying_keys(all_settings)
     buckets: dict[tuple, list[Job]] = {}
     for job in readable:
-        buckets.setdefault(tuple(canonical(job.settings.get(k, ABSENT)) for k in varying), []).append(job)
+        buckets.setdefault(tuple(setting_key(job.settings.get(k, ABSENT)) for k in varying), []).append(job)
     shown = label_keys(all_settings, varying)
     labels = [make_label(members[0].settings["regularizer"], members[0].settings, shown)
               for members in buckets.values()]

@@ -1,226 +1,169 @@
-"""The one training entrypoint: ``python -m regbench`` / ``regbench``."""
+"""The one training entrypoint, ``python -m regbench`` / ``regbench``: Hydra glue and error mapping.
+
+A run is spec -> build -> fit -> test -> record: ``RunSpec`` (spec.py) says what the run is,
+``RunFolder`` (run_folder.py) holds its folder for it, ``engine.Run`` builds, trains and tests it,
+``RunRecorder`` (recording.py) writes what it produced. This module maps each outcome to what the
+user sees: a summary, or one line and an exit status.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import logging
-import os
-import random
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import hydra
-import numpy as np
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from regbench.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from regbench.config import Config, ConfigError, register_configs
-from regbench.datasets import build_data
-from regbench.engine import DivergedError, InterruptedRun, Run, Trainer, resolve_device
-from regbench.models import ModelOptions, build_model
-from regbench.optim import build_optimizer, build_scheduler, param_groups
+from regbench.checkpoint import load_checkpoint, save_checkpoint
+from regbench.config import Config, ConfigError, check, one_line
+from regbench.engine import DivergedError, InterruptedRun, Run, stop_on_signals
 from regbench.paths import config_dir
-from regbench.recording import RunRecorder, read_json
-from regbench.regularizers import RunContext, build_regularizers
+from regbench.recording import RunRecorder
+from regbench.run_folder import RunFolder
+from regbench.schemas import register_schemas
+from regbench.spec import (
+    EPOCHS,
+    HYDRA_SUBDIR,
+    METRICS_FILE,
+    SECONDS,
+    SEED_KEY,
+    STATUS,
+    TEST_ACC,
+    TEST_ECE,
+    TEST_ECE_TEMPERATURE,
+    TEST_MEAN_CONFIDENCE,
+    TEST_NLL,
+    RunSpec,
+    Status,
+)
 from regbench.validate import exit_on_bad_command_line
 
 log = logging.getLogger("regbench")
-register_configs()
-
-CHECKPOINT = "last.pt"
-# Dataset keys that say where and how the files are read, not what is trained on.
-DATA_LOCATION_KEYS = ("root", "download", "num_workers")
+register_schemas()
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    else:
-        torch.backends.cudnn.benchmark = True
-
-
-def run_identity(settings: Config) -> dict[str, Any]:
-    """What a checkpoint must share with the run that loads it: everything that shapes the
-    training, but not where the data lives or how it is loaded."""
-    def as_yaml(node: Any) -> str:
-        return OmegaConf.to_yaml(OmegaConf.structured(node))
-
-    dataset = OmegaConf.to_container(OmegaConf.structured(settings.dataset))
-    dataset = {key: value for key, value in dataset.items() if key not in DATA_LOCATION_KEYS}
-    return {
-        "dataset": OmegaConf.to_yaml(dataset),
-        "model": as_yaml(settings.model),
-        "regularizer": as_yaml(settings.regularizer),
-        "optimizer": as_yaml(settings.optimizer),
-        "batch_size": settings.trainer.batch_size,
-        "seed": settings.seed,
-    }
-
-
-def hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The flattened settings a sweep compares, for TensorBoard's HParams tab."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    flat: dict[str, Any] = {
-        "regularizer": ",".join(sorted(container.get("regularizer") or {})) or "none",
-        "seed": container["seed"],
-    }
-    sections = {key: container[key] for key in ("dataset", "model", "optimizer", "regularizer")}
-    sections["trainer"] = {k: container["trainer"][k] for k in ("epochs", "batch_size")}
-    for section, values in sections.items():
-        for key, value in (values or {}).items():
-            if section == "dataset" and key in DATA_LOCATION_KEYS:
-                continue  # where the data is does not change the experiment
-            if isinstance(value, dict):  # one regularizer's parameters
-                flat.update({f"{section}.{key}.{k}": v for k, v in value.items()})
-            else:
-                flat[f"{section}.{key}"] = value
-    # The HParams plugin takes numbers, strings and booleans only.
-    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def show_progress(setting: bool | None) -> bool:
     if setting is not None:
         return setting
-    return sys.stderr.isatty() and HydraConfig.get().mode != RunMode.MULTIRUN
+    return sys.stderr.isatty() and not in_multirun()
 
 
-def build_run(settings: Config, device: torch.device) -> Run:
-    trainer_cfg = settings.trainer
-    data = build_data(settings.dataset, trainer_cfg.batch_size, device, settings.seed)
-    context = RunContext(
-        dataset=settings.dataset.name, model=settings.model.name, num_classes=data.num_classes,
-        epochs=trainer_cfg.epochs, optimizer=settings.optimizer.name.value,
-        regularizers=list(settings.regularizer), val_size=settings.dataset.val_size,
-    )
-    regularizers = build_regularizers(settings.regularizer, context)
-    options = ModelOptions()
-    for regularizer in regularizers:
-        regularizer.configure_model(options)
-    model = build_model(settings.model, data.input_shape, data.num_classes, options).to(device)
-    for regularizer in regularizers:
-        regularizer.on_model_built(model)
-    optimizer = build_optimizer(settings.optimizer, param_groups(model, regularizers))
-    scheduler = build_scheduler(settings.optimizer, optimizer, trainer_cfg.epochs, len(data.train))
-    return Run(data, regularizers, model, optimizer, scheduler)
+def hparams(spec: RunSpec) -> dict[str, Any]:
+    """The run's experiment settings and seed for TensorBoard's HParams tab, which takes numbers,
+    strings and booleans only."""
+    values = {**spec.experiment_settings, SEED_KEY: spec.identity[SEED_KEY]}
+    return {key: value if isinstance(value, (int, float, str, bool)) else str(value)
+            for key, value in values.items()}
 
 
-def checkpoint_state(run: Run, scaler: torch.amp.GradScaler, history: list[dict[str, Any]],
-                     identity: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "epoch": history[-1]["epoch"], "identity": identity, "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        "regularizers": {r.name: r.state_dict() for r in run.regularizers},
-        "data_order": run.data.train.generator.get_state(),
-        "rng": rng_state(), "history": history,
-    }
+def save_hydra_configs(run_dir: Path, cfg: DictConfig) -> None:
+    """``.hydra/`` as Hydra writes it; regbench writes it itself (``hydra.output_subdir: null``)
+    once the folder is claimed, so a refused rerun never overwrites a finished run's config."""
+    if not HydraConfig.initialized():
+        return  # composed in-process (tests, benchmarks): no Hydra run
+    folder = run_dir / HYDRA_SUBDIR
+    folder.mkdir(parents=True, exist_ok=True)
+    hydra_cfg = HydraConfig.get()
+    OmegaConf.save(cfg, folder / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), folder / "hydra.yaml")
+    OmegaConf.save(hydra_cfg.overrides.task, folder / "overrides.yaml")
 
 
-def restore(run: Run, state: dict[str, Any]) -> None:
-    """Put every piece of state back as it was at the end of the checkpointed epoch."""
-    run.model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
-    for regularizer in run.regularizers:
-        regularizer.load_state_dict(state["regularizers"].get(regularizer.name, {}))
-    run.data.train.generator.set_state(state["data_order"])
-    set_rng_state(state["rng"])
+def check_objective(settings: Config) -> None:
+    """The sweeper's objective must be a metric this run will have."""
+    objective = settings.objective
+    check(not objective.startswith("val/") or settings.dataset.val_size > 0, "objective", objective,
+          "a test/ or train/ metric when dataset.val_size=0 (there is no validation split)")
 
 
-@contextlib.contextmanager
-def stop_on_signals(trainer: Trainer) -> Iterator[None]:
-    """SIGINT and SIGTERM (Ctrl-C, a scheduler's pre-emption) let the current step finish, then the
-    run stops with its last completed epoch checkpointed; a second signal stops at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def request_stop(signum: int, frame: Any) -> None:
-        if trainer.stop_signal is not None:
-            raise KeyboardInterrupt
-        trainer.stop_signal = signal.Signals(signum).name
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+def error_message(error: BaseException) -> str:
+    """One line for the user. DataLoader re-raises a worker's error with the traceback as its
+    message; its last line is the error itself (e.g. a corrupt image, named)."""
+    message = str(error)
+    if message.startswith("Caught ") and "\nOriginal Traceback" in message:
+        message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    return one_line(message)
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train and test one configuration; everything lands in ``run_dir``. Returns metrics.json.
 
-    A run folder that already holds a checkpoint is resumed from its last completed epoch; one whose
-    metrics.json says completed is not trained again."""
-    started = time.perf_counter()
+    The folder is resumed from its checkpoint when it holds one of this same run; a folder whose
+    training finished but whose test did not is tested without training again; a completed
+    folder of this run is not trained again; a folder of another run is refused untouched."""
     settings: Config = OmegaConf.to_object(cfg)  # runs the schema's range checks
-    identity = run_identity(settings)
-    checkpoint_path = run_dir / CHECKPOINT
-    metrics_path = run_dir / "metrics.json"
-    if metrics_path.exists() and read_json(metrics_path).get("status") == "completed":
-        if checkpoint_path.exists():
-            load_checkpoint(checkpoint_path, identity)  # refuses a folder of another configuration
-        log.info("%s is already completed; not training again", run_dir)
-        return read_json(metrics_path)
-    trainer_cfg = settings.trainer
-    torch.set_num_threads(trainer_cfg.num_threads or os.cpu_count() or 1)
-    seed_everything(settings.seed, trainer_cfg.deterministic)
-    device = resolve_device(trainer_cfg.device)
-    run = build_run(settings, device)
+    spec = RunSpec(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    folder = RunFolder(run_dir)
+    with folder.claim(spec):
+        save_hydra_configs(run_dir, cfg)
+        summary = {"dataset": settings.dataset.name, "model": settings.model.name,
+                   "regularizer": spec.regularizers, SEED_KEY: settings.seed, "name": spec.name}
+        try:
+            completed = folder.completed_metrics()
+            if completed is not None:
+                log.info("%s is already completed; not training again", run_dir)
+                return completed
+            return train_and_test(settings, spec, folder, summary)
+        except ConfigError as error:
+            folder.write_failure({STATUS: Status.failed.value, "error": error_message(error), **summary})
+            raise
+        except (DivergedError, InterruptedRun):
+            raise  # train_and_test recorded them
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):  # a full disk takes no failure file
+                folder.write_failure({STATUS: Status.failed.value, "error": one_line(error), **summary})
+            raise
+        except Exception as error:
+            # An unexpected fault: record it for the report, keep the traceback for the bug report.
+            folder.write_failure({STATUS: Status.failed.value,
+                                  "error": f"{type(error).__name__}: {one_line(error)}", **summary})
+            raise
 
-    history: list[dict[str, Any]] = []
-    state = load_checkpoint(checkpoint_path, identity) if checkpoint_path.exists() else None
-    if state is not None:
-        restore(run, state)
-        history = list(state["history"])
-        log.info("resuming from %s after epoch %d", checkpoint_path, state["epoch"])
-    start_epoch = len(history)
+
+def train_and_test(settings: Config, spec: RunSpec, folder: RunFolder,
+                   summary: dict[str, Any]) -> dict[str, Any]:
+    started = time.perf_counter()
+    run = Run.build(settings, show_progress(settings.trainer.progress))
+    check_objective(settings)  # after the regularizers' own checks, before any training
+    if folder.checkpoint.exists():
+        run.load_state_dict(load_checkpoint(folder.checkpoint, spec.identity))
+        log.info("resuming from %s after epoch %d", folder.checkpoint, run.epochs_done)
     # Events of epochs after the checkpoint (logged before an interruption) are dropped.
-    recorder = RunRecorder(run_dir, purge_step=start_epoch + 1 if state else None)
-    recorder.rewrite_history(history)
-    trainer = Trainer(run, trainer_cfg, device, show_progress(trainer_cfg.progress), recorder)
-    if state is not None:
-        trainer.scaler.load_state_dict(state["scaler"])
+    recorder = RunRecorder(folder.path, purge_step=run.epochs_done + 1)
+    recorder.rewrite_history(run.history)
 
-    def on_epoch(record: dict[str, Any]) -> None:
-        history.append(record)
-        if trainer_cfg.checkpoint:
-            save_checkpoint(checkpoint_path, checkpoint_state(run, trainer.scaler, history, identity))
+    def checkpoint(finished: Run) -> None:
+        save_checkpoint(folder.checkpoint, finished.state_dict(), spec.identity)
 
-    summary: dict[str, Any] = {
-        "dataset": settings.dataset.name, "model": settings.model.name,
-        "regularizer": sorted(settings.regularizer) or ["none"], "seed": settings.seed,
-    }
     try:
-        with stop_on_signals(trainer):
-            stopped = bool(history) and history[-1].get("stopped_early", False)
-            epochs = len(history) if stopped else trainer.fit(start_epoch, on_epoch)
+        with stop_on_signals(run):
+            run.fit(recorder, on_epoch=checkpoint if settings.trainer.checkpoint else None)
+            metrics = run.test(recorder)
     except (DivergedError, InterruptedRun) as error:
-        status = "diverged" if isinstance(error, DivergedError) else "interrupted"
+        status = Status.diverged if isinstance(error, DivergedError) else Status.interrupted
         recorder.write_metrics({
-            "status": status, "error": str(error), f"{status}_epoch": error.epoch,
-            f"{status}_step": error.step, **summary, **(history[-1] if history else {}),
-            "epochs": len(history), "seconds": time.perf_counter() - started,
+            STATUS: status.value, "error": str(error), f"{status.value}_epoch": error.epoch,
+            f"{status.value}_step": error.step, **summary,
+            **(run.history[-1] if run.history else {}), EPOCHS: run.epochs_done,
+            SECONDS: time.perf_counter() - started,
         })
         recorder.close()
         raise
-    metrics = {"status": "completed", **trainer.test(step=epochs), "epochs": epochs,
-               "seconds": sum(r["seconds"] for r in history), **summary}
+    metrics = {STATUS: Status.completed.value, **metrics,
+               SECONDS: sum(record["seconds"] for record in run.history), **summary}
     final = {k: v for k, v in metrics.items() if k.startswith(("test/", "gap/")) or k == "temperature"}
-    recorder.log_hparams(hparams(cfg), final, step=epochs)
+    recorder.log_hparams(hparams(spec), final, step=run.epochs_done)
     recorder.write_metrics(metrics)
     recorder.close()
     return metrics
@@ -243,26 +186,36 @@ def relative_to_cwd(path: Path) -> Path:
 
 
 def print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
+    calibrated = metrics.get(TEST_ECE_TEMPERATURE)
+    after = f", {calibrated:.4f} after temperature scaling" if calibrated is not None else ""
     print(
-        f"\ntest accuracy {metrics['test/acc']:.4f} (loss {metrics['test/loss']:.4f}, "
-        f"mean confidence {metrics['test/mean_confidence']:.3f}) after {metrics['epochs']} epochs "
-        f"in {metrics['seconds']:.1f} s\n"
+        f"\ntest accuracy {metrics[TEST_ACC]:.4f} (nll {metrics[TEST_NLL]:.4f}, "
+        f"mean confidence {metrics[TEST_MEAN_CONFIDENCE]:.3f}, ECE {metrics[TEST_ECE]:.4f}{after}) "
+        f"after {metrics[EPOCHS]} epochs in {metrics[SECONDS]:.1f} s\n"
         f"run folder:   {relative_to_cwd(run_dir)}\n"
         f"see curves:   tensorboard --logdir {relative_to_cwd(tensorboard_logdir(run_dir))}"
     )
 
 
-class JobFailed(RuntimeError):
-    """A multirun job that failed; raised so the launcher goes on with the other jobs."""
+def resume_hint(cfg: DictConfig, run_dir: Path) -> str:
+    """How to continue an interrupted run, or why it cannot be continued."""
+    if not cfg.trainer.checkpoint:
+        return "it cannot be resumed (trainer.checkpoint=false): running it again starts over"
+    if in_multirun():
+        sweep_dir = relative_to_cwd(Path(HydraConfig.get().sweep.dir))
+        return (f"run the same sweep command again with hydra.sweep.dir={sweep_dir} to resume: "
+                f"completed jobs are skipped, this one continues after its last finished epoch")
+    return (f"run the same command with hydra.run.dir={relative_to_cwd(run_dir)} to resume "
+            f"from the last finished epoch")
 
 
-def fail(message: str, exit_code: int, stop_sweep: bool = False) -> None:
-    """Report a failed run: one line on stderr; a single run exits, a multirun job raises so the
-    other jobs go on, unless the whole sweep must stop (an interruption)."""
+def fail(message: str, exit_code: int, stop_sweep: bool = False) -> float:
+    """Report a failed run in one line on stderr. A single run exits; a multirun job returns NaN so
+    the other jobs go on (the sweep summary counts it), unless the whole sweep must stop."""
     print(message, file=sys.stderr)
-    if HydraConfig.get().mode == RunMode.MULTIRUN and not stop_sweep:
+    if in_multirun() and not stop_sweep:
         log.error(message)
-        raise JobFailed(message) from None
+        return float("nan")
     sys.exit(exit_code)
 
 
@@ -273,30 +226,20 @@ def hydra_main(cfg: DictConfig) -> float:
     try:
         metrics = train(cfg, run_dir)
     except ConfigError as error:
-        message = str(error)
-        # DataLoader re-raises a worker's error with the traceback as its message; its last line
-        # is the error itself (e.g. a corrupt image, named).
-        if message.startswith("Caught ") and "\nOriginal Traceback" in message:
-            message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
-        RunRecorder.write_failure(run_dir, {"status": "failed", "error": message})
-        fail(f"regbench: error: {message}", exit_code=2)
+        return fail(f"regbench: error: {error_message(error)}", exit_code=2)
     except DivergedError as error:
-        fail(f"regbench: diverged: {error}; see {relative_to_cwd(run_dir / 'metrics.json')}",
-             exit_code=1)
+        return fail(f"regbench: diverged: {error}; see {relative_to_cwd(run_dir / METRICS_FILE)}",
+                    exit_code=1)
     except InterruptedRun as error:
-        fail(f"regbench: {error}; run the same command with hydra.run.dir={relative_to_cwd(run_dir)} "
-             f"to resume from the last completed epoch",
-             exit_code=128 + signal.Signals[error.signal_name].value, stop_sweep=True)
-    except Exception as error:
-        # An unexpected fault: record it for the report, keep the traceback for the bug report.
-        RunRecorder.write_failure(run_dir, {"status": "failed", "error": f"{type(error).__name__}: {error}"})
-        raise
+        return fail(f"regbench: {error}; {resume_hint(cfg, run_dir)}",
+                    exit_code=128 + signal.Signals[error.signal_name].value, stop_sweep=True)
+    except OSError as error:  # a full disk, a read-only folder: the finished epochs' files stay
+        where = f" {error.filename}" if error.filename else ""
+        return fail(f"regbench: error: cannot write{where}: {error.strerror or error}", exit_code=1)
     print_summary(metrics, run_dir)
-    objective = cfg.objective
-    if objective not in metrics:
-        fail(f"regbench: error: objective={objective!r} is not a metric of this run; choose one of: "
-             f"{', '.join(k for k, v in metrics.items() if isinstance(v, float))}", exit_code=2)
-    return float(metrics[objective])
+    return float(metrics[cfg.objective]) if cfg.objective in metrics else fail(
+        f"regbench: error: objective={cfg.objective!r} is not a metric of this run; choose one "
+        f"of: {', '.join(k for k, v in metrics.items() if isinstance(v, float))}", exit_code=2)
 
 
 def main() -> None:

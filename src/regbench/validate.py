@@ -5,6 +5,9 @@ Hydra reports an unknown option, a misspelled key or a value of the wrong type i
 distinct value on the command line, with Hydra's own parser and compose API, and turns the first
 failure into one line: what was given and what is allowed. Range checks of the schema
 (``__post_init__``) run here too, so ``trainer.epochs=0`` is refused before the first job of a sweep.
+
+Only public Hydra API is used: the compose API, and ``OverridesParser``, the override parser that
+Hydra's plugin documentation has sweepers use to read ``key=a,b`` sweeps.
 """
 
 from __future__ import annotations
@@ -21,12 +24,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 from regbench.config import ConfigError
 from regbench.paths import config_dir
+from regbench.schemas import register_schemas
 
-# Flags after which the command line is not a plain run or sweep (help, printing a config, another
-# primary config): Hydra handles those itself.
-HANDS_OFF_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--config-path",
-                   "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--shell-completion", "-sc",
-                   "--resolve", "--package", "-p", "--experimental-rerun", "--version"}
+# The one flag of a plain run or sweep; any other (--help, --cfg, --info, ...) asks Hydra for
+# something else, and Hydra handles that command line itself.
+MULTIRUN_FLAGS = {"-m", "--multirun"}
 
 
 def group_options(group: str) -> list[str]:
@@ -54,9 +56,28 @@ def override_values(override: Override) -> list[str]:
 
 def check_group_choice(group: str, value: str) -> None:
     options = group_options(group)
-    for name in chosen_options(value):
+    chosen = chosen_options(value)
+    for name in chosen:
         if name not in options and name not in ("null", ""):
             raise ConfigError(f"unknown {group} {name!r}; choose one of: {', '.join(options)}")
+    repeated = sorted({name for name in chosen if chosen.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"{group}={value} names {', '.join(repeated)} twice; each option can be "
+                          f"selected once")
+
+
+def unselected_regularizer(command_line: Sequence[str]) -> str | None:
+    """A regularizer whose parameters the command line sets without selecting it."""
+    selected = ["none"]
+    for line in command_line:
+        key, _, value = line.partition("=")
+        if key.lstrip("+~") == "regularizer":
+            selected = chosen_options(value)
+    for line in command_line:
+        parts = line.partition("=")[0].lstrip("+~").split(".")
+        if len(parts) > 2 and parts[0] == "regularizer" and parts[1] not in selected:
+            return parts[1]
+    return None
 
 
 def candidate_command_lines(overrides: Sequence[Override]) -> Iterator[list[str]]:
@@ -69,7 +90,7 @@ def candidate_command_lines(overrides: Sequence[Override]) -> Iterator[list[str]
             yield first[:index] + [f"{override.get_key_element()}={value}"] + first[index + 1:]
 
 
-def one_line(error: BaseException) -> str:
+def first_lines(error: BaseException) -> str:
     """Hydra's and OmegaConf's messages, first lines only (they add full_key/object_type lines)."""
     lines = [str(error).strip().splitlines()[0]]
     cause = error.__cause__ or error.__context__
@@ -80,13 +101,18 @@ def one_line(error: BaseException) -> str:
 
 def check_command_line(args: Sequence[str]) -> None:
     """Raise ConfigError for the first bad override of a command line."""
-    if any(arg.split("=")[0] in HANDS_OFF_FLAGS for arg in args):
+    if any(arg.startswith("-") and arg not in MULTIRUN_FLAGS for arg in args):
         return
+    register_schemas()
+    arguments = [arg for arg in args if arg not in MULTIRUN_FLAGS]
     try:
-        overrides = OverridesParser.create().parse_overrides(
-            [arg for arg in args if not arg.startswith("-")])
+        overrides = OverridesParser.create().parse_overrides(arguments)
     except HydraException as error:
-        raise ConfigError(one_line(error)) from None
+        message = first_lines(error)
+        if any(not arg.isascii() for arg in arguments):
+            message += " (a value with non-ASCII characters, such as a path, must be quoted: " \
+                       "key='value', inside the shell's quotes: \"key='value'\")"
+        raise ConfigError(message) from None
     groups = config_groups()
     checked: list[Override] = []
     for override in overrides:
@@ -107,11 +133,9 @@ def check_command_line(args: Sequence[str]) -> None:
             except ConfigError:
                 raise
             except (HydraException, OmegaConfBaseException, ValueError) as error:
-                message = one_line(error)
-                unselected = [line.split("=")[0] for line in command_line
-                              if line.startswith("regularizer.") and "is not in struct" in message]
-                if unselected:
-                    name = unselected[0].split(".")[1]
+                message = first_lines(error)
+                name = unselected_regularizer(command_line)
+                if name is not None:
                     message += f" (select it too: regularizer={name} or regularizer=[...,{name}])"
                 raise ConfigError(message) from None
 

@@ -18,8 +18,8 @@ from regbench.regularizers.augmentation import Augmentation, AugmentationConfig,
 
 def augmentation(dataset: str = "digits", **config) -> Augmentation:
     regularizer = REGULARIZERS.get("augmentation")(AugmentationConfig(**config))
-    regularizer.check(RunContext(dataset=dataset, model="mlp", num_classes=10, epochs=1,
-                                 optimizer="sgd", regularizers=["augmentation"], val_size=0))
+    regularizer.setup(RunContext(dataset=dataset, model="mlp", num_classes=10, epochs=1,
+                                 optimizer="sgd", val_size=0))
     return regularizer
 
 

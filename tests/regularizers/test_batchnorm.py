@@ -16,8 +16,7 @@ from regbench.models.mlp import MLPConfig
 from regbench.regularizers import REGULARIZERS, RunContext
 from regbench.regularizers.batchnorm import BatchNormConfig
 
-CONTEXT = RunContext(dataset="digits", model="mlp", num_classes=10, epochs=1, optimizer="sgd",
-                     regularizers=["batchnorm"], val_size=180)
+CONTEXT = RunContext(dataset="digits", model="mlp", num_classes=10, epochs=1, optimizer="sgd", val_size=180)
 
 
 def norm_layer(width: int, kind: str, **config) -> nn.Module:
@@ -58,7 +57,7 @@ def test_layer_kinds_get_1d_and_2d_batchnorm_with_the_configured_constants():
 def build_mlp(hidden_sizes) -> nn.Module:
     regularizer = REGULARIZERS.get("batchnorm")(BatchNormConfig())
     options = ModelOptions()
-    regularizer.check(CONTEXT)
+    regularizer.setup(CONTEXT)
     regularizer.configure_model(options)
     model = build_model(MLPConfig(hidden_sizes=list(hidden_sizes)), (1, 8, 8), 10, options)
     regularizer.on_model_built(model)

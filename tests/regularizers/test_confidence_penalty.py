@@ -30,7 +30,7 @@ def context(epochs: int = 10, num_classes: int = 3) -> RunContext:
 
 def penalty(epochs: int = 10, num_classes: int = 3, **options):
     regularizer = REGULARIZERS.get("confidence_penalty")(ConfidencePenaltyConfig(**options))
-    regularizer.check(context(epochs, num_classes))
+    regularizer.setup(context(epochs, num_classes))
     return regularizer
 
 

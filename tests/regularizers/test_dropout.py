@@ -24,8 +24,7 @@ from regbench.regularizers.dropout import (
     hidden_dropout_layer,
 )
 
-CONTEXT = RunContext(dataset="digits", model="mlp", num_classes=10, epochs=1, optimizer="sgd",
-                     regularizers=["dropout"], val_size=180)
+CONTEXT = RunContext(dataset="digits", model="mlp", num_classes=10, epochs=1, optimizer="sgd", val_size=180)
 LAYER_TYPES = {"standard": nn.Dropout, "gaussian": GaussianDropout, "uout": Uout,
                "channel": nn.Dropout2d}
 
@@ -98,7 +97,7 @@ def build_mlp(names: list[str], configs: dict, hidden_sizes=(16, 16, 16)) -> nn.
     regularizers = [REGULARIZERS.get(name)(configs[name]) for name in names]
     options = ModelOptions()
     for regularizer in regularizers:
-        regularizer.check(CONTEXT)
+        regularizer.setup(CONTEXT)
         regularizer.configure_model(options)
     model = build_model(MLPConfig(hidden_sizes=list(hidden_sizes)), (1, 8, 8), 10, options)
     for regularizer in regularizers:
@@ -181,7 +180,6 @@ def test_config_composes_and_bad_values_are_refused():
 
 @pytest.mark.slow
 def test_channel_dropout_on_lenet_needs_before_bn_next_to_batchnorm(tmp_path):
-    pytest.importorskip("regbench.models.lenet")
     overrides = ["model=lenet", "regularizer=[dropout,batchnorm]", "regularizer.dropout.kind=channel",
                  "trainer.epochs=1"]
     # after_bn keeps dropout on the last hidden layer only, a linear one: channel adds nothing.

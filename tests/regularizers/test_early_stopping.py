@@ -34,14 +34,14 @@ def mark(model: nn.Module, epoch: int) -> None:
     model[1].running_mean.fill_(10 * epoch)
 
 
-def drive(regularizer: EarlyStopping, model: nn.Module, values: list[float], key: str = "val/loss",
+def drive(regularizer: EarlyStopping, model: nn.Module, values: list[float], key: str = "val/nll",
           first_epoch: int = 0) -> list[bool]:
     """Train-loop stand-in: epoch i leaves weights marked i + 1, then reports values[i]."""
     stops = []
     for offset, value in enumerate(values):
         epoch = first_epoch + offset
         mark(model, epoch + 1)
-        stops.append(regularizer.on_epoch_end(epoch, {"val/loss": 1.0, "val/acc": 0.5, key: value},
+        stops.append(regularizer.on_epoch_end(epoch, {"val/nll": 1.0, "val/acc": 0.5, key: value},
                                               model))
         if stops[-1]:
             break
@@ -100,12 +100,11 @@ def test_state_survives_a_weights_only_checkpoint_round_trip():
 
 def test_runs_without_validation_split_are_refused():
     def context(val_size):
-        return RunContext(dataset="digits", model="mlp", num_classes=10, epochs=1, optimizer="sgd",
-                          regularizers=["early_stopping"], val_size=val_size)
+        return RunContext(dataset="digits", model="mlp", num_classes=10, epochs=1, optimizer="sgd", val_size=val_size)
 
     with pytest.raises(ConfigError, match=r"dataset\.val_size=0 .*early_stopping"):
-        early_stopping().check(context(0))
-    early_stopping().check(context(180))
+        early_stopping().setup(context(0))
+    early_stopping().setup(context(180))
 
 
 def test_config_composes_and_bad_values_are_refused():
@@ -131,8 +130,8 @@ def test_real_run_stops_and_tests_the_best_epochs_weights(tmp_path):
     assert metrics["early_stopping/best_epoch"] == 1
     assert metrics["early_stopping/stopped_epoch"] == 2
     # Validation is re-evaluated after the restore: it matches epoch 1's, not epoch 2's.
-    assert metrics["val/loss"] == pytest.approx(history[0]["val/loss"], rel=1e-5)
-    assert metrics["val/loss"] != pytest.approx(history[1]["val/loss"], rel=1e-5)
+    assert metrics["val/nll"] == pytest.approx(history[0]["val/nll"], rel=1e-5)
+    assert metrics["val/nll"] != pytest.approx(history[1]["val/nll"], rel=1e-5)
 
 
 @pytest.mark.slow

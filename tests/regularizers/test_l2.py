@@ -101,14 +101,13 @@ def test_decoupled_without_exclusion_decays_every_parameter():
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_decoupled_is_refused_unless_the_optimizer_is_adamw(optimizer):
     def context(name):
-        return RunContext(dataset="digits", model="mlp", num_classes=10, epochs=1, optimizer=name,
-                          regularizers=["l2"], val_size=180)
+        return RunContext(dataset="digits", model="mlp", num_classes=10, epochs=1, optimizer=name, val_size=180)
 
     regularizer = REGULARIZERS.get("l2")(L2Config(decoupled=True))
     with pytest.raises(ConfigError, match=rf"regularizer\.l2\.decoupled=True.*adamw.*{optimizer}"):
-        regularizer.check(context(optimizer))
-    regularizer.check(context("adamw"))
-    REGULARIZERS.get("l2")(L2Config()).check(context(optimizer))
+        regularizer.setup(context(optimizer))
+    regularizer.setup(context("adamw"))
+    REGULARIZERS.get("l2")(L2Config()).setup(context(optimizer))
 
 
 def test_config_composes_and_bad_values_are_refused():

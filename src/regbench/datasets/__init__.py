@@ -24,6 +24,9 @@ import_submodules(__name__, __path__)
 
 def build_data(cfg: DatasetConfig, batch_size: int, device: torch.device, seed: int) -> DataBundle:
     raw = DATASETS.get(cfg.name)(cfg)
+    # A classifier needs two classes at least (and calibration metrics are undefined for one).
+    check(len(raw.classes) >= 2, "dataset", cfg.name,
+          f"a dataset with 2 classes or more; found {len(raw.classes)} ({', '.join(raw.classes)})")
     train, val = split_train(cfg, raw.train)
     if cfg.label_noise > 0:
         train = corrupt_labels(train, cfg.label_noise, len(raw.classes), seed)

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms.v2 import functional as TF
 
-from regbench.config import ConfigError, DatasetConfig, check
+from regbench.config import ConfigError, DatasetConfig, check, one_line
 
 
 class DatasetNotFoundError(ConfigError):
@@ -58,11 +58,6 @@ def missing_files_error(name: str, root: Path, expected: Sequence[str], how: str
     return DatasetNotFoundError(
         f"dataset {name!r}: files not found under {root} (expected {', '.join(expected)}); {how}"
     )
-
-
-def one_line(error: BaseException) -> str:
-    """An exception's message on one line (torchvision's download errors span several)."""
-    return " ".join(str(error).split())
 
 
 def require_files(cfg: DatasetConfig, directory: Path, expected: Sequence[str],

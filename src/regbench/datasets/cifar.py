@@ -15,9 +15,9 @@ import torch
 from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.utils import check_integrity
 
-from regbench.config import DatasetConfig
+from regbench.config import DatasetConfig, one_line
 from regbench.datasets import DATASETS
-from regbench.datasets.base import CorruptDatasetError, ImageTensors, RawSplits, one_line, require_files
+from regbench.datasets.base import CorruptDatasetError, ImageTensors, RawSplits, require_files
 
 REDO = "delete it and rerun with dataset.download=true"
 # What unpickling a truncated or garbled batch raises, besides UnpicklingError.

@@ -1,7 +1,8 @@
 """Any folder of images: ``dataset.root`` holds ``train/<class>/<image>`` and ``test/<class>/*``.
 
-torchvision's ``ImageFolder`` finds the images (extensions: ``IMG_EXTENSIONS``) and decodes them
-with PIL, converting every mode (grayscale, palette, RGBA, CMYK) to RGB. Class indices come from the
+torchvision's ``ImageFolder`` finds the images (extensions: ``IMG_EXTENSIONS``); ``load_rgb``
+decodes them with PIL, converting every mode (grayscale, palette, RGBA, CMYK) to RGB, and 16-bit
+grayscale images by scaling 0-65535 to 0-255 (PIL's own conversion clips them at 255). Class indices come from the
 sorted ``train/`` subfolders; ``test/`` may hold a subset of those classes.
 
 Images are decoded lazily, in DataLoader workers. Up front, every image file must exist and be
@@ -17,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
@@ -39,6 +41,19 @@ class ImageFolderError(ConfigError):
 def check_image_size(cfg: DatasetConfig) -> None:
     check(cfg.image_size >= 1, "dataset.image_size", cfg.image_size,
           f"an integer >= 1 (the square size {cfg.name} images are resized to)")
+
+
+INTEGER_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")  # PIL's 16/32-bit integer grayscale
+
+
+def load_rgb(path: str) -> Image.Image:
+    """An image file as 8-bit RGB. 16-bit grayscale PNGs open as an integer mode whose conversion
+    to RGB clips every value above 255 (nearly all pixels white); they are scaled down instead."""
+    with Image.open(path) as image:
+        if image.mode in INTEGER_MODES:
+            pixels = np.asarray(image, dtype=np.int64).clip(0, 65535) >> 8
+            return Image.fromarray(pixels.astype(np.uint8), mode="L").convert("RGB")
+        return image.convert("RGB")
 
 
 def image_transform(size: int) -> v2.Compose:
@@ -107,7 +122,7 @@ class FolderWithClasses(ImageFolder):
 def read_train_folder(root: Path, transform: v2.Compose) -> ImageFolder:
     try:
         # Every training class needs images (allow_empty=False).
-        return ImageFolder(root / "train", transform=transform)
+        return ImageFolder(root / "train", transform=transform, loader=load_rgb)
     except FileNotFoundError as error:
         raise ImageFolderError(f"dataset 'imagefolder': {error} (dataset.root={root} must hold "
                                f"{LAYOUT})") from None
@@ -128,7 +143,8 @@ def read_test_folder(root: Path, transform: v2.Compose, train: ImageFolder) -> I
             f"{', '.join(train.classes)})"
         )
     # A test split may lack some training classes.
-    test = FolderWithClasses(folder, train.class_to_idx, transform=transform, allow_empty=True)
+    test = FolderWithClasses(folder, train.class_to_idx, transform=transform, allow_empty=True,
+                             loader=load_rgb)
     if not len(test):
         raise ImageFolderError(f"dataset 'imagefolder': no images in {folder} (extensions "
                                f"{', '.join(test.extensions)})")

@@ -4,7 +4,7 @@ torchvision's dataset classes find (and, when allowed, download) the raw IDX fil
 ``<root>/MNIST/raw`` and ``<root>/FashionMNIST/raw`` and parse them; the whole split is kept in
 memory as one uint8 tensor.
 
-``require_files`` and ``one_line`` are shared by the other torchvision-backed loaders (cifar, pets).
+``require_files`` is shared by the other torchvision-backed loaders (cifar, pets).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Sequence
 from torchvision.datasets import MNIST, FashionMNIST
 from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 
-from regbench.config import DatasetConfig
+from regbench.config import DatasetConfig, one_line
 from regbench.datasets import DATASETS
-from regbench.datasets.base import CorruptDatasetError, ImageTensors, RawSplits, one_line, require_files
+from regbench.datasets.base import CorruptDatasetError, ImageTensors, RawSplits, require_files
 
 # What torchvision's IDX parser raises on a truncated or garbled file: it asserts the header and the
 # size (AssertionError), checks dtype/dimensions (TypeError/ValueError), and under ``python -O`` a

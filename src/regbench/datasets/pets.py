@@ -13,9 +13,9 @@ from pathlib import Path
 from torchvision.datasets import OxfordIIITPet
 from torchvision.transforms import v2
 
-from regbench.config import DatasetConfig
+from regbench.config import DatasetConfig, one_line
 from regbench.datasets import DATASETS
-from regbench.datasets.base import CorruptDatasetError, RawSplits, one_line, require_files
+from regbench.datasets.base import CorruptDatasetError, RawSplits, require_files
 from regbench.datasets.imagefolder import (
     CheckedImages,
     check_image_files,

@@ -26,14 +26,15 @@ class ModelOptions:
     dropout: Optional[Callable[[LayerKind], Optional[nn.Module]]] = None
     # input_dropout() -> a dropout layer applied to the input image.
     input_dropout: Optional[Callable[[], nn.Module]] = None
-    # after_bn: with normalization present, dropout only after the last normalized layer (on the
-    # penultimate features), so no normalization layer sees dropout's train/test variance shift
-    # (Li et al. 2019). before_bn: dropout in every hidden block, ahead of the next block's
-    # normalization. Without normalization both mean "every hidden block".
+    # after_bn: dropout never feeds a normalization layer, so none sees dropout's train/test
+    # variance shift (Li et al. 2019); in an MLP with BatchNorm that leaves the last hidden layer
+    # (the penultimate features). before_bn: dropout in every hidden block. See wants_dropout.
     dropout_placement: Literal["after_bn", "before_bn"] = "after_bn"
 
-    def wants_dropout_in(self, is_last_hidden: bool) -> bool:
-        return self.norm is None or self.dropout_placement == "before_bn" or is_last_hidden
+    def wants_dropout(self, feeds_norm: bool) -> bool:
+        """The placement rule, for every model: dropout goes into a hidden block unless its output
+        feeds a normalization layer and the placement is after_bn."""
+        return self.dropout is not None and (not feeds_norm or self.dropout_placement == "before_bn")
 
 
 def hidden_block(layer: nn.Module, width: int, kind: LayerKind, options: ModelOptions,
@@ -43,7 +44,7 @@ def hidden_block(layer: nn.Module, width: int, kind: LayerKind, options: ModelOp
     if options.norm is not None:
         parts.append(options.norm(width, kind))
     parts.append(nn.ReLU(inplace=True))
-    if options.dropout is not None and options.wants_dropout_in(is_last_hidden):
+    if options.wants_dropout(feeds_norm=options.norm is not None and not is_last_hidden):
         dropout = options.dropout(kind)
         if dropout is not None:
             parts.append(dropout)

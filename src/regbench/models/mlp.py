@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from regbench.config import ModelConfig, register_schema
+from regbench.config import ModelConfig, check, register_schema
 from regbench.models import MODELS
 from regbench.models.base import (
     Classifier,
@@ -25,7 +25,12 @@ from regbench.models.base import (
 @dataclass
 class MLPConfig(ModelConfig):
     name: str = "mlp"
+    # 2x1024 ReLU: Pereyra et al. 2017 (Table 1); [] is a linear classifier on the pixels.
     hidden_sizes: list[int] = field(default_factory=lambda: [1024, 1024])
+
+    def __post_init__(self) -> None:
+        check(all(size >= 1 for size in self.hidden_sizes), "model.hidden_sizes",
+              list(self.hidden_sizes), "widths >= 1 (a list of layer widths, e.g. [1024, 1024])")
 
 
 register_schema("model", "mlp", MLPConfig)

@@ -117,18 +117,14 @@ def norm_factory(options: ModelOptions) -> NormFactory:
     return lambda width: options.norm(width, "conv")
 
 
-def wants_block_dropout(options: ModelOptions) -> bool:
-    """Dropout between a block's convolutions only before_bn, since a BN layer follows it."""
-    return options.dropout is not None and options.dropout_placement == "before_bn"
-
-
 def block_dropout(options: ModelOptions) -> Optional[nn.Module]:
-    return options.dropout("conv") if wants_block_dropout(options) else None
+    """Dropout between a block's convolutions, which feeds the block's second BN layer."""
+    return options.dropout("conv") if options.wants_dropout(feeds_norm=True) else None
 
 
 def feature_dropout(options: ModelOptions) -> nn.Module:
     """Dropout on the pooled penultimate features (after every BN layer)."""
-    dropout = options.dropout("linear") if options.dropout is not None else None
+    dropout = options.dropout("linear") if options.wants_dropout(feeds_norm=False) else None
     return dropout if dropout is not None else nn.Identity()
 
 

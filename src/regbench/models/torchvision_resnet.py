@@ -39,7 +39,6 @@ from regbench.models.resnet import (
     block_dropout,
     feature_dropout,
     norm_factory,
-    wants_block_dropout,
 )
 
 log = logging.getLogger(__name__)
@@ -75,7 +74,7 @@ def build_torchvision_resnet(name: str, in_channels: int, num_classes: int, opti
                              zero_init_residual: bool) -> ResNet:
     # torchvision's resnet18/34 build ResNet(BasicBlock, LAYERS[name]) in just this way; the block
     # class is chosen here because only DropoutBasicBlock has a place for dropout.
-    with_dropout = wants_block_dropout(options)
+    with_dropout = options.wants_dropout(feeds_norm=True)
     net = ResNet(DropoutBasicBlock if with_dropout else BasicBlock, LAYERS[name],
                  num_classes=num_classes, zero_init_residual=zero_init_residual,
                  norm_layer=norm_factory(options))

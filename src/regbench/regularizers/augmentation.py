@@ -100,7 +100,7 @@ class Augmentation(Regularizer):
         super().__init__(cfg)
         self.mode = cfg.mode
 
-    def check(self, context: RunContext) -> None:
+    def setup(self, context: RunContext) -> None:
         if self.cfg.mode == AugmentationMode.auto:
             self.mode = mode_for(context.dataset)
         check(self.cfg.crop_padding != 0 or self.flips(), "regularizer.augmentation.crop_padding",

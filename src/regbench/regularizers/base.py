@@ -3,7 +3,8 @@
 The training loop calls these hooks and nothing else, so it knows no regularizer by name. A hook a
 regularizer does not need keeps the do-nothing default below. The order of a training run:
 
-1. ``check(context)``            refuse what cannot work (model, dataset, other regularizers)
+1. ``setup(context)``            learn about the run (dataset, model, classes, epochs); refuse
+                                 with a ConfigError what cannot work
 2. ``configure_model(options)``  decide where normalization/dropout layers go, before the build
 3. ``on_model_built(model)``     e.g. register a forward hook on a feature layer
 4. ``param_group_options(...)``  per-parameter optimizer options (e.g. weight decay groups)
@@ -14,7 +15,7 @@ regularizer does not need keeps the do-nothing default below. The order of a tra
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -34,7 +35,6 @@ class RunContext:
     num_classes: int
     epochs: int
     optimizer: str
-    regularizers: list[str] = field(default_factory=list)
     val_size: int = 0
 
 
@@ -59,7 +59,7 @@ class Regularizer:
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
 
-    def check(self, context: RunContext) -> None:
+    def setup(self, context: RunContext) -> None:
         """Raise ConfigError if this regularizer cannot work in this run."""
 
     def configure_model(self, options: ModelOptions) -> None:
@@ -118,9 +118,5 @@ def build_regularizers(configs: dict[str, Any], context: RunContext) -> list[Reg
                           f"drop 'none' from the list")
     regularizers = [REGULARIZERS.get(name)(configs[name]) for name in names]
     for regularizer in regularizers:
-        for other in names:
-            if other in regularizer.conflicts:
-                raise ConfigError(f"regularizers {regularizer.name} and {other} cannot be combined: "
-                                  f"{regularizer.conflicts[other]}")
-        regularizer.check(context)
+        regularizer.setup(context)
     return regularizers

@@ -38,7 +38,7 @@ class BatchNorm(Regularizer):
         # The layers handed to the model builder, to check that some were used.
         self.norm_layers: list[nn.Module] = []
 
-    def check(self, context: RunContext) -> None:
+    def setup(self, context: RunContext) -> None:
         self.model_name = context.model
 
     def configure_model(self, options: ModelOptions) -> None:

@@ -47,9 +47,9 @@ class ConfidencePenaltyConfig:
 class ConfidencePenalty(Regularizer):
     def __init__(self, cfg: ConfidencePenaltyConfig) -> None:
         super().__init__(cfg)
-        self.epochs: Optional[int] = None  # the run's length, known in check()
+        self.epochs = 1  # the run's length, from setup()
 
-    def check(self, context: RunContext) -> None:
+    def setup(self, context: RunContext) -> None:
         self.epochs = context.epochs
         if self.cfg.anneal_epochs > context.epochs:
             raise ConfigError(f"{PREFIX}.anneal_epochs={self.cfg.anneal_epochs!r} is not allowed: "
@@ -67,8 +67,6 @@ class ConfidencePenalty(Regularizer):
         full beta once progress * epochs reaches anneal_epochs, constant afterwards."""
         if self.cfg.anneal_epochs == 0:
             return self.cfg.beta
-        if self.epochs is None:
-            raise RuntimeError("ConfidencePenalty.check(context) must run before training")
         epochs_done = progress * self.epochs
         return self.cfg.beta * min(1.0, epochs_done / self.cfg.anneal_epochs)
 

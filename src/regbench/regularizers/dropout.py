@@ -120,15 +120,13 @@ class Dropout(Regularizer):
     def __init__(self, cfg: DropoutConfig) -> None:
         super().__init__(cfg)
         self.model_name = "?"
-        self.options: Optional[ModelOptions] = None
         # The hidden-block layers handed to the model builder, to check that some were used.
         self.hidden_layers: list[nn.Module] = []
 
-    def check(self, context: RunContext) -> None:
+    def setup(self, context: RunContext) -> None:
         self.model_name = context.model
 
     def configure_model(self, options: ModelOptions) -> None:
-        self.options = options
         options.dropout = self.make_hidden_layer
         if self.cfg.input_p > 0:
             options.input_dropout = lambda: input_dropout_layer(self.cfg)
@@ -144,12 +142,11 @@ class Dropout(Regularizer):
         built = {id(module) for module in model.modules()}
         kind = self.cfg.kind
         layer_kind = "conv" if kind == DropoutKind.channel else "linear"
-        only_last = (self.options is not None and self.options.norm is not None
-                     and self.cfg.placement == DropoutPlacement.after_bn)
-        where = " (placement=after_bn with normalization: the last hidden layer only)" \
-            if only_last else ""
+        after_bn = self.cfg.placement == DropoutPlacement.after_bn
+        where = " (placement=after_bn keeps dropout out of layers that feed a normalization layer)" \
+            if after_bn else ""
         other_kinds = "kind=standard, gaussian or uout" if layer_kind == "conv" else "kind=channel"
         check(any(id(layer) in built for layer in self.hidden_layers), "regularizer.dropout.kind",
               kind.value, f"model {self.model_name!r} has no {layer_kind} hidden layer where "
               f"dropout goes{where}, so {kind.value} dropout would add nothing; try {other_kinds}"
-              f"{' or placement=before_bn' if only_last else ''}")
+              f"{' or placement=before_bn' if after_bn else ''}")

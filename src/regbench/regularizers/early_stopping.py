@@ -19,7 +19,7 @@ from regbench.config import check
 from regbench.regularizers.base import Regularizer, RunContext, register_regularizer
 
 # Monitored metric -> whether larger is better.
-MONITORS = {"val/loss": False, "val/acc": True}
+MONITORS = {"val/nll": False, "val/acc": True}
 
 
 @dataclass
@@ -27,8 +27,8 @@ class EarlyStoppingConfig:
     # Epochs without improvement before stopping: scikit-learn's MLPClassifier(early_stopping=True)
     # default n_iter_no_change=10.
     patience: int = 10
-    # The validation metric to watch; minimized for val/loss, maximized for val/acc.
-    monitor: str = "val/loss"
+    # The validation metric to watch; minimized for val/nll, maximized for val/acc.
+    monitor: str = "val/nll"
     # Smallest change that counts as an improvement: Keras' and Lightning's EarlyStopping default 0.
     min_delta: float = 0.0
 
@@ -52,13 +52,13 @@ class EarlyStopping(Regularizer):
         super().__init__(cfg)
         self.maximize = MONITORS[cfg.monitor]
         self.best_value: Optional[float] = None
-        self.best_epoch = 0  # 1-based, like the epoch numbers of metrics.jsonl
+        self.best_epoch = 0  # 1-based, like the epoch numbers of history.jsonl
         self.bad_epochs = 0
         self.last_epoch = 0
         self.stopped_epoch: Optional[int] = None
         self.best_weights: Optional[dict[str, torch.Tensor]] = None
 
-    def check(self, context: RunContext) -> None:
+    def setup(self, context: RunContext) -> None:
         check(context.val_size > 0, "dataset.val_size", context.val_size,
               f"> 0 with regularizer=early_stopping, which monitors {self.cfg.monitor}")
 

@@ -56,7 +56,7 @@ class L2(Regularizer):
         super().__init__(cfg)
         self.penalized: list[nn.Parameter] = []
 
-    def check(self, context: RunContext) -> None:
+    def setup(self, context: RunContext) -> None:
         check(not self.cfg.decoupled or context.optimizer == "adamw", "regularizer.l2.decoupled",
               self.cfg.decoupled, f"only with optimizer=adamw (torch's {context.optimizer} adds "
               f"weight_decay to the gradient: that is decoupled=false)")

@@ -1,0 +1,168 @@
+"""What a run is, defined once: its experiment identity, its name, its files and its statuses.
+
+No torch here: the report, the entrypoint and the checkpoint check all import this module, so two
+runs are "the same experiment" by one rule everywhere.
+
+- **Experiment settings**: the flattened configuration minus the seed and minus the settings that
+  cannot change a result (``RESULT_NEUTRAL_KEYS``: where the data lives, threads, progress bar...).
+  Runs with equal experiment settings form one group of a sweep report; they differ by seed only.
+- **Identity**: the experiment settings plus the seed. A run folder belongs to one identity; it is
+  resumed or reported as completed only for that identity (``spec.json`` in the folder), and a
+  checkpoint is loaded only by it.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+# Settings that cannot change what a run computes, so they are not part of its identity.
+RESULT_NEUTRAL_KEYS = frozenset({
+    "dataset.root",         # where the same files are
+    "dataset.download",     # whether missing files may be fetched
+    "dataset.num_workers",  # how many processes decode the same images
+    "trainer.progress",     # progress bar on or off
+    "trainer.num_threads",  # CPU threads (set per machine for parallel sweeps)
+    "trainer.device",       # where the same computation runs
+    "trainer.checkpoint",   # whether last.pt is written
+    "objective",            # what a sweeper reads from the finished run
+})
+RESULT_NEUTRAL_PREFIXES = ("hydra.",)
+SEED_KEY = "seed"
+REGULARIZER_KEY = "regularizer"
+BASELINE = "none"  # the regularizer option that means "no regularization"
+
+
+class Status(str, enum.Enum):
+    """A run folder's state. The first four are written in metrics.json by the run; the last two
+    are what the report infers when metrics.json is missing or cannot be read."""
+
+    completed = "completed"
+    failed = "failed"
+    diverged = "diverged"
+    interrupted = "interrupted"
+    unfinished = "unfinished"
+    unreadable = "unreadable"
+
+
+# The files of a run folder.
+SPEC_FILE = "spec.json"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.jsonl"
+CHECKPOINT_FILE = "last.pt"
+CALIBRATION_FILE = "test_calibration.json"
+LOCK_FILE = ".regbench.lock"
+HYDRA_SUBDIR = ".hydra"
+
+# Metric keys that several modules read (metrics.json, the summary line, the report).
+TEST_ACC = "test/acc"
+TEST_NLL = "test/nll"
+TEST_ECE = "test/ece"
+TEST_ECE_TEMPERATURE = "test/ece@temperature"
+TEST_MEAN_CONFIDENCE = "test/mean_confidence"
+GAP_ACC = "gap/acc"
+EPOCHS = "epochs"
+SECONDS = "seconds"
+STATUS = "status"
+
+
+def flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay whole values."""
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{path}."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def regularizer_names(config: Mapping[str, Any]) -> list[str]:
+    """The selected regularizers, sorted, or ["none"] for the baseline (``regularizer=[]``, or
+    ``regularizer=none``)."""
+    return sorted(config.get(REGULARIZER_KEY) or {}) or [BASELINE]
+
+
+def regularizer_label(names: list[str]) -> str:
+    """One regularizer set as one string: ``dropout+label_smoothing``."""
+    return "+".join(names)
+
+
+def plain(value: Any) -> Any:
+    """Enums as their values, tuples as lists: the form a YAML or JSON file gives back."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    return value
+
+
+def experiment_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings that define an experiment (everything but the seed and the result-neutral
+    keys), flattened, plus ``regularizer``: the selected names as one label (an option without
+    parameters, like ``none``, has no leaf of its own)."""
+    settings = {
+        key: plain(value) for key, value in flatten(config).items()
+        if key != SEED_KEY and key not in RESULT_NEUTRAL_KEYS
+        and not key.startswith(RESULT_NEUTRAL_PREFIXES)
+    }
+    settings[REGULARIZER_KEY] = regularizer_label(regularizer_names(config))
+    return dict(sorted(settings.items()))
+
+
+def identity(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What makes two runs the same run: the experiment settings and the seed."""
+    return {**experiment_settings(config), SEED_KEY: config.get(SEED_KEY)}
+
+
+def canonical(value: Any) -> str:
+    """An order-stable text form of a setting, for comparing and hashing."""
+    return json.dumps(plain(value), sort_keys=True, default=str)
+
+
+def first_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> Optional[tuple[str, Any, Any]]:
+    """(key, old value, new value) of the first setting that differs, or None when equal."""
+    missing = object()
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key, missing), new.get(key, missing)
+        if before is missing or after is missing or canonical(before) != canonical(after):
+            return key, None if before is missing else before, None if after is missing else after
+    return None
+
+
+def run_name(config: Mapping[str, Any]) -> str:
+    """A readable name for one run: what is trained, with what, and the seed."""
+    model = (config.get("model") or {}).get("name", "?")
+    dataset = (config.get("dataset") or {}).get("name", "?")
+    names = regularizer_label(regularizer_names(config))
+    return f"{names} | {model} on {dataset} | seed {config.get(SEED_KEY)}"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A run's specification, built once from the composed configuration (a plain container)."""
+
+    config: Mapping[str, Any]
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return identity(self.config)
+
+    @property
+    def experiment_settings(self) -> dict[str, Any]:
+        return experiment_settings(self.config)
+
+    @property
+    def name(self) -> str:
+        return run_name(self.config)
+
+    @property
+    def regularizers(self) -> list[str]:
+        return regularizer_names(self.config)
+
+    def as_json(self) -> dict[str, Any]:
+        """The content of ``spec.json``."""
+        return {"name": self.name, "identity": self.identity}
