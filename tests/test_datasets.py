@@ -364,6 +364,31 @@ def test_image_folder_maps_test_classes_onto_train_indices(tmp_path):
             assert (image.float().mean(dim=(1, 2)) - torch.tensor(colour)).abs().max() < 3
 
 
+def test_16_bit_grayscale_pngs_are_scaled_not_clipped(tmp_path):
+    # A ramp over the whole 16-bit range: PIL's own RGB conversion makes 99.6 % of it 255.
+    ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.fromarray(ramp).save(tmp_path / split / name / "ramp.png")
+    assert Image.open(tmp_path / "test" / "a" / "ramp.png").mode == "I;16"
+    raw = load("imagefolder", tmp_path, "dataset.image_size=64", "dataset.val_size=0")
+    image = raw.test[0][0]
+    assert image.shape == (3, 64, 64)
+    assert torch.equal(image[0], torch.from_numpy((ramp >> 8).astype(np.uint8)))
+    assert (image == 255).float().mean() < 0.01
+
+
+def test_an_image_folder_with_one_class_is_refused_in_one_line(tmp_path):
+    for split in ("train", "test"):
+        (tmp_path / split / "only").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / split / "only" / "x.png")
+    cfg = dataset_config("imagefolder", tmp_path, "dataset.image_size=8", "dataset.val_size=0",
+                         "dataset.num_workers=0")
+    with pytest.raises(ConfigError, match="a dataset with 2 classes or more; found 1 \\(only\\)"):
+        build_data(cfg, batch_size=4, device=torch.device("cpu"), seed=0)
+
+
 def test_image_folder_resize_keeps_aspect_and_crops_the_centre(tmp_path):
     # A 64x16 image: green outer quarters, grey middle half. Resizing the shorter side to 8 and
     # cropping the centre 8x8 keeps only grey; squashing to 8x8 would keep green columns.

@@ -36,6 +36,20 @@ REGULARIZERS = ("augmentation, batchnorm, confidence_penalty, dropout, early_sto
     (["-m", "seed=0,1", "trainer.batch_size=0"], "trainer.batch_size=0 is not allowed: an integer >= 1"),
     (["dataset.label_noise=1.5"], "dataset.label_noise=1.5 is not allowed: a fraction in [0, 1]"),
     (["regularizer.dropout.p=0.2"], "select it too: regularizer=dropout"),
+    # Found by a hostile probe: tracebacks or silently accepted nonsense before.
+    (["seed=-1"], "seed=-1 is not allowed: an integer in [0, 2**32)"),
+    ([f"seed={2**32}"], "seed=4294967296 is not allowed"),
+    (["optimizer.lr=inf"], "optimizer.lr=inf is not allowed: a number > 0, finite"),
+    (["optimizer.lr=1e300"], "below 3.4e+38"),
+    (["optimizer.step_gamma=-0.5"], "optimizer.step_gamma=-0.5 is not allowed: a factor in (0, 1]"),
+    (["trainer.epochs=1e20"], "could not be converted to Integer"),
+    (["trainer.epochs=100000000"], "at most 1,000,000"),
+    (["model.hidden_sizes=[0]"], "model.hidden_sizes=[0] is not allowed: widths >= 1"),
+    (["model.hidden_sizes=[-5]"], "model.hidden_sizes=[-5] is not allowed"),
+    (["trainer.num_threads=100000"], "trainer.num_threads=100000 is not allowed: an integer in [0, "),
+    (["trainer.device=cuda:abc"], "trainer.device='cuda:abc' is not allowed: auto, cpu, cuda, cuda:N or mps"),
+    (["regularizer=[dropout,dropout]"], "regularizer=[dropout,dropout] names dropout twice"),
+    (["hydra.run.dir=/tmp/caf\u00e9"], "must be quoted"),
 ])
 def test_command_line_mistakes_are_refused_before_hydra_starts(args, message):
     with pytest.raises(ConfigError) as error:
@@ -70,6 +84,9 @@ def test_cli_prints_one_line_and_trains_nothing(tmp_path):
     (["regularizer=l2", "regularizer.l2.decoupled=true"], "only with optimizer=adamw"),
     (["regularizer=early_stopping", "dataset.val_size=0"], "early_stopping"),
     (["regularizer=[none,dropout]"], "regularizer=none cannot be combined with others"),
+    (["dataset.val_size=0"], "objective='val/acc' is not allowed: a test/ or train/ metric when "
+                             "dataset.val_size=0"),
+    (["trainer.device=cuda:7"], "trainer.device='cuda:7' is not allowed: this machine has"),
 ])
 def test_run_level_mistakes_stop_before_training(tmp_path, data_root, overrides, message):
     run_dir = tmp_path / "run"

@@ -25,8 +25,11 @@ def without_timings(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}
 
 
-def start_and_terminate(run_dir: Path, cwd: Path, after_epochs: int) -> subprocess.CompletedProcess:
-    process = subprocess.Popen([sys.executable, "-m", "regbench", *ARGS, f"hydra.run.dir={run_dir}"],
+def start_and_terminate(run_dir: Path, cwd: Path, after_epochs: int,
+                        extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Start the CLI, send SIGTERM once ``after_epochs`` epochs are in history.jsonl."""
+    process = subprocess.Popen([sys.executable, "-m", "regbench", *ARGS, *extra,
+                                f"hydra.run.dir={run_dir}"],
                                cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + 300

@@ -38,8 +38,12 @@ def one_line(error: BaseException | str) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
+# float32's largest value: parameters are float32, so a larger learning rate overflows the update.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def is_finite_positive(value: float) -> bool:
-    return math.isfinite(value) and value > 0
+    return math.isfinite(value) and 0 < value < FLOAT32_MAX
 
 
 # Largest values that still describe a run a person would start (beyond them: a typo).
@@ -123,7 +127,8 @@ class OptimizerConfig:
     onecycle_pct_start: float = 0.3
 
     def __post_init__(self) -> None:
-        check(is_finite_positive(self.lr), "optimizer.lr", self.lr, "a number > 0, finite")
+        check(is_finite_positive(self.lr), "optimizer.lr", self.lr,
+              "a number > 0, finite and below 3.4e+38 (float32's largest value)")
         check(self.warmup_epochs >= 0, "optimizer.warmup_epochs", self.warmup_epochs, "a number >= 0")
         check(0 < self.warmup_start_factor <= 1, "optimizer.warmup_start_factor",
               self.warmup_start_factor, "a number in (0, 1]")

@@ -415,8 +415,9 @@ def stop_on_signals(run: Run) -> Iterator[None]:
     def request_stop(signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
         if run.stop_signal is not None:
-            raise InterruptedRun(name, run.epochs_done + 1, 0,
-                                 phase="training" if not run.training_finished else "test")
+            if run.training_finished:
+                raise InterruptedRun(name, run.epochs_done, 0, phase="test")
+            raise InterruptedRun(name, run.epochs_done + 1, 0)
         run.request_stop(name)
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -31,6 +31,14 @@ from regbench.spec import CALIBRATION_FILE, HISTORY_FILE, METRICS_FILE
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all; an OSError names ``path`` (not the temporary file)."""
+    try:
+        write_then_rename(path, data)
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(path)) from None
+
+
+def write_then_rename(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -52,6 +52,8 @@ class RunFolder:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.claimed = False
+        # metrics.json of a completed run of this spec, read while claiming (None: not completed).
+        self.completed: Optional[dict[str, Any]] = None
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -62,6 +64,7 @@ class RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         with self.lock():
             self.check_identity(spec)
+            self.completed = self.completed_metrics()  # an unreadable one is refused here, untouched
             self.remove_stale_temporaries()
             if not self.file(SPEC_FILE).exists():
                 atomic_write_json(self.file(SPEC_FILE), spec.as_json())

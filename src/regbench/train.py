@@ -110,10 +110,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         summary = {"dataset": settings.dataset.name, "model": settings.model.name,
                    "regularizer": spec.regularizers, SEED_KEY: settings.seed, "name": spec.name}
         try:
-            completed = folder.completed_metrics()
-            if completed is not None:
+            if folder.completed is not None:
                 log.info("%s is already completed; not training again", run_dir)
-                return completed
+                return folder.completed
             return train_and_test(settings, spec, folder, summary)
         except ConfigError as error:
             folder.write_failure({STATUS: Status.failed.value, "error": error_message(error), **summary})
