@@ -216,11 +216,21 @@ def test_ece_equals_torchmetrics_including_bin_edges_and_one():
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(500, 4, generator=generator) * 3
     probabilities = logits.softmax(dim=1)
-    # Confidences exactly on bin edges (k / 15) and exactly 1.0.
-    probabilities[:15] = torch.tensor([[k / 15, 1 - k / 15, 0, 0] for k in range(15)])
+    # Confidences exactly on bin edges (torchmetrics' float32 edges k / 15, k >= 8 so that they are
+    # the top label) and exactly 1.0.
+    edges = torch.linspace(0, 1, 16)[8:15]
+    probabilities[:7] = torch.stack([edges, 1 - edges, torch.zeros(7), torch.zeros(7)], dim=1)
+    labels_at_edges = torch.tensor([0, 1, 0, 0, 1, 0, 0])
     probabilities[15:20] = torch.tensor([1.0, 0, 0, 0])
     labels = torch.randint(0, 4, (500,), generator=generator)
+    labels[:7] = labels_at_edges
     expected = multiclass_calibration_error(probabilities, labels, 4, n_bins=15, norm="l1").item()
+    assert expected_calibration_error(probabilities, labels) == pytest.approx(expected, abs=1e-6)
+    # Right answers exactly on the edges, wrong ones just below: [lo, hi) bins keep them apart.
+    near = torch.cat([edges, edges - 0.01, torch.ones(1)])
+    probabilities = torch.stack([near, 1 - near], dim=1)
+    labels = torch.tensor([0] * 7 + [1] * 7 + [0])
+    expected = multiclass_calibration_error(probabilities, labels, 2, n_bins=15, norm="l1").item()
     assert expected_calibration_error(probabilities, labels) == pytest.approx(expected, abs=1e-6)
 
 
