@@ -128,6 +128,14 @@ def renormalize(probabilities: np.ndarray) -> np.ndarray:
     return np.divide(probabilities, total, out=uniform, where=total > 0)
 
 
+def one_blas_thread():
+    """scikit-learn's fits of these tiny problems on one BLAS/OpenMP thread: with its default threads on
+    a busy machine one Platt fit took 1.8 s instead of 0.06 s (10 classes, 180 examples)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1)
+
+
 def as_numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().double().numpy()
 
@@ -163,8 +171,9 @@ def fit_platt(logits: torch.Tensor, labels: torch.Tensor) -> Calibrator:
         return Calibrator("platt", lambda z: torch.ones_like(z))
     s, y = as_numpy(one_vs_rest_log_odds(logits.float())), labels.detach().cpu().numpy()
     slopes, intercepts = np.zeros(classes), np.zeros(classes)
-    for k in range(classes):
-        slopes[k], intercepts[k] = fit_sigmoid(s[:, k], y == k)
+    with one_blas_thread():
+        for k in range(classes):
+            slopes[k], intercepts[k] = fit_sigmoid(s[:, k], y == k)
 
     def transform(test_logits: torch.Tensor) -> torch.Tensor:
         margin = as_numpy(one_vs_rest_log_odds(test_logits)) * slopes + intercepts
@@ -196,8 +205,9 @@ def fit_isotonic(logits: torch.Tensor, labels: torch.Tensor) -> Calibrator:
     from sklearn.isotonic import IsotonicRegression
 
     p, y = as_numpy(logits.float().softmax(dim=1)), labels.detach().cpu().numpy()
-    models = [IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p[:, k], y == k)
-              for k in range(p.shape[1])]
+    with one_blas_thread():
+        models = [IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p[:, k], y == k)
+                  for k in range(p.shape[1])]
 
     def transform(test_logits: torch.Tensor) -> torch.Tensor:
         q = as_numpy(test_logits.softmax(dim=1))
