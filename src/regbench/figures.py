@@ -61,3 +61,32 @@ def confidence_histogram(logits: torch.Tensor, labels: torch.Tensor, title: str)
     axes.legend(loc="upper left", fontsize="small")
     figure.tight_layout()
     return figure
+
+
+def reliability_panel(probabilities_by_name: dict[str, torch.Tensor], labels: torch.Tensor,
+                      eces: dict[str, float]) -> Figure:
+    """One reliability diagram per entry of ``probabilities_by_name`` (test probabilities [N, K]; "raw"
+    first, then the calibrators in the given order), side by side on a shared y axis, the entry's ECE
+    (``eces[name]``, left out when missing) in its title."""
+    names = sorted(probabilities_by_name, key=lambda name: name != "raw")  # stable: raw first
+    edges = np.linspace(0, 1, CALIBRATION_BINS + 1)
+    centers, width = (edges[:-1] + edges[1:]) / 2, 1 / CALIBRATION_BINS
+    figure = Figure(figsize=(3.2 * max(len(names), 1), 3.6), dpi=100)
+    axes_row = figure.subplots(1, max(len(names), 1), sharey=True, squeeze=False)[0]
+    labels_np = labels.detach().cpu().numpy()
+    for axes, name in zip(axes_row, names):
+        confidence, prediction = probabilities_by_name[name].detach().float().max(dim=1)
+        confidence = confidence.cpu().numpy()
+        mean_confidence, accuracy, counts = reliability_bins(confidence, prediction.cpu().numpy() == labels_np)
+        filled = counts > 0
+        axes.bar(centers[filled], accuracy[filled], width=width, edgecolor="black", color="tab:blue",
+                 label="accuracy")
+        axes.bar(centers[filled], (mean_confidence - accuracy)[filled], bottom=accuracy[filled],
+                 width=width, edgecolor="red", color="red", alpha=0.3, hatch="//", label="gap")
+        axes.plot([0, 1], [0, 1], "--", color="gray")
+        title = name if name not in eces else f"{name}: ECE {100 * eces[name]:.2f} %"
+        axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", title=title)
+    axes_row[0].set_ylabel("accuracy")
+    axes_row[0].legend(loc="upper left", fontsize="small")
+    figure.tight_layout()
+    return figure
