@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import train_in_process
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from regbench.calibration import CALIBRATORS, fit_calibrator, fit_sigmoid
@@ -17,7 +18,7 @@ from regbench.calibration_metrics import (DEFAULT_CALIBRATORS, METRICS, adaptive
                                           calibration_panel, classwise_calibration_error,
                                           debiased_l2_calibration_error, expected_calibration_error,
                                           negative_log_likelihood, smooth_ece, smooth_ece_of)
-from regbench.config import ConfigError
+from regbench.config import CalibratorName, ConfigError
 from regbench.figures import reliability_panel
 from regbench.report_calibration import calibration_table_markdown, ranking_flips
 
@@ -296,3 +297,25 @@ def test_ranking_flips():
     assert ranking_flips(groups[:1]) == []
     assert ranking_flips([group("a", {"test/ece": 0.1}), group("b", {})]) == []
     assert ranking_flips([]) == []
+
+
+# --- on a real run ---------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_every_calibrator_lowers_label_smoothings_raw_ece_on_a_real_digits_run(tmp_path):
+    run_dir = tmp_path / "run"
+    # Label smoothing leaves this MLP under-confident on digits (mean confidence ~0.85, ECE ~0.13).
+    metrics = train_in_process(run_dir, ["regularizer=label_smoothing", "trainer.epochs=15"])
+    assert metrics["test/ece"] > 0.08
+    for calibrator in DEFAULT_CALIBRATORS:
+        assert metrics[f"test/ece@{calibrator}"] < metrics["test/ece"], calibrator
+        for metric in METRICS:
+            assert math.isfinite(metrics[f"test/{metric}@{calibrator}"])
+    assert (run_dir / "test_reliability_panel.png").stat().st_size > 0
+    group = SimpleNamespace(label="label_smoothing", completed=[SimpleNamespace(metrics=metrics)])
+    table = calibration_table_markdown([group])
+    assert "label_smoothing" in table and "isotonic" in table
+
+
+def test_the_config_schema_names_every_calibrator():
+    assert {name.value for name in CalibratorName} == set(CALIBRATORS)

@@ -87,7 +87,7 @@ def test_default_run_writes_calibration_dashboards(default_run):
     events.Reload()
     tags = events.Tags()
     for split in ("train", "val"):
-        assert {f"{split}/{m}" for m in ("acc", "loss", "nll", "ece", "mean_confidence", "entropy")} <= set(tags["scalars"])
+        assert {f"{split}/{m}" for m in ("acc", "nll", "ece", "mean_confidence", "entropy")} <= set(tags["scalars"])
     assert {"test/acc", "test/ece", "test/ece@temperature", "test/nll@temperature", "gap/acc", "temperature"} <= set(tags["scalars"])
     histograms = {"val/confidence", "val/confidence_correct", "val/confidence_incorrect",
                   "val/true_class_prob", "val/entropy"}

@@ -33,13 +33,15 @@ import numpy as np
 import torch
 
 from regbench.calibration import Calibrator, fit_calibrator
+from regbench.config import EvaluationConfig
 
 BINS = 15
 METRICS = ("ece", "ece_adaptive", "ece_classwise", "ece_debiased_l2", "smece", "nll", "brier", "aurc")
 # Every ECE convention: the ones ranking flips are looked for between.
 ECE_METRICS = ("ece", "ece_adaptive", "ece_classwise", "ece_debiased_l2", "smece")
 # All four together cost well under a second on the default job (README "What a run records").
-DEFAULT_CALIBRATORS = ("temperature", "platt", "vector", "isotonic")
+# The default of evaluation.calibrators (config.py), as names.
+DEFAULT_CALIBRATORS = tuple(name.value for name in EvaluationConfig().calibrators)
 RAW = "raw"
 NLL_FLOOR = 1e-12
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from regbench.calibration import fit_temperature
+from regbench.calibration_metrics import calibration_panel, metric_key
 from regbench.checkpoint import rng_state, set_rng_state
 from regbench.config import Config, ConfigError
 from regbench.datasets import build_data
@@ -38,7 +38,7 @@ from regbench.models import ModelOptions, build_model
 from regbench.optim import build_optimizer, build_scheduler, param_groups
 from regbench.recording import RunRecorder
 from regbench.regularizers import Regularizer, RunContext, StepOutput, build_regularizers
-from regbench.spec import EPOCHS, GAP_ACC, TEST_ACC, TEST_ECE, TEST_ECE_TEMPERATURE, TEST_NLL
+from regbench.spec import EPOCHS, GAP_ACC, TEST_ACC, TEST_ECE, TEST_NLL
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +314,12 @@ class Run:
             raise DivergedError(epoch + 1, self.steps_per_epoch, result)
         return result
 
+    def calibrate(self, val: Evaluation, test: Evaluation) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        """The calibration panel: every metric of calibration_metrics.py on the test split, raw and
+        after each calibrator of evaluation.calibrators fitted on the validation split."""
+        names = [name.value for name in self.settings.evaluation.calibrators]
+        return calibration_panel(val.logits, val.labels, test.logits, test.labels, names)
+
     @torch.no_grad()
     def evaluate(self, batches: Iterable) -> Evaluation:
         self.model.eval()
@@ -388,16 +394,18 @@ class Run:
         metrics[GAP_ACC] = metrics["train/acc"] - metrics[TEST_ACC]
         metrics["gap/nll"] = metrics[TEST_NLL] - metrics["train/nll"]
         self.check_stop()
+        panel: dict[str, torch.Tensor] = {}
         if len(self.data.val) > 0:
             val = self.evaluate(self.data.val)
             metrics.update(val.metrics("val"))
-            temperature = fit_temperature(val.logits, val.labels)
-            scaled = to_floats(classification_metrics(test.logits / temperature, test.labels), "test")
-            metrics.update({"temperature": temperature, TEST_ECE_TEMPERATURE: scaled[TEST_ECE],
-                            "test/nll@temperature": scaled[TEST_NLL]})
+            calibrated, panel = self.calibrate(val, test)
+            metrics.update({key: value for key, value in calibrated.items() if key not in metrics})
         self.check_stop()
         if recorder is not None:
             recorder.log_figures("test", test.logits, test.labels, metrics[TEST_ECE], self.epochs_done)
+            if panel:
+                eces = {name: metrics[metric_key("ece", name)] for name in panel}
+                recorder.log_reliability_panel(panel, test.labels, eces, self.epochs_done)
         metrics.update(extra)
         metrics[EPOCHS] = self.epochs_done
         return metrics

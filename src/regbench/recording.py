@@ -25,6 +25,7 @@ from regbench.figures import (
     confidence_histogram,
     reliability_bins,
     reliability_diagram,
+    reliability_panel,
     split_confidence,
 )
 from regbench.spec import CALIBRATION_FILE, HISTORY_FILE, METRICS_FILE
@@ -142,6 +143,13 @@ class RunRecorder:
             self.writer.add_figure(f"{split}/{name}", figure, step, close=False)
         atomic_write_json(self.run_dir / CALIBRATION_FILE,
                           calibration_summary(logits, labels))
+
+    def log_reliability_panel(self, probabilities: Mapping[str, torch.Tensor], labels: torch.Tensor,
+                              eces: Mapping[str, float], step: int) -> None:
+        """One reliability diagram per calibrator (raw first), in TensorBoard and as a PNG file."""
+        figure = reliability_panel(dict(probabilities), labels, dict(eces))
+        figure.savefig(self.run_dir / "test_reliability_panel.png")
+        self.writer.add_figure("test/reliability_panel", figure, step, close=False)
 
     def log_hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float], step: int) -> None:
         """The run's settings and final metrics for TensorBoard's HParams tab, in this run's own
