@@ -40,6 +40,7 @@ import yaml
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 from omegaconf import OmegaConf
 
 from regbench.statistics import (
@@ -55,7 +56,9 @@ from regbench.statistics import (
     paired_comparison,
     probability_of_improvement,
     rank_test,
+    ZERO_VARIANCE_TEST,
     seeds_needed,
+    sign_flip_seeds_needed,
     verdict,
 )
 
@@ -526,8 +529,9 @@ def build_comparisons(jobs: Sequence[Job], grouping: Grouping,
             comparison.p_holm = adjusted
             comparison.verdict = verdict(comparison.paired, adjusted)
             if comparison.verdict == INDISTINGUISHABLE:
-                comparison.seeds_needed = seeds_needed(comparison.paired.mean_diff,
-                                                       comparison.paired.sd_diff)
+                comparison.seeds_needed = (
+                    sign_flip_seeds_needed() if comparison.paired.test == ZERO_VARIANCE_TEST
+                    else seeds_needed(comparison.paired.mean_diff, comparison.paired.sd_diff))
         comparisons += family
     for group, baseline in pairs:
         if dropped := pair_runs(group, baseline)[1]:
@@ -551,8 +555,16 @@ def comparison_rows(comparisons: Sequence[Comparison]) -> list[dict[str, Any]]:
     } for c in comparisons]
 
 
-def format_p(p: float) -> str:
-    return f"{p:.1e}" if p < 0.001 else f"{p:.2g}"
+def format_p(p: float, alpha: float = ALPHA) -> str:
+    """Two significant digits, more where rounding would put p on the other side of alpha
+    (0.0498 as "0.05" next to "higher" would read as a contradiction)."""
+    if p < 0.001:
+        return f"{p:.1e}"
+    for digits in (2, 3, 4, 6):
+        text = f"{p:.{digits}g}"
+        if (float(text) < alpha) == (p < alpha):
+            return text
+    return repr(p)
 
 
 def format_difference(metric: str, value: float, sign: bool = True) -> str:
@@ -577,7 +589,7 @@ def verdict_line(c: Comparison) -> str:
                 f"{format_difference(c.metric, paired.ci_high, False)}]")
     line = (f"{head} {format_difference(c.metric, paired.mean_diff)}{unit} {interval}, "
             f"p_holm = {format_p(c.p_holm)}, {c.verdict} ({pairs}")
-    if paired.test == "sign-flip (zero variance)":
+    if paired.test == ZERO_VARIANCE_TEST:
         line += "; every pair differs by the same amount, so p is the exact sign-flip test's"
     line += ")"
     if c.verdict == INDISTINGUISHABLE and c.seeds_needed is not None:
@@ -604,7 +616,10 @@ def comparison_method_text(comparisons: Sequence[Comparison], selectors: Sequenc
         f"p_holm < {ALPHA}, else indistinguishable. Accuracy and accuracy gap in percentage points, "
         "NLL in nats, ECE and confidence as fractions. Seeds needed (for indistinguishable "
         f"differences): n = ((z_{{1-α/2}} + z_{{{POWER}}}) · sd / |mean diff|)², the normal "
-        "approximation at the observed standard deviation of the paired differences. "
+        "approximation at the observed standard deviation of the paired differences (it "
+        "underestimates what a t-test needs at a handful of seeds); where every pair differs by "
+        "the same amount, the smallest n whose sign-flip p = 2·0.5^n is below 0.05 (6). Both are "
+        "for one test at α = 0.05; Holm's adjustment over many comparisons needs more. "
         f"All numbers, with the probability of improvement, in {COMPARISONS_CSV}."
     )
 
@@ -1029,15 +1044,15 @@ VERDICT_COLORS = {"higher": "tab:blue", "lower": "tab:orange", INDISTINGUISHABLE
                   TOO_FEW_SEEDS: "lightgray"}
 
 
-def forest_plot(comparisons: Sequence[Comparison]) -> Figure:
+def forest_plot(comparisons: Sequence[Comparison], baseline: str = "regularizer=none") -> Figure:
     """One panel per metric: each comparison's mean difference with its 95 % t-interval, the zero
-    line marked, colored by verdict. Rows are the same comparisons in every panel."""
+    line marked, colored by verdict. Rows (one per group: each has one baseline) are the same in
+    every panel; the baseline, implied by the group's settings, is named in the title."""
     if not comparisons:
         return empty_figure("no comparisons (no baseline group, or one group only)")
     metrics = list(dict.fromkeys(c.metric for c in comparisons))
     rows = list(dict.fromkeys((c.group.label, c.baseline.label) for c in comparisons))
-    single_baseline = len({baseline for _, baseline in rows}) == 1
-    names = [wrap(group if single_baseline else f"{group} vs {baseline}") for group, baseline in rows]
+    names = [wrap(group) for group, _ in rows]
     columns = min(3, len(metrics))
     grid_rows = math.ceil(len(metrics) / columns)
     height = max(2.2, 0.32 * len(rows) + 1.0)
@@ -1063,6 +1078,7 @@ def forest_plot(comparisons: Sequence[Comparison]) -> Figure:
         unit = " (pp)" if metric in PERCENT_METRICS else ""
         axes.set_title(f"{METRIC_NAMES.get(metric, metric)}{unit}", fontsize="medium")
         axes.grid(axis="x", alpha=0.3)
+        axes.xaxis.set_major_locator(MaxNLocator(5))
         axes.set_yticks(range(len(rows)), names, fontsize="small")
         axes.set_ylim(len(rows) - 0.5, -0.5)
     for axes in grid[-1]:
@@ -1071,8 +1087,8 @@ def forest_plot(comparisons: Sequence[Comparison]) -> Figure:
                for name, color in VERDICT_COLORS.items()]
     figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False,
                   fontsize="small")
-    baseline = rows[0][1] if single_baseline else "their baselines"
-    figure.suptitle(f"difference from {baseline}: mean over seed pairs, {LEVEL:.0%} t-interval")
+    figure.suptitle(f"group − baseline ({baseline}, same other settings): mean over seed pairs, "
+                    f"{LEVEL:.0%} t-interval; {seeds_text(max(c.paired.n_pairs for c in comparisons))} at most")
     return figure
 
 
@@ -1130,7 +1146,8 @@ def write_plots(sweep: Path, grouping: Grouping, analysis: Optional[Analysis] = 
         PLOT_FILES["accuracy_vs_ece"]: accuracy_vs_ece(grouping),
         PLOT_FILES["reliability"]: reliability(grouping),
         PLOT_FILES["confidence_hist"]: confidence_histograms(grouping),
-        COMPARISONS_PNG: forest_plot(analysis.comparisons),
+        COMPARISONS_PNG: forest_plot(analysis.comparisons,
+                                     " ".join(f"{k}={v}" for k, v in analysis.selectors)),
         RANKS_PNG: critical_difference_diagram(analysis.ranking, " ".join(analysis.ranking_notes)),
     }
     for name, figure in figures.items():

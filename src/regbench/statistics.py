@@ -31,6 +31,8 @@ HIGHER = "higher"
 LOWER = "lower"
 INDISTINGUISHABLE = "indistinguishable"
 TOO_FEW_SEEDS = "too few seeds"
+T_TEST = "paired t-test"
+ZERO_VARIANCE_TEST = "sign-flip (zero variance)"
 
 # Differences whose standard deviation is this small relative to the values compared are treated
 # as exactly constant: accuracies k/n computed in floating point differ in the last bits even
@@ -79,13 +81,11 @@ def paired_comparison(group: Sequence[float], baseline: Sequence[float],
     if sd <= ZERO_SD_RELATIVE * scale:
         if mean == 0.0 or abs(mean) <= ZERO_SD_RELATIVE * scale:
             return PairedComparison(n, 0.0, 0.0, 0.0, 0.0, 1.0, "identical")
-        return PairedComparison(n, mean, 0.0, mean, mean, sign_flip_p_value(n),
-                                "sign-flip (zero variance)")
+        return PairedComparison(n, mean, 0.0, mean, mean, sign_flip_p_value(n), ZERO_VARIANCE_TEST)
     result = stats.ttest_rel(x, y)
     # t-interval of the mean difference: mean ± t_{1-α/2, n-1} · sd / sqrt(n).
     low, high = stats.t.interval(level, n - 1, loc=mean, scale=sd / math.sqrt(n))
-    return PairedComparison(n, mean, sd, float(low), float(high), float(result.pvalue),
-                            "paired t-test")
+    return PairedComparison(n, mean, sd, float(low), float(high), float(result.pvalue), T_TEST)
 
 
 def sign_flip_p_value(n_pairs: int) -> float:
@@ -143,6 +143,12 @@ def seeds_needed(mean_diff: float, sd_diff: float, alpha: float = ALPHA,
         return None
     z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
     return max(2, math.ceil((z * sd_diff / abs(mean_diff)) ** 2))
+
+
+def sign_flip_seeds_needed(alpha: float = ALPHA) -> int:
+    """When every pair differs by the same amount, the sign-flip p is 2 · 0.5^n: the smallest n
+    with p < alpha (6 at alpha = 0.05)."""
+    return math.floor(1 + math.log2(1 / alpha)) + 1
 
 
 # --- ranks across data sets (Demšar 2006) --------------------------------------------------------
