@@ -71,7 +71,7 @@ def test_constant_nonzero_difference_uses_the_sign_flip_p_value():
 def test_fewer_than_two_pairs_gives_no_test():
     one = paired_comparison([0.9], [0.8])
     assert one.n_pairs == 1 and one.mean_diff == pytest.approx(0.1)
-    assert math.isnan(one.p_value) and math.isnan(one.ci_low)
+    assert math.isnan(one.p_value) and math.isnan(one.ci_low) and one.test == ""  # no test ran
     assert verdict(one, math.nan) == TOO_FEW_SEEDS
     assert paired_comparison([], []).n_pairs == 0
 
