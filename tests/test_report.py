@@ -428,10 +428,14 @@ def test_baseline_selector_picks_another_group(tmp_path):
     runs = [(reg, s, {"test/acc": 0.9 + s / 100 + {"none": 0, "dropout": 0.01, "label_smoothing": 0.02}[reg]})
             for reg in ("none", "dropout", "label_smoothing") for s in range(3)]
     folder = fake_sweep(tmp_path / "sweep", runs)
-    main([str(folder), "--baseline", "regularizer=dropout"])
+    main(["--baseline", "regularizer=dropout", str(folder)])
     rows = read_comparisons(folder)
     assert {(r["group"], r["baseline"]) for r in rows} == {("none", "dropout"), ("label_smoothing", "dropout")}
     assert float(row_for(rows, "none", "test/acc")["mean_diff"]) == pytest.approx(-0.01)
+    # Several selectors, each one flag; a value Hydra would read as a list works too.
+    main([str(folder), "--baseline", "regularizer=[label_smoothing]", "--baseline", "optimizer.lr=0.1"])
+    assert {(r["group"], r["baseline"]) for r in read_comparisons(folder)} == {
+        ("none", "label_smoothing"), ("dropout", "label_smoothing")}
 
 
 def test_bad_baseline_selector_is_one_line_error(tmp_path):

@@ -1206,9 +1206,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("sweep", type=Path, nargs="+",
                         help="one or more multirun folders (each holding one folder per job); "
                              "their jobs are pooled and every output is written to the FIRST folder")
-    parser.add_argument("--baseline", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="the baseline group, as override-style selectors matched against each "
-                             "group's settings (several allowed, all must match; default: "
+    # One value per flag (repeat it for several): nargs="+" would swallow the sweep folders after it.
+    parser.add_argument("--baseline", action="append", default=[], metavar="KEY=VALUE",
+                        help="the baseline group, as an override-style selector matched against "
+                             "each group's settings; repeat for several (all must match; default: "
                              "regularizer=none); settings not named must equal the compared group's")
     parser.add_argument("--rank-metric", default="test/acc", metavar="KEY",
                         help="metrics.json key to rank methods on across blocks (default test/acc; "
