@@ -10,6 +10,7 @@ import shutil
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 from matplotlib.image import imread
 from omegaconf import OmegaConf
@@ -82,11 +83,15 @@ def completed_metrics(folder: Path) -> dict[str, list[dict]]:
 
 
 def table_rows(markdown: str) -> dict[str, list[str]]:
+    """The rows of the group table (the first table; the calibration tables follow it)."""
     rows = {}
-    for line in markdown.splitlines():
-        if line.startswith("| ") and not line.startswith("| settings"):
-            cells = [cell.strip() for cell in line.strip("|").split(" | ")]
-            rows[cells[0]] = cells[1:]
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| settings"))
+    for line in lines[start + 2:]:
+        if not line.startswith("| "):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split(" | ")]
+        rows[cells[0]] = cells[1:]
     return rows
 
 
@@ -97,7 +102,8 @@ def test_report_succeeds_and_prints_the_table(sweep):
     assert report.returncode == 0, report.stderr
     markdown = (folder / "summary.md").read_text()
     table = [line for line in markdown.splitlines() if line.startswith("|")]
-    assert len(table) == 4  # header, alignment, two groups
+    assert len(table_rows(markdown)) == 2  # two groups in the group table
+    assert "## Calibration" in markdown and "| settings | seeds | raw | temperature" in markdown
     for line in table:
         assert line in report.stdout
     assert "summary.csv" in report.stdout
@@ -275,3 +281,236 @@ def test_mean_and_sample_std_formatting():
     assert format_mean_std([0.4], ".4f", runs=1) == "0.4000"
     assert format_mean_std([0.4, 0.6], ".2f", runs=3) == "0.50 ± 0.14 (n=2)"
     assert format_mean_std([], ".4f", runs=0) == "–"
+
+
+# --- comparisons against a baseline, ranks (hand-built sweep folders) ----------------------------
+
+from scipy import stats as scipy_stats  # noqa: E402
+
+from regbench.report import COMPARISON_COLUMNS, make_report  # noqa: E402
+
+REGULARIZER_PARAMETERS = {"none": {}, "dropout": {"p": 0.5}, "label_smoothing": {"epsilon": 0.1},
+                          "confidence_penalty": {"beta": 1.0}}
+
+
+def write_job(folder: Path, regularizer: str, seed: int, metrics: dict | None,
+              status: str = "completed", **settings) -> None:
+    """A job folder as a sweep leaves it: .hydra/config.yaml (+ overrides) and metrics.json
+    (None: unfinished, no metrics.json). ``settings``: e.g. dataset="mnist", lr=0.1."""
+    cfg = config(seed=seed, lr=settings.get("lr", 0.1),
+                 regularizer={regularizer: REGULARIZER_PARAMETERS[regularizer]})
+    cfg["dataset"]["name"] = settings.get("dataset", "digits")
+    (folder / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(cfg), folder / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create([f"seed={seed}", f"regularizer={regularizer}"]),
+                   folder / ".hydra" / "overrides.yaml")
+    if metrics is not None:
+        (folder / "metrics.json").write_text(json.dumps(
+            {"status": status, "seed": seed, "regularizer": [regularizer], **metrics}))
+
+
+def fake_sweep(folder: Path, runs: list[tuple]) -> Path:
+    """runs: (regularizer, seed, metrics or None, status="completed", settings={})."""
+    for number, run in enumerate(runs):
+        regularizer, seed, metrics, *rest = run
+        status = rest[0] if rest else "completed"
+        settings = rest[1] if len(rest) > 1 else {}
+        write_job(folder / str(number), regularizer, seed, metrics, status, **settings)
+    return folder
+
+
+def read_comparisons(folder: Path) -> list[dict[str, str]]:
+    with (folder / "comparisons.csv").open() as file:
+        return list(csv.DictReader(file))
+
+
+def row_for(rows: list[dict[str, str]], group: str, metric: str) -> dict[str, str]:
+    return next(row for row in rows if row["group"] == group and row["metric"] == metric)
+
+
+BASE_ACC = [0.970, 0.962, 0.975, 0.968]
+SMOOTH_ACC = [0.978, 0.970, 0.977, 0.980]
+BASE_NLL = [0.110, 0.120, 0.100, 0.115]
+
+
+def test_comparisons_equal_scipy_on_a_hand_built_sweep(tmp_path):
+    runs = [("none", s, {"test/acc": a, "test/nll": n}) for s, (a, n) in enumerate(zip(BASE_ACC, BASE_NLL))]
+    runs += [("label_smoothing", s, {"test/acc": a, "test/nll": 0.2 + 0.01 * s})
+             for s, a in enumerate(SMOOTH_ACC)]
+    folder = fake_sweep(tmp_path / "sweep", runs)
+    text = make_report(folder)
+    rows = read_comparisons(folder)
+    with (folder / "comparisons.csv").open() as file:
+        assert next(csv.reader(file))[:11] == ["group", "baseline", "metric", "n_pairs", "mean_diff",
+                                               "ci_low", "ci_high", "p_value", "p_holm",
+                                               "prob_improvement", "verdict"]
+    assert list(rows[0])[:11] == list(COMPARISON_COLUMNS[:11])
+    row = row_for(rows, "label_smoothing", "test/acc")
+    assert (row["baseline"], row["n_pairs"]) == ("none", "4")
+    expected = scipy_stats.ttest_rel(SMOOTH_ACC, BASE_ACC)
+    interval = expected.confidence_interval(0.95)
+    assert float(row["mean_diff"]) == pytest.approx(np.mean(np.subtract(SMOOTH_ACC, BASE_ACC)), rel=1e-12)
+    assert float(row["p_value"]) == pytest.approx(expected.pvalue, rel=1e-12)
+    assert float(row["ci_low"]) == pytest.approx(interval.low, rel=1e-12)
+    assert float(row["ci_high"]) == pytest.approx(interval.high, rel=1e-12)
+    # One comparison per metric: Holm changes nothing. Of the 4 x 4 run pairs, 0.978, 0.977 and
+    # 0.980 beat every baseline run (12); 0.970 beats 0.962 and 0.968, ties 0.970, loses to 0.975.
+    assert float(row["p_holm"]) == pytest.approx(expected.pvalue, rel=1e-12)
+    assert float(row["prob_improvement"]) == pytest.approx((12 + 2 + 0.5) / 16)
+    assert row["verdict"] == ("higher" if expected.pvalue < 0.05 else "indistinguishable")
+    nll = row_for(rows, "label_smoothing", "test/nll")
+    assert nll["verdict"] == "higher" and float(nll["prob_improvement"]) == 1.0
+    # Metrics no job recorded are not compared.
+    assert {r["metric"] for r in rows} == {"test/acc", "test/nll"}
+    # summary.md opens with the verdict lines, accuracy in percentage points.
+    diff_pp = 100 * np.mean(np.subtract(SMOOTH_ACC, BASE_ACC))
+    lines = text.split("## Groups")[0]
+    assert (f"- label_smoothing vs none: test accuracy +{diff_pp:.2f} pp "
+            f"[{100 * interval.low:.2f}, {100 * interval.high:.2f}], p_holm = ") in lines
+    assert "scipy.stats.ttest_rel" in lines and "pairs per group: label_smoothing 4" in lines
+    assert (folder / "comparisons.png").stat().st_size > 1000
+
+
+def test_identical_groups_are_indistinguishable(tmp_path):
+    runs = [(reg, s, {"test/acc": a, "test/mean_confidence": 0.9 + a / 100})
+            for reg in ("none", "dropout") for s, a in enumerate(BASE_ACC)]
+    folder = fake_sweep(tmp_path / "sweep", runs)
+    text = make_report(folder)
+    for row in read_comparisons(folder):
+        assert row["group"] == "dropout"
+        assert (float(row["mean_diff"]), float(row["p_value"]), row["verdict"]) == (0.0, 1.0,
+                                                                                 "indistinguishable")
+        assert float(row["prob_improvement"]) == 0.5
+        assert row["seeds_needed"] == ""  # no number of seeds detects no difference
+    assert "dropout vs none: test accuracy +0.00 pp [0.00, 0.00], p_holm = 1, indistinguishable" in text
+
+
+def test_holm_runs_over_every_comparison_of_a_metric(tmp_path):
+    runs = [("none", s, {"test/acc": a}) for s, a in enumerate(BASE_ACC)]
+    runs += [("label_smoothing", s, {"test/acc": a}) for s, a in enumerate(SMOOTH_ACC)]
+    runs += [("dropout", s, {"test/acc": a + 0.001 * (-1) ** s}) for s, a in enumerate(BASE_ACC)]
+    folder = fake_sweep(tmp_path / "sweep", runs)
+    make_report(folder)
+    rows = {row["group"]: row for row in read_comparisons(folder)}
+    p = sorted([float(rows["label_smoothing"]["p_value"]), float(rows["dropout"]["p_value"])])
+    holm_expected = sorted([min(1, 2 * p[0]), max(min(1, 2 * p[0]), p[1])])
+    assert sorted(float(row["p_holm"]) for row in rows.values()) == pytest.approx(holm_expected)
+
+
+def test_missing_pairs_one_seed_and_failed_jobs_are_lines_not_crashes(tmp_path):
+    runs = [("none", 0, {"test/acc": 0.97}), ("none", 1, {"test/acc": 0.96}),
+            ("none", 2, {"test/acc": 0.965}),
+            ("label_smoothing", 0, {"test/acc": 0.98}), ("label_smoothing", 1, {"test/acc": 0.975}),
+            ("label_smoothing", 2, {"test/acc": None, "error": "loss is not finite"}, "diverged"),
+            ("label_smoothing", 3, {"test/acc": 0.99}),  # no baseline run with seed 3
+            ("dropout", 0, {"test/acc": 0.97}),            # one seed only
+            ("dropout", 1, None)]                          # unfinished
+    folder = fake_sweep(tmp_path / "sweep", runs)
+    text = make_report(folder)
+    rows = {row["group"]: row for row in read_comparisons(folder)}
+    assert rows["label_smoothing"]["n_pairs"] == "2"
+    assert rows["label_smoothing"]["dropped_seeds"] == ("seed 2 not completed in label_smoothing; "
+                                                        "seed 3 not completed in none")
+    assert rows["dropout"]["n_pairs"] == "1" and rows["dropout"]["verdict"] == "too few seeds"
+    assert rows["dropout"]["p_value"] == rows["dropout"]["ci_low"] == ""
+    verdicts = text.split("## Groups")[0]
+    assert "- dropout vs none: test accuracy +0.00 pp (1 pair): too few seeds for a test" in verdicts
+    assert "- label_smoothing vs none: dropped seed 2 not completed in label_smoothing; seed 3" in verdicts
+    assert "**diverged**" in text and "**unfinished**" in text
+
+
+def test_no_baseline_group_is_a_line(tmp_path):
+    runs = [(reg, s, {"test/acc": 0.9 + s / 100 + (reg == "dropout") / 50})
+            for reg in ("dropout", "label_smoothing") for s in range(2)]
+    folder = fake_sweep(tmp_path / "sweep", runs)
+    text = make_report(folder)
+    assert "No baseline group (regularizer=none) in this sweep" in text
+    assert read_comparisons(folder) == []
+    assert (folder / "comparisons.png").is_file()
+
+
+def test_baseline_selector_picks_another_group(tmp_path):
+    runs = [(reg, s, {"test/acc": 0.9 + s / 100 + {"none": 0, "dropout": 0.01, "label_smoothing": 0.02}[reg]})
+            for reg in ("none", "dropout", "label_smoothing") for s in range(3)]
+    folder = fake_sweep(tmp_path / "sweep", runs)
+    main(["--baseline", "regularizer=dropout", str(folder)])
+    rows = read_comparisons(folder)
+    assert {(r["group"], r["baseline"]) for r in rows} == {("none", "dropout"), ("label_smoothing", "dropout")}
+    assert float(row_for(rows, "none", "test/acc")["mean_diff"]) == pytest.approx(-0.01)
+    # Several selectors, each one flag; a value Hydra would read as a list works too.
+    main([str(folder), "--baseline", "regularizer=[label_smoothing]", "--baseline", "optimizer.lr=0.1"])
+    assert {(r["group"], r["baseline"]) for r in read_comparisons(folder)} == {
+        ("none", "label_smoothing"), ("dropout", "label_smoothing")}
+
+
+def test_bad_baseline_selector_is_one_line_error(tmp_path):
+    runs = [(reg, s, {"test/acc": 0.9}) for reg in ("none", "dropout") for s in range(2)]
+    folder = fake_sweep(tmp_path / "sweep", runs)
+    result = run_cli([str(folder), "--baseline", "regularizer=dropuot"], cwd=tmp_path,
+                     module="regbench.report", timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "regbench-report: error: --baseline regularizer=dropuot matches no group "
+        "(regularizer takes dropout, none)"]
+
+
+def test_ranks_across_datasets_from_several_sweep_folders(tmp_path):
+    # Three datasets (blocks) in three sweep folders, three regularizers: label_smoothing best
+    # everywhere, dropout second on two of them.
+    accuracy = {"digits": {"none": 0.95, "dropout": 0.96, "label_smoothing": 0.97},
+                "mnist": {"none": 0.97, "dropout": 0.98, "label_smoothing": 0.99},
+                "fashion_mnist": {"none": 0.89, "dropout": 0.88, "label_smoothing": 0.90}}
+    folders = []
+    for dataset, by_regularizer in accuracy.items():
+        folders.append(fake_sweep(tmp_path / dataset, [
+            (reg, s, {"test/acc": acc + s / 1000}, "completed", {"dataset": dataset})
+            for reg, acc in by_regularizer.items() for s in range(2)]))
+    main([str(folder) for folder in folders])
+    text = (folders[0] / "summary.md").read_text()
+    ranks = text.split("## Ranks across settings")[1].split("##")[0]
+    # Average ranks: label_smoothing 1, dropout (2 + 2 + 3) / 3 = 2.333, none 2.667.
+    assert "Average ranks: label_smoothing 1.000, dropout 2.333, none 2.667." in ranks
+    chi2 = scipy_stats.friedmanchisquare([0.95, 0.97, 0.89], [0.96, 0.98, 0.88], [0.97, 0.99, 0.90]).statistic
+    assert f"χ²_F = {chi2:.3f}" in ranks
+    assert "CD = q_α · sqrt(k(k+1)/(6N)) = 1.914" in ranks  # 2.3437 · sqrt(3·4 / (6·3))
+    assert imread(folders[0] / "ranks.png").shape[1] >= 800
+    # Comparisons stay within a dataset: each regularizer against none on the same data.
+    rows = read_comparisons(folders[0])
+    assert {(r["group"], r["baseline"]) for r in rows} == {
+        (f"{reg}, dataset.name={d}", f"none, dataset.name={d}")
+        for d in accuracy for reg in ("dropout", "label_smoothing")}
+    assert all(not (folder / "summary.md").exists() for folder in folders[1:])
+
+
+def test_one_block_skips_the_ranks_with_a_line(tmp_path):
+    runs = [(reg, s, {"test/acc": 0.9}) for reg in ("none", "dropout", "label_smoothing") for s in range(2)]
+    folder = fake_sweep(tmp_path / "sweep", runs)
+    text = make_report(folder)
+    assert "Ranks across settings: skipped, the sweep covers 1 block" in text
+
+
+def test_bootstrap_interval_widths_next_to_the_seed_spread(tmp_path):
+    runs = [("none", s, {"test/acc": 0.9, "test/acc_ci_low": 0.88 - s / 100, "test/acc_ci_high": 0.92,
+                         "test/ece_ci_low": 0.01, "test/ece_ci_high": 0.05}) for s in range(2)]
+    runs.append(("dropout", 0, {"test/acc": 0.91}))
+    folder = fake_sweep(tmp_path / "sweep", runs)
+    rows = table_rows(make_report(folder))
+    assert rows["none"][-2:] == ["0.0450", "0.0400"]  # mean of widths 0.04 and 0.05; 0.04
+    assert rows["dropout"][-2:] == ["–", "–"]
+
+
+# --- the report on a real digits sweep ------------------------------------------------------------
+
+@pytest.mark.slow
+def test_confidence_penalty_lowers_mean_confidence_on_digits(tmp_path):
+    folder = tmp_path / "sweep"
+    result = run_cli(["-m", "regularizer=none,confidence_penalty", "seed=0,1,2", "trainer.epochs=3",
+                      "trainer.num_threads=1", "trainer.progress=false", f"hydra.sweep.dir={folder}"],
+                     cwd=tmp_path, env={"REGBENCH_DATA": str(tmp_path / "data")})
+    assert result.returncode == 0, result.stderr
+    report = run_cli([str(folder)], cwd=tmp_path, module="regbench.report", timeout=120)
+    assert report.returncode == 0, report.stderr
+    row = row_for(read_comparisons(folder), "confidence_penalty", "test/mean_confidence")
+    assert (row["baseline"], row["n_pairs"], row["verdict"]) == ("none", "3", "lower")
+    assert float(row["p_holm"]) < 0.01 and float(row["prob_improvement"]) == 0.0
+    assert "confidence_penalty vs none: mean confidence -" in report.stdout

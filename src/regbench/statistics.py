@@ -1,0 +1,279 @@
+"""Statistics for comparing trained models: pure functions, no file I/O (the report does that).
+
+- Paired comparison of one metric over same-seed pairs: mean difference, 95 % t-interval, paired
+  t-test (``scipy.stats.ttest_rel``), Holm–Bonferroni adjustment over a family of tests.
+- Probability of improvement (Agarwal et al. 2021, "Deep RL at the edge of the statistical
+  precipice"): P(X > Y) over all run pairs, ties counting half.
+- Seeds needed to detect a difference (normal approximation of the paired t-test's power).
+- Ranks across data sets: Friedman test and Nemenyi's critical difference (Demšar 2006, JMLR 7).
+- Test-set sampling uncertainty of one run: percentile bootstrap of accuracy and ECE, in torch.
+
+The module is named ``statistics`` but lives inside the ``regbench`` package, so it never shadows
+the standard library's ``statistics`` (absolute imports: ``import statistics`` is still stdlib's).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from scipy import stats
+
+ALPHA = 0.05
+LEVEL = 0.95
+POWER = 0.8
+ECE_BINS = 15  # Guo et al. 2017
+
+HIGHER = "higher"
+LOWER = "lower"
+INDISTINGUISHABLE = "indistinguishable"
+TOO_FEW_SEEDS = "too few seeds"
+T_TEST = "paired t-test"
+ZERO_VARIANCE_TEST = "sign-flip (zero variance)"
+
+# Differences whose standard deviation is this small relative to the values compared are treated
+# as exactly constant: accuracies k/n computed in floating point differ in the last bits even
+# when every seed gains the same number of test examples, and scipy then reports a t of 1e15.
+ZERO_SD_RELATIVE = 1e-10
+
+
+# --- one paired comparison ----------------------------------------------------------------------
+
+@dataclass
+class PairedComparison:
+    """Group minus baseline over same-seed pairs for one metric."""
+
+    n_pairs: int
+    mean_diff: float      # mean over pairs of (group - baseline); NaN without pairs
+    sd_diff: float        # sample standard deviation of the differences; NaN with < 2 pairs
+    ci_low: float         # the t-interval of the mean difference; NaN with < 2 pairs
+    ci_high: float
+    p_value: float        # two-sided; NaN when no test was possible
+    test: str             # which test gave p_value ("paired t-test", "sign-flip (zero variance)", "")
+
+
+def paired_comparison(group: Sequence[float], baseline: Sequence[float],
+                      level: float = LEVEL) -> PairedComparison:
+    """``group[i]`` and ``baseline[i]`` are the same seed's results (the caller pairs them).
+
+    Special cases, decided here once:
+    - fewer than 2 pairs: no variance, so no test and no interval (p NaN; the verdict says why);
+    - every difference exactly 0 (identical results): mean 0, interval [0, 0], p = 1;
+    - every difference the same nonzero d (zero variance): the t statistic is infinite and scipy
+      says p = 0, which would call two seeds "significant". Instead the p-value is the exact
+      sign-flip randomization test's, 2 · 0.5^n: of the 2^n sign patterns only the observed one
+      and its mirror reach |mean| = |d|. The interval is the degenerate [d, d].
+    """
+    x = np.asarray(group, dtype=float)
+    y = np.asarray(baseline, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"paired values differ in length: {x.shape} vs {y.shape}")
+    n = len(x)
+    diff = x - y
+    mean = float(diff.mean()) if n else math.nan
+    if n < 2:
+        return PairedComparison(n, mean, math.nan, math.nan, math.nan, math.nan, "")
+    sd = float(diff.std(ddof=1))
+    scale = max(float(np.abs(np.concatenate([x, y])).max()), np.finfo(float).tiny)
+    if sd <= ZERO_SD_RELATIVE * scale:
+        if mean == 0.0 or abs(mean) <= ZERO_SD_RELATIVE * scale:
+            return PairedComparison(n, 0.0, 0.0, 0.0, 0.0, 1.0, "identical")
+        return PairedComparison(n, mean, 0.0, mean, mean, sign_flip_p_value(n), ZERO_VARIANCE_TEST)
+    result = stats.ttest_rel(x, y)
+    # t-interval of the mean difference: mean ± t_{1-α/2, n-1} · sd / sqrt(n).
+    low, high = stats.t.interval(level, n - 1, loc=mean, scale=sd / math.sqrt(n))
+    return PairedComparison(n, mean, sd, float(low), float(high), float(result.pvalue), T_TEST)
+
+
+def sign_flip_p_value(n_pairs: int) -> float:
+    """Two-sided exact randomization p-value when all n differences are equal and nonzero."""
+    return min(1.0, 2.0 * 0.5 ** n_pairs)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values, in the input order; NaN entries (no test) stay NaN and
+    do not count as tests. Written out (a few lines) rather than importing statsmodels'
+    ``multipletests`` for it, which would bring statsmodels and pandas into the install.
+
+    Sorted ascending p_(1) <= ... <= p_(m): adjusted p_(i) = max over j <= i of
+    min(1, (m - j + 1) · p_(j)); rejecting where adjusted < α is Holm's step-down procedure."""
+    tested = [i for i, p in enumerate(p_values) if not math.isnan(p)]
+    order = sorted(tested, key=lambda i: p_values[i])
+    m = len(order)
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def verdict(comparison: PairedComparison, p_adjusted: float, alpha: float = ALPHA) -> str:
+    """``higher``/``lower`` (group vs baseline) when the adjusted p is below alpha."""
+    if comparison.n_pairs < 2 or math.isnan(p_adjusted):
+        return TOO_FEW_SEEDS
+    if p_adjusted < alpha and comparison.mean_diff != 0:
+        return HIGHER if comparison.mean_diff > 0 else LOWER
+    return INDISTINGUISHABLE
+
+
+def probability_of_improvement(group: Sequence[float], baseline: Sequence[float]) -> float:
+    """P(a group run's value > a baseline run's value) over all (group run, baseline run) pairs,
+    ties counting half (Agarwal et al. 2021; for two samples it is the Mann–Whitney U / (n·m)).
+    "Higher" for every metric: for NLL or ECE, a value near 0 means the group is lower (better).
+    NaN when either side has no runs."""
+    x = np.asarray(group, dtype=float)[:, None]
+    y = np.asarray(baseline, dtype=float)[None, :]
+    if x.size == 0 or y.size == 0:
+        return math.nan
+    return float(((x > y) + 0.5 * (x == y)).mean())
+
+
+def seeds_needed(mean_diff: float, sd_diff: float, alpha: float = ALPHA,
+                 power: float = POWER) -> Optional[int]:
+    """Pairs (seeds) for a two-sided paired test at level alpha to detect ``mean_diff`` with the
+    given power, if the differences have standard deviation ``sd_diff``. Normal approximation:
+    n = ((z_{1-α/2} + z_{power}) · sd / |mean_diff|)², rounded up (it slightly underestimates the
+    t-test's n for small n). At least 2: no test runs on fewer pairs. None when the difference is
+    0 or unknown (no number of seeds detects no difference)."""
+    if not (math.isfinite(mean_diff) and math.isfinite(sd_diff)) or mean_diff == 0:
+        return None
+    z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
+    return max(2, math.ceil((z * sd_diff / abs(mean_diff)) ** 2))
+
+
+def sign_flip_seeds_needed(alpha: float = ALPHA) -> int:
+    """When every pair differs by the same amount, the sign-flip p is 2 · 0.5^n: the smallest n
+    with p < alpha (6 at alpha = 0.05)."""
+    return math.floor(1 + math.log2(1 / alpha)) + 1
+
+
+# --- ranks across data sets (Demšar 2006) --------------------------------------------------------
+
+@dataclass
+class RankTest:
+    average_ranks: list[float]  # per method, rank 1 = best
+    n_blocks: int               # N: data sets (blocks)
+    n_methods: int              # k
+    friedman_statistic: float   # χ²_F (scipy's, with its tie correction); NaN with k < 3
+    friedman_p: float
+    iman_davenport: float       # F_F = (N-1)χ²_F / (N(k-1) - χ²_F), Demšar's preferred statistic
+    critical_difference: float  # Nemenyi's CD at alpha
+
+
+def block_ranks(scores: np.ndarray, higher_is_better: bool = True) -> np.ndarray:
+    """Ranks within each row (block), 1 = best, ties get the average of their ranks."""
+    scores = np.asarray(scores, dtype=float)
+    return stats.rankdata(-scores if higher_is_better else scores, axis=1)
+
+
+def nemenyi_q(k: int, alpha: float = ALPHA) -> float:
+    """Demšar's q_α: the studentized range quantile for k means and infinite degrees of
+    freedom, divided by sqrt(2) (2.343, 2.569, 2.728 for k = 3, 4, 5 at α = 0.05)."""
+    return float(stats.studentized_range.ppf(1 - alpha, k, np.inf) / math.sqrt(2))
+
+
+def critical_difference(k: int, n_blocks: int, alpha: float = ALPHA) -> float:
+    """Nemenyi's CD = q_α · sqrt(k(k+1) / (6N)): average ranks further apart differ at level α."""
+    return nemenyi_q(k, alpha) * math.sqrt(k * (k + 1) / (6 * n_blocks))
+
+
+def friedman_from_ranks(average_ranks: Sequence[float], n_blocks: int) -> float:
+    """Demšar's eq.: χ²_F = 12N / (k(k+1)) · (Σ_j R_j² − k(k+1)²/4), without tie correction."""
+    k = len(average_ranks)
+    ranks = np.asarray(average_ranks, dtype=float)
+    return float(12 * n_blocks / (k * (k + 1)) * ((ranks ** 2).sum() - k * (k + 1) ** 2 / 4))
+
+
+def iman_davenport(chi2: float, k: int, n_blocks: int) -> float:
+    """F_F = (N−1)χ²_F / (N(k−1) − χ²_F), F-distributed with k−1 and (k−1)(N−1) df."""
+    denominator = n_blocks * (k - 1) - chi2
+    return (n_blocks - 1) * chi2 / denominator if denominator > 0 else math.inf
+
+
+def rank_test(scores: np.ndarray, higher_is_better: bool = True, alpha: float = ALPHA) -> RankTest:
+    """``scores[block, method]``: one number per data set (block) and method."""
+    scores = np.asarray(scores, dtype=float)
+    n_blocks, k = scores.shape
+    average = block_ranks(scores, higher_is_better).mean(axis=0)
+    chi2 = p = f_f = math.nan
+    if k >= 3:  # scipy's friedmanchisquare refuses fewer than 3 methods
+        result = stats.friedmanchisquare(*scores.T)
+        chi2, p = float(result.statistic), float(result.pvalue)
+        f_f = iman_davenport(chi2, k, n_blocks)
+    cd = critical_difference(k, n_blocks, alpha) if k >= 2 else math.nan
+    return RankTest(list(map(float, average)), n_blocks, k, chi2, p, f_f, cd)
+
+
+def cliques(average_ranks: Sequence[float], cd: float) -> list[tuple[int, int]]:
+    """Maximal runs of methods (by sorted average rank) whose extreme ranks differ by less than
+    CD: the bars of a critical-difference diagram. Pairs (first, last) of indices into the
+    rank-sorted order; runs of one method are left out."""
+    ranks = sorted(average_ranks)
+    runs = []
+    for first in range(len(ranks)):
+        last = first
+        while last + 1 < len(ranks) and ranks[last + 1] - ranks[first] < cd:
+            last += 1
+        if last > first and not any(a <= first and last <= b for a, b in runs):
+            runs.append((first, last))
+    return runs
+
+
+# --- test-set sampling uncertainty of one run ----------------------------------------------------
+
+def bootstrap_intervals(logits: torch.Tensor, labels: torch.Tensor, resamples: int = 1000,
+                        seed: int = 0, level: float = LEVEL, bins: int = ECE_BINS,
+                        chunk: int = 100) -> dict[str, float]:
+    """Percentile-bootstrap intervals of test accuracy and ECE: resample the test examples with
+    replacement ``resamples`` times and take the (1-level)/2 and (1+level)/2 quantiles.
+
+    Vectorized on the logits' device: resample indices come from a ``torch.Generator`` with a
+    fixed seed (same inputs, same interval), ``chunk`` resamples at a time to bound memory (the
+    draws do not depend on it). ECE uses ``bins`` equal-width bins of the max-softmax
+    confidence, [lo, hi) with a confidence of 1.0 in the last bin (as torchmetrics'
+    ``CalibrationError``). Per resample, ECE = Σ_b |B_b|/n · |acc_b − conf_b| =
+    (1/n) · Σ_b |Σ_{i∈b} (correct_i − conf_i)|, so one weighted ``bincount`` over
+    (resample, bin) keys gives all resamples' ECE at once.
+
+    ECE is biased upward on finite samples, so for a well-calibrated model the interval can lie
+    above the point estimate; it still shows how much the test split alone moves the number.
+    """
+    if logits.ndim != 2 or labels.shape != logits.shape[:1] or len(labels) == 0:
+        raise ValueError(f"expected logits (n, classes) and labels (n,), n > 0; got "
+                         f"{tuple(logits.shape)} and {tuple(labels.shape)}")
+    device = logits.device
+    probabilities = torch.softmax(logits.detach().float(), dim=1)
+    confidence, prediction = probabilities.max(dim=1)
+    correct = (prediction == labels.to(device)).float()
+    example_bin = (confidence * bins).long().clamp_(0, bins - 1)
+    gap = correct - confidence  # per example: what its bin's |Σ correct − Σ conf| adds up
+
+    n = len(labels)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    accuracy, ece = [], []
+    for start in range(0, resamples, chunk):
+        size = min(chunk, resamples - start)
+        index = torch.randint(n, (size, n), generator=generator, device=device)
+        accuracy.append(correct[index].mean(dim=1))
+        keys = (torch.arange(size, device=device)[:, None] * bins + example_bin[index]).flatten()
+        per_bin = torch.bincount(keys, weights=gap[index].flatten(), minlength=size * bins)
+        ece.append(per_bin.view(size, bins).abs().sum(dim=1) / n)
+    quantiles = torch.tensor([(1 - level) / 2, (1 + level) / 2], device=device)
+    acc_low, acc_high = torch.quantile(torch.cat(accuracy), quantiles).tolist()
+    ece_low, ece_high = torch.quantile(torch.cat(ece), quantiles).tolist()
+    return {"acc_ci_low": acc_low, "acc_ci_high": acc_high,
+            "ece_ci_low": ece_low, "ece_ci_high": ece_high}
+
+
+def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor,
+                               bins: int = ECE_BINS) -> float:
+    """The point estimate with the same bins as ``bootstrap_intervals``."""
+    confidence, prediction = torch.softmax(logits.float(), dim=1).max(dim=1)
+    correct = (prediction == labels).float()
+    example_bin = (confidence * bins).long().clamp_(0, bins - 1)
+    per_bin = torch.bincount(example_bin, weights=correct - confidence, minlength=bins)
+    return float(per_bin.abs().sum() / len(labels))
