@@ -194,8 +194,8 @@ class TrainerConfig:
     checkpoint: bool = True
 
     def __post_init__(self) -> None:
-        check(1 <= self.epochs <= MAX_EPOCHS, "trainer.epochs", self.epochs,
-              f"an integer >= 1 and at most {MAX_EPOCHS:,}")
+        check(self.epochs >= 1, "trainer.epochs", self.epochs, "an integer >= 1")
+        check(self.epochs <= MAX_EPOCHS, "trainer.epochs", self.epochs, f"at most {MAX_EPOCHS:,}")
         check(self.batch_size >= 1, "trainer.batch_size", self.batch_size, "an integer >= 1")
         cores = os.cpu_count() or 1
         check(0 <= self.num_threads <= cores, "trainer.num_threads", self.num_threads,
