@@ -24,6 +24,26 @@ def train_in_process(run_dir: Path, overrides: Sequence[str] = ()) -> dict[str, 
     return train(compose_config([*FAST, *overrides]), run_dir)
 
 
+def build_model_of(overrides: Sequence[str]):
+    """The model a run with these overrides trains, built through ``Run.build`` as the CLI does."""
+    from regbench.composition import compose_settings
+    from regbench.engine import Run
+    return Run.build(compose_settings([*FAST, *overrides])).model
+
+
+def regularizer_overrides(configs: dict[str, Any]) -> list[str]:
+    """``regularizer=[a,b]`` plus one override per field of each regularizer's config dataclass."""
+    import dataclasses
+    import enum
+    overrides = [f"regularizer=[{','.join(configs)}]"]
+    for name, cfg in configs.items():
+        for field in dataclasses.fields(cfg):
+            value = getattr(cfg, field.name)
+            value = value.value if isinstance(value, enum.Enum) else value
+            overrides.append(f"regularizer.{name}.{field.name}={'null' if value is None else value}")
+    return overrides
+
+
 def run_cli(args: Sequence[str], cwd: Path, module: str = "regbench",
             env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """``python -m <module> args`` in a subprocess, the way a user runs it."""

@@ -240,7 +240,7 @@ class Config:
     regularizer: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check(0 <= self.seed < SEED_RANGE, "seed", self.seed, f"an integer in [0, 2**32)")
+        check(0 <= self.seed < SEED_RANGE, "seed", self.seed, "an integer in [0, 2**32)")
 
 
 OPTIMIZER_SCHEMAS = {"sgd": SGDConfig, "adam": AdamConfig, "adamw": AdamWConfig}

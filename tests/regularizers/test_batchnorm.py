@@ -8,11 +8,9 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import compose_config, train_with_cli
+from conftest import build_model_of, compose_config, train_with_cli
 from regbench.config import ConfigError
-from regbench.models import build_model
 from regbench.models.base import ModelOptions, hidden_block
-from regbench.models.mlp import MLPConfig
 from regbench.regularizers import REGULARIZERS, RunContext
 from regbench.regularizers.batchnorm import BatchNormConfig
 
@@ -55,13 +53,8 @@ def test_layer_kinds_get_1d_and_2d_batchnorm_with_the_configured_constants():
 
 
 def build_mlp(hidden_sizes) -> nn.Module:
-    regularizer = REGULARIZERS.get("batchnorm")(BatchNormConfig())
-    options = ModelOptions()
-    regularizer.setup(CONTEXT)
-    regularizer.configure_model(options)
-    model = build_model(MLPConfig(hidden_sizes=list(hidden_sizes)), (1, 8, 8), 10, options)
-    regularizer.on_model_built(model)
-    return model
+    sizes = ",".join(map(str, hidden_sizes))
+    return build_model_of(["regularizer=batchnorm", f"model.hidden_sizes=[{sizes}]"])
 
 
 def test_bn_sits_between_each_hidden_layer_and_its_activation():

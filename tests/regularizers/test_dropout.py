@@ -8,11 +8,9 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import compose_config, train_in_process, train_with_cli
+from conftest import build_model_of, compose_config, regularizer_overrides, train_in_process, train_with_cli
 from regbench.config import ConfigError
-from regbench.models import build_model
 from regbench.models.base import ModelOptions, hidden_block
-from regbench.models.mlp import MLPConfig
 from regbench.regularizers import REGULARIZERS, RunContext
 from regbench.regularizers.batchnorm import BatchNormConfig
 from regbench.regularizers.dropout import (
@@ -93,16 +91,10 @@ def test_kinds_apply_to_their_layer_kind_only():
 
 
 def build_mlp(names: list[str], configs: dict, hidden_sizes=(16, 16, 16)) -> nn.Module:
-    """The MLP with the given regularizers' model options, as train.py builds it."""
-    regularizers = [REGULARIZERS.get(name)(configs[name]) for name in names]
-    options = ModelOptions()
-    for regularizer in regularizers:
-        regularizer.setup(CONTEXT)
-        regularizer.configure_model(options)
-    model = build_model(MLPConfig(hidden_sizes=list(hidden_sizes)), (1, 8, 8), 10, options)
-    for regularizer in regularizers:
-        regularizer.on_model_built(model)
-    return model
+    """The MLP with the given regularizers, as a run builds it."""
+    sizes = ",".join(map(str, hidden_sizes))
+    return build_model_of([*regularizer_overrides({name: configs[name] for name in names}),
+                           f"model.hidden_sizes=[{sizes}]"])
 
 
 def hidden_blocks(model: nn.Module) -> list[list[type]]:
