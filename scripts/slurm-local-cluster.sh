@@ -67,6 +67,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
+# A requeued job may start again cred_expire seconds after it was requeued (default 120).
+AuthInfo=cred_expire=10
 StateSaveLocation=$STATE_DIR/ctld
 SlurmdSpoolDir=$STATE_DIR/slurmd
 SlurmctldPidFile=$CTLD_PID
@@ -82,6 +84,7 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 MpiDefault=none
+MailProg=/bin/true
 SwitchType=switch/none
 # Cores and memory are consumable: several 1-CPU jobs run side by side.
 SelectType=select/cons_tres
