@@ -91,6 +91,8 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=512
 SchedulerType=sched/backfill
+# Look at pending (e.g. requeued) jobs every 2 s instead of every 30-60 s.
+SchedulerParameters=sched_interval=2,bf_interval=2
 ReturnToService=2
 # A pre-empted/requeued job: SIGTERM, then SIGKILL KillWait seconds later.
 KillWait=30
