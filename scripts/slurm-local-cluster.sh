@@ -141,6 +141,9 @@ start() {
     need_root
     mkdir -p "$STATE_DIR"
     install_packages
+    if ! running "$CTLD_PID" && [[ -e "$ETC_CONF" ]] && timeout 10 scontrol ping 2>/dev/null | grep -q UP; then
+        die "a slurmctld that this script did not start (state folder $STATE_DIR) already runs here; stop it first"
+    fi
     write_config
     start_munge
     start_daemon slurmctld "$CTLD_PID"
