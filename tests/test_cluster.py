@@ -1,0 +1,205 @@
+"""Sweeps on real engines: a one-node SLURM cluster (scripts/slurm-local-cluster.sh) and a local Ray.
+
+The SLURM tests need a running cluster with a partition ``debug`` (``sudo
+scripts/slurm-local-cluster.sh start``; .ci/run starts one) and skip with the reason otherwise; the
+Ray test needs the ``ray`` extra (hydra-ray-launcher) and skips without it."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import regbench.train
+from conftest import read_history, read_metrics, run_cli
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["trainer.progress=false", "trainer.num_threads=1"]
+# The issue's command: 1 CPU, 1 GB, no GPU per job, on the one-node cluster's partition.
+SLURM = ["hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.gpus_per_node=0",
+         "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1"]
+TIMINGS = {"seconds", "train_seconds", "eval_seconds"}
+# Whether regbench stops cleanly on SIGUSR2 (SLURM's time-limit warning) before handing over to
+# submitit's requeue handler: then metrics.json says `interrupted` in between. Without it submitit's
+# handler exits in the middle of an epoch; the job still resumes from the last completed epoch.
+USR2_STOPS_CLEANLY = "SIGUSR2" in inspect.getsource(regbench.train.stop_on_signals)
+
+
+def slurm_unavailable() -> str | None:
+    """Why the SLURM tests cannot run here, or None when partition debug has a usable node."""
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return "SLURM is not installed (start a one-node cluster: sudo scripts/slurm-local-cluster.sh start)"
+    try:
+        result = subprocess.run(["sinfo", "-h", "-p", "debug", "-o", "%t"], capture_output=True,
+                                text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return "sinfo did not answer within 20 s: slurmctld is not reachable"
+    states = result.stdout.split()
+    if result.returncode != 0 or not any(s.rstrip("*~#") in ("idle", "mix", "alloc") for s in states):
+        return (f"no SLURM partition 'debug' with a usable node (sinfo: "
+                f"{(result.stdout + result.stderr).strip() or 'nothing'}); start one with "
+                f"sudo scripts/slurm-local-cluster.sh start")
+    return None
+
+
+@pytest.fixture(scope="module")
+def slurm() -> None:
+    reason = slurm_unavailable()
+    if reason:
+        pytest.skip(reason)
+
+
+def job_folders(sweep: Path) -> list[Path]:
+    return sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def assert_usual_outputs(run_dir: Path, epochs: int) -> dict[str, Any]:
+    metrics = read_metrics(run_dir)
+    assert metrics["status"] == "completed", metrics
+    assert [r["epoch"] for r in read_history(run_dir)] == list(range(1, epochs + 1))
+    assert (run_dir / "last.pt").stat().st_size > 0
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    return metrics
+
+
+def assert_report_reads(sweep: Path, jobs: int) -> None:
+    report = run_cli([str(sweep)], cwd=sweep.parent, module="regbench.report")
+    assert report.returncode == 0, report.stderr
+    assert f"{jobs} jobs: {jobs} completed" in (sweep / "summary.md").read_text()
+
+
+def without_timings(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if k not in TIMINGS}
+
+
+def slurm_job_ids(name: str) -> list[str]:
+    result = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i"], capture_output=True, text=True,
+                            timeout=30)
+    return result.stdout.split()
+
+
+def submitit_logs(sweep: Path) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in (sweep / ".submitit").rglob("*_log.*"))
+
+
+def watch(process: subprocess.Popen, run_dir: Path, deadline_s: float) -> list[str]:
+    """Wait for ``process``; returns the distinct statuses its job's metrics.json went through."""
+    seen: list[str] = []
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            status = read_metrics(run_dir)["status"]
+        except (OSError, ValueError, KeyError):
+            status = None
+        if status and (not seen or seen[-1] != status):
+            seen.append(status)
+        if process.poll() is not None:
+            return seen
+        time.sleep(0.05)
+    process.kill()
+    pytest.fail(f"the sweep did not finish within {deadline_s:.0f} s (statuses seen: {seen})")
+
+
+def start_sweep(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "regbench", "-m", *args], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def test_slurm_sweep_runs_each_job_in_its_own_folder(slurm, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(["-m", *SLURM, "regularizer=none,dropout", "trainer.epochs=2", *FAST,
+                      "model.hidden_sizes=[64]", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    folders = job_folders(sweep)
+    assert [f.name for f in folders] == ["0", "1"]
+    regularizers = sorted(assert_usual_outputs(f, epochs=2)["regularizer"][0] for f in folders)
+    assert regularizers == ["dropout", "none"]
+    assert len(list((sweep / ".submitit").rglob("*_result.pkl"))) == 2  # ran as SLURM jobs
+    assert_report_reads(sweep, jobs=2)
+
+
+def test_slurm_requeued_job_resumes_in_its_folder_and_matches_an_uninterrupted_run(slurm, tmp_path):
+    """`scontrol requeue` in the middle of training (what pre-emption does): SLURM sends SIGTERM,
+    the job records `interrupted`, SLURM queues it again, it resumes from last.pt in the same
+    folder and ends exactly where an uninterrupted run with the same seed ends."""
+    epochs, name = 300, f"regbench-requeue-{os.getpid()}"
+    job = ["seed=3", f"trainer.epochs={epochs}", "model.hidden_sizes=[256,256]", *FAST]
+    sweep = tmp_path / "sweep"
+    process = start_sweep([*SLURM, f"hydra.launcher.name={name}", *job, f"hydra.sweep.dir={sweep}"],
+                          cwd=tmp_path)
+    run_dir = sweep / "0"
+    deadline = time.monotonic() + 180
+    while len(read_history(run_dir)) < 3 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    job_ids = slurm_job_ids(name)
+    assert len(job_ids) == 1 and process.poll() is None, process.communicate()[0][-3000:]
+    subprocess.run(["scontrol", "requeue", job_ids[0]], check=True, timeout=30)
+    # The reference: the same job, uninterrupted, on this machine while SLURM requeues the other.
+    reference = run_cli([*job, f"hydra.run.dir={tmp_path / 'reference'}"], cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    seen = watch(process, run_dir, deadline_s=300)
+    output = process.communicate()[0]
+    assert process.returncode == 0, output[-3000:]
+    assert "interrupted" in seen and seen[-1] == "completed", seen
+    assert job_folders(sweep) == [run_dir]  # resumed in the SAME folder
+    final = assert_usual_outputs(run_dir, epochs)
+    assert "resuming from" in (run_dir / "regbench.log").read_text()
+    assert "DUE TO JOB REQUEUE" in submitit_logs(sweep)
+    assert without_timings(final) == without_timings(read_metrics(tmp_path / "reference"))
+
+
+def test_slurm_job_past_its_time_limit_is_requeued_by_submitit_and_resumes(slurm, tmp_path):
+    """timeout_min=1: SLURM sends SIGUSR2 signal_delay_s before the limit; submitit's handler calls
+    the launcher's checkpoint() (the same job again: same sweep dir, same job number) and
+    requeues it; the job resumes from last.pt in its folder, max_num_timeout times at most."""
+    epochs = 600  # ~15-40 s of training on one core: longer than the ~10 s each attempt gets
+    sweep = tmp_path / "sweep"
+    process = start_sweep([*SLURM, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=45",
+                           "hydra.launcher.max_num_timeout=8", f"trainer.epochs={epochs}",
+                           "model.hidden_sizes=[256,256]", *FAST, f"hydra.sweep.dir={sweep}"],
+                          cwd=tmp_path)
+    run_dir = sweep / "0"
+    seen = watch(process, run_dir, deadline_s=480)
+    output = process.communicate()[0]
+    assert process.returncode == 0, output[-3000:]
+    assert seen[-1] == "completed", seen
+    if USR2_STOPS_CLEANLY:
+        assert "interrupted" in seen, seen
+    assert job_folders(sweep) == [run_dir]
+    assert_usual_outputs(run_dir, epochs)
+    logs = submitit_logs(sweep)
+    assert "Caught signal SIGUSR2" in logs and "this job is timed-out" in logs, logs[-3000:]
+    assert "Requeued job" in logs
+    assert "resuming from" in (run_dir / "regbench.log").read_text()
+
+
+ray_missing = importlib.util.find_spec("ray") is None or \
+    importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None
+
+
+@pytest.mark.skipif(ray_missing, reason="Ray is not installed: pip install -e '.[ray]' -c constraints.txt")
+def test_ray_sweep_runs_jobs_as_ray_tasks_on_a_local_ray(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(["-m", "hydra/launcher=ray", "regularizer=none,dropout", "trainer.epochs=2",
+                      *FAST, "model.hidden_sizes=[64]", f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
+                     env={"RAY_USAGE_STATS_ENABLED": "0"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "Ray Launcher is launching 2 jobs" in output and "Started a local Ray instance" in output
+    folders = job_folders(sweep)
+    assert [f.name for f in folders] == ["0", "1"]
+    regularizers = sorted(assert_usual_outputs(f, epochs=2)["regularizer"][0] for f in folders)
+    assert regularizers == ["dropout", "none"]
+    assert_report_reads(sweep, jobs=2)
