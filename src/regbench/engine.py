@@ -415,11 +415,15 @@ class Run:
         return metrics
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+
+
 @contextlib.contextmanager
 def stop_on_signals(run: Run) -> Iterator[None]:
-    """SIGINT and SIGTERM (Ctrl-C, a scheduler's pre-emption) let the current training step or test
-    stage finish, then the run stops (InterruptedRun) with its last finished epoch checkpointed; a
-    second signal stops at once, wherever the run is."""
+    """SIGINT, SIGTERM and SIGUSR2 (Ctrl-C, a scheduler's pre-emption, SLURM's warning before a
+    time limit) let the current training step or test stage finish, then the run stops
+    (InterruptedRun) with its last finished epoch checkpointed; a second signal stops at once,
+    wherever the run is. The previous handlers (e.g. submitit's) are back when the block ends."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -432,7 +436,7 @@ def stop_on_signals(run: Run) -> Iterator[None]:
             raise InterruptedRun(name, run.epochs_done + 1, 0)
         run.request_stop(name)
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
     try:
         yield
     finally:

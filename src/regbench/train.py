@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import signal
 import sys
 import time
@@ -200,12 +201,26 @@ def resume_hint(cfg: DictConfig, run_dir: Path) -> str:
     """How to continue an interrupted run, or why it cannot be continued."""
     if not cfg.trainer.checkpoint:
         return "it cannot be resumed (trainer.checkpoint=false): running it again starts over"
+    if "SLURM_JOB_ID" in os.environ:
+        return ("under SLURM a pre-empted or requeued job resumes on its own in the same folder; "
+                "otherwise run the same sweep command with the same hydra.sweep.dir")
     if in_multirun():
         sweep_dir = relative_to_cwd(Path(HydraConfig.get().sweep.dir))
         return (f"run the same sweep command again with hydra.sweep.dir={sweep_dir} to resume: "
                 f"completed jobs are skipped, this one continues after its last finished epoch")
     return (f"run the same command with hydra.run.dir={relative_to_cwd(run_dir)} to resume "
             f"from the last finished epoch")
+
+
+def pass_on_time_limit(error: InterruptedRun, message: str) -> None:
+    """SIGUSR2 is SLURM's warning before a job's time limit. Under submitit, its handler (back in
+    place once the run stopped) checkpoints the job and requeues it; the requeued job resumes in
+    the same folder. Without one, the run ends as interrupted like any other signal."""
+    handler = signal.getsignal(signal.SIGUSR2)
+    if error.signal_name == signal.SIGUSR2.name and callable(handler):
+        print(f"{message}; handing over to the scheduler to requeue the job", file=sys.stderr)
+        log.warning("%s; requeueing through the launcher", message)
+        handler(signal.SIGUSR2, None)
 
 
 def fail(message: str, exit_code: int, stop_sweep: bool = False) -> float:
@@ -230,6 +245,7 @@ def hydra_main(cfg: DictConfig) -> float:
         return fail(f"regbench: diverged: {error}; see {relative_to_cwd(run_dir / METRICS_FILE)}",
                     exit_code=1)
     except InterruptedRun as error:
+        pass_on_time_limit(error, f"regbench: {error}")
         return fail(f"regbench: {error}; {resume_hint(cfg, run_dir)}",
                     exit_code=128 + signal.Signals[error.signal_name].value, stop_sweep=True)
     except OSError as error:  # a full disk, a read-only folder: the finished epochs' files stay
