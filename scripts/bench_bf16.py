@@ -21,27 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from bench import write_synthetic_mnist  # scripts/bench.py: MNIST-format IDX files
 from regbench.composition import compose_settings
 from regbench.engine import Run
 
 MODELS = ("lenet", "convnet", "resnet")
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + np.array(array.shape, dtype=">i4").tobytes()
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
-
-
-def write_synthetic_mnist(root: Path, num_train: int, num_test: int = 100) -> None:
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for prefix, count in (("train", num_train), ("t10k", num_test)):
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (count, 28, 28), dtype=np.uint8))
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, count, dtype=np.uint8))
 
 
 def cpu_name() -> str:

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import write_synthetic_mnist  # scripts/bench.py: MNIST-format IDX files
+
 WAIT_POLICIES = ("ACTIVE", "PASSIVE")  # libgomp's: spin while waiting, or sleep at once
 
 # The measured child: build a run, time a few epochs, print the median as JSON.
@@ -39,12 +41,6 @@ for epoch in range(1, epochs + 1):
     started = time.perf_counter(); run.train_epoch(epoch); times.append(time.perf_counter() - started)
 print(json.dumps({"median": statistics.median(times)}))
 """
-
-
-def write_synthetic_mnist(root: Path, num_train: int) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_bf16 import write_synthetic_mnist as write  # one writer of the IDX files
-    write(root, num_train)
 
 
 def busy_processes(count: int) -> list[subprocess.Popen]:
