@@ -76,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        write_synthetic_mnist(Path(folder), args.samples)
+        write_synthetic_mnist(Path(folder), args.samples, num_test=100)
         for model in args.models:
             medians = epoch_times(model, Path(folder), args.repeats, args.threads)
             accuracy = {name: statistics.fmean(final_accuracy(model, name == "bf16", seed, args.epochs, args.threads)

@@ -19,7 +19,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from bench import write_synthetic_mnist  # scripts/bench.py: MNIST-format IDX files
@@ -76,7 +75,7 @@ def main() -> None:
     times: dict[tuple, list[float]] = {config: [] for config in configs}
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as folder:
-        write_synthetic_mnist(Path(folder), args.samples)
+        write_synthetic_mnist(Path(folder), args.samples, num_test=100)
         for _ in range(args.repeats):
             for config in configs:  # interleaved: every configuration once per round
                 times[config].append(measure(Path(folder), *config, epochs=args.epochs))
