@@ -122,6 +122,8 @@ class RunFolder:
         return self.file(CHECKPOINT_FILE)
 
     def write_failure(self, metrics: Mapping[str, Any]) -> None:
-        """Record a failure, but only in a folder this run holds: a refused run never writes."""
+        """Record a failure, but only in a folder this run holds: a refused run never writes. A
+        record that cannot be written (an unwritable folder) must not hide the error itself."""
         if self.claimed:
-            atomic_write_json(self.file(METRICS_FILE), metrics)
+            with contextlib.suppress(OSError):
+                atomic_write_json(self.file(METRICS_FILE), metrics)
