@@ -330,3 +330,26 @@ def test_training_on_digits_completes(name, tmp_path):
     assert math.isfinite(metrics["test/nll"]) and 0 <= metrics["test/acc"] <= 1
     if RUNS[name] is LEARN:
         assert metrics["test/acc"] > 0.8  # chance is 0.1
+
+
+@pytest.mark.skipif(not __import__("regbench.engine", fromlist=["cpu_has_bf16"]).cpu_has_bf16(),
+                    reason="this CPU has no native bf16 (AVX512-BF16/AMX)")
+def test_a_bf16_cpu_step_has_a_finite_loss_and_keeps_fp32_parameters():
+    from regbench.composition import compose_settings
+    from regbench.engine import Run
+    run = Run.build(compose_settings(["model=lenet", "trainer.amp=true", "trainer.epochs=1",
+                                      "trainer.num_threads=1", "trainer.progress=false"]))
+    assert run.amp_dtype == torch.bfloat16
+    shapes = {name: (p.shape, p.dtype) for name, p in run.model.named_parameters()}
+    images, labels = next(iter(run.data.train))
+    terms, logits = run.loss_terms(images, labels, epoch=0, progress=0.0)
+    assert logits.dtype == torch.float32 and all(torch.isfinite(v) for v in terms.values())
+    record = run.train_epoch(0)
+    assert math.isfinite(record["train/loss"])
+    assert {name: (p.shape, p.dtype) for name, p in run.model.named_parameters()} == shapes
+
+
+def test_amp_stays_off_on_the_cpu_unless_asked_for():
+    from regbench.engine import autocast_dtype
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, None) is None and autocast_dtype(cpu, False) is None

@@ -119,11 +119,26 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def autocast_dtype(device: torch.device, amp: bool) -> Optional[torch.dtype]:
-    """Mixed precision only on CUDA: bf16 where supported (no loss scaling needed), else fp16."""
-    if not amp or device.type != "cuda":
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere autocast emulates it
+    slowly. torch exposes the check only as a private helper, hence the fallback."""
+    check_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    check_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return any(check() for check in (check_bf16, check_amx) if check is not None)
+
+
+def autocast_dtype(device: torch.device, amp: Optional[bool]) -> Optional[torch.dtype]:
+    """The autocast dtype for ``trainer.amp`` (config.py): on CUDA unless off, bf16 where
+    supported (no loss scaling needed), else fp16; on the CPU only when asked for, bf16."""
+    if amp is False:
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and amp:
+        if cpu_has_bf16():
+            return torch.bfloat16
+        log.warning("trainer.amp=true: this CPU has no native bf16 (AVX512-BF16/AMX); training in fp32")
+    return None
 
 
 def weight_norm(model: nn.Module) -> float:
