@@ -27,12 +27,14 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from regbench.regularizers.dropout import DROPOUT_LAYERS
+from regbench.spec import (
+    BN_WEIGHT_NORM,
+    EFFECTIVE_LR,
+    FIT_EPOCH,
+    VARIANCE_SHIFT_MAX,
+    VARIANCE_SHIFT_MEAN,
+)
 
-FIT_EPOCH = "fit/epoch"
-VARIANCE_SHIFT_MAX = "test/variance_shift_max"
-VARIANCE_SHIFT_MEAN = "test/variance_shift_mean"
-EFFECTIVE_LR = "train/effective_lr"
-BN_WEIGHT_NORM = "train/bn_weight_norm"
 
 WEIGHTED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
