@@ -39,6 +39,9 @@ def test_a_layer_feeding_bn_gives_the_same_output_at_any_weight_scale():
 def test_the_layers_feeding_bn_are_found_and_the_head_is_not():
     model = bn_mlp()
     assert layers_feeding_bn(model, torch.randn(4, 1, 8, 8)) == [model.body.fc1[0], model.body.fc2[0]]
+    # A BN fed through another op is not the layer's direct output: not counted.
+    indirect = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.BatchNorm1d(4))
+    assert layers_feeding_bn(indirect, torch.randn(4, 4)) == []
     resnet = build_model(ResNetConfig(depth=8), (1, 8, 8), 10, ModelOptions())
     convs = [m for m in resnet.modules() if isinstance(m, nn.Conv2d)]
     assert layers_feeding_bn(resnet, torch.randn(2, 1, 8, 8)) == convs  # stem + 2 per block

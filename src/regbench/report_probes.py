@@ -7,7 +7,8 @@
   run recorded them (Li et al. 2019; experiment=dropout_bn).
 - Effective learning rate: per group the mean ``train/effective_lr`` over the epochs, the final
   ``train/bn_weight_norm`` and test accuracy, sorted by effective lr, and ``effective_lr.png``
-  (test accuracy against mean effective lr), when the runs logged it (experiment=l2_batchnorm).
+  (test accuracy against mean effective lr), when the runs logged it and the groups differ in lr
+  or L2 coefficient (experiment=l2_batchnorm).
 
 Groups are the report's (``.label``, ``.settings``, ``.completed`` jobs with ``.folder`` and
 ``.metrics``).
@@ -161,7 +162,14 @@ def final_history_value(group: Any, key: str) -> list[float]:
     return finals
 
 
+# The settings whose grid the effective-lr section explains (experiment=l2_batchnorm); other BN
+# sweeps log train/effective_lr too, but sorting them by it would say nothing.
+STEP_SIZE_KEYS = ("optimizer.lr", "regularizer.l2.coef")
+
+
 def effective_lr_rows(groups: Sequence[Any]) -> list[tuple[float, Any]]:
+    if not any(key in group.settings for group in groups for key in STEP_SIZE_KEYS):
+        return []
     rows = [(group_effective_lr(group), group) for group in groups]
     return sorted([(lr, group) for lr, group in rows if lr is not None], key=lambda row: row[0])
 
