@@ -40,7 +40,8 @@ def batch_norm(width: int, kind: str) -> nn.Module:
 
 
 def dropout(kind: str) -> nn.Module:
-    return nn.Dropout(0.5) if kind == "linear" else nn.Dropout2d(0.1)
+    # "last_conv" (weighted channel dropout's site) gets nothing, as every kind but that one does.
+    return {"linear": nn.Dropout(0.5), "conv": nn.Dropout2d(0.1)}.get(kind)
 
 
 def call_order(model: nn.Module, shape: tuple) -> str:

@@ -51,6 +51,20 @@ MAX_EPOCHS = 1_000_000
 SEED_RANGE = 2 ** 32  # numpy's seeds are 32-bit unsigned integers
 
 
+class Corruption(str, Enum):
+    """Zhang et al. 2017's randomization tests (§2, Fig. 1); datasets/base.py applies them."""
+
+    none = "none"
+    random_labels = "random_labels"  # a fraction label_noise (default all) of the training labels
+    shuffled_pixels = "shuffled_pixels"  # one fixed permutation of pixel positions, every split
+    random_pixels = "random_pixels"  # a different permutation per training image
+    gaussian = "gaussian"  # training images replaced by Gaussian noise with the data's mean/std
+
+
+# The corruptions that change only labels (so dataset.label_noise applies to them).
+LABEL_CORRUPTIONS = (Corruption.none, Corruption.random_labels)
+
+
 @dataclass
 class DatasetConfig:
     name: str = MISSING
@@ -72,9 +86,14 @@ class DatasetConfig:
     image_size: int = 0
     # File-based datasets decode images in DataLoader workers.
     num_workers: int = 2
-    # Zhang et al. 2017's corrupted labels: this fraction of the training labels is replaced by a
-    # uniformly random class (possibly the true one), fixed by the run's seed; never val or test.
-    label_noise: float = 0.0
+    # Zhang et al. 2017's randomization tests, fixed by the run's seed; validation and test stay
+    # clean except for shuffled_pixels (the same permutation everywhere).
+    corruption: Corruption = Corruption.none
+    # random_labels: this fraction of the training labels is replaced by a uniformly random class
+    # (possibly the true one); never val or test. null: 1.0 with corruption=random_labels (Zhang's
+    # "random labels"), 0 otherwise; a value with corruption=none means random_labels at that
+    # fraction (Zhang's partially corrupted labels, Fig. 1c).
+    label_noise: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.train_size is not None:
@@ -84,8 +103,22 @@ class DatasetConfig:
               f"one value per channel, like dataset.mean={self.mean}")
         check(all(s > 0 for s in self.std), "dataset.std", self.std, "values > 0")
         check(self.num_workers >= 0, "dataset.num_workers", self.num_workers, "an integer >= 0")
-        check(0.0 <= self.label_noise <= 1.0, "dataset.label_noise", self.label_noise,
-              "a fraction in [0, 1]")
+        if self.label_noise is not None:
+            check(0.0 <= self.label_noise <= 1.0, "dataset.label_noise", self.label_noise,
+                  "a fraction in [0, 1]")
+            check(self.label_noise == 0 or self.corruption in LABEL_CORRUPTIONS,
+                  "dataset.label_noise", self.label_noise,
+                  f"only with dataset.corruption=none or random_labels (not "
+                  f"{self.corruption.value}, which corrupts the images)")
+
+    @property
+    def label_noise_fraction(self) -> float:
+        """The share of training labels to randomize, from corruption and label_noise."""
+        if self.corruption == Corruption.random_labels:
+            return 1.0 if self.label_noise is None else self.label_noise
+        if self.corruption == Corruption.none and self.label_noise is not None:
+            return self.label_noise
+        return 0.0
 
 
 @dataclass
@@ -195,11 +228,17 @@ class TrainerConfig:
     compile: bool = False
     # Write last.pt at the end of every epoch (needed to resume).
     checkpoint: bool = True
+    # fit/epoch in metrics.json is the first epoch whose training accuracy reaches this: Zhang et
+    # al. 2017's "time to fit" (Fig. 1b, where fitting means 100 % training accuracy; 0.99 spares
+    # the last few examples a small net may take many epochs on).
+    fit_threshold: float = 0.99
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "trainer.epochs", self.epochs, "an integer >= 1")
         check(self.epochs <= MAX_EPOCHS, "trainer.epochs", self.epochs, f"at most {MAX_EPOCHS:,}")
         check(self.batch_size >= 1, "trainer.batch_size", self.batch_size, "an integer >= 1")
+        check(0 < self.fit_threshold <= 1, "trainer.fit_threshold", self.fit_threshold,
+              "an accuracy in (0, 1]")
         cores = os.cpu_count() or 1
         check(0 <= self.num_threads <= cores, "trainer.num_threads", self.num_threads,
               f"an integer in [0, {cores}] (0: every core; this machine has {cores})")

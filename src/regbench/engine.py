@@ -36,6 +36,7 @@ from regbench.datasets.base import DataBundle, normalize
 from regbench.metrics import classification_metrics, to_floats
 from regbench.models import ModelOptions, build_model
 from regbench.optim import build_optimizer, build_scheduler, param_groups
+from regbench.probes import fit_metrics, scale_invariance_record, variance_shift_metrics
 from regbench.recording import RunRecorder
 from regbench.regularizers import Regularizer, RunContext, StepOutput, build_regularizers
 from regbench.statistics import bootstrap_intervals
@@ -373,6 +374,7 @@ class Run:
             trained = time.perf_counter()
             record.update(self.validate(epoch + 1, recorder))
             record["lr"] = lr
+            record.update(scale_invariance_record(self.model, lr, self.data.train_eval, self.device, self.prepare))
             record["train_seconds"] = trained - started
             record["eval_seconds"] = time.perf_counter() - trained
             record["seconds"] = time.perf_counter() - started
@@ -425,6 +427,8 @@ class Run:
             if panel:
                 eces = {name: metrics[metric_key("ece", name)] for name in panel}
                 recorder.log_reliability_panel(panel, test.labels, eces, self.epochs_done)
+        metrics.update(variance_shift_metrics(self.model, self.data.test, self.device, self.prepare))
+        metrics.update(fit_metrics(self.history, self.settings.trainer.fit_threshold))
         metrics.update(extra)
         metrics[EPOCHS] = self.epochs_done
         return metrics

@@ -57,6 +57,7 @@ from regbench.spec import (
     experiment_settings,
 )
 from regbench.report_calibration import calibration_table_markdown, ranking_flips
+from regbench.report_probes import probe_sections, write_probe_plots
 from regbench.statistics import (
     ALPHA,
     INDISTINGUISHABLE,
@@ -849,6 +850,7 @@ def markdown_report(sweep: Path | Sequence[Path], jobs: Sequence[Job], grouping:
         markdown_table(grouping),
         *ranking_section(analysis),
         *calibration_section(grouping),
+        *probe_sections(grouping.groups),
         "## Runs that did not complete",
         "\n".join(problems) if problems else "None.",
         "## Plots",
@@ -1183,6 +1185,7 @@ def make_report(sweep: Path | Sequence[Path], baseline: Sequence[str] = (),
     text = markdown_report(sweeps, jobs, grouping, analysis)
     (out / SUMMARY_MD).write_text(text)
     write_plots(out, grouping, analysis)
+    write_probe_plots(out, grouping.groups)
     return text
 
 

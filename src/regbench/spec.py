@@ -66,6 +66,12 @@ GAP_ACC = "gap/acc"
 EPOCHS = "epochs"
 SECONDS = "seconds"
 STATUS = "status"
+# Probes of published claims (probes.py, report_probes.py).
+FIT_EPOCH = "fit/epoch"  # Zhang et al. 2017's time to fit
+VARIANCE_SHIFT_MAX = "test/variance_shift_max"  # Li et al. 2019
+VARIANCE_SHIFT_MEAN = "test/variance_shift_mean"
+EFFECTIVE_LR = "train/effective_lr"  # van Laarhoven 2017: lr / ||w||^2 of layers feeding BN
+BN_WEIGHT_NORM = "train/bn_weight_norm"
 
 
 def flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -10,7 +10,7 @@ from regbench.config import DatasetConfig, check
 from regbench.datasets.base import (
     DataBundle,
     RawSplits,
-    corrupt_labels,
+    corrupt_splits,
     input_shape,
     make_batches,
     split_train,
@@ -28,8 +28,7 @@ def build_data(cfg: DatasetConfig, batch_size: int, device: torch.device, seed: 
     check(len(raw.classes) >= 2, "dataset", cfg.name,
           f"a dataset with 2 classes or more; found {len(raw.classes)} ({', '.join(raw.classes)})")
     train, val = split_train(cfg, raw.train)
-    if cfg.label_noise > 0:
-        train = corrupt_labels(train, cfg.label_noise, len(raw.classes), seed)
+    train, val, test = corrupt_splits(cfg, train, val, raw.test, len(raw.classes), seed)
     workers = cfg.num_workers
     shape = input_shape(raw.test)  # decodes one image for file-based datasets
     channels = shape[0]
@@ -44,7 +43,7 @@ def build_data(cfg: DatasetConfig, batch_size: int, device: torch.device, seed: 
     return DataBundle(
         train=batches(train, shuffle=True),
         val=batches(val, shuffle=False),
-        test=batches(raw.test, shuffle=False),
+        test=batches(test, shuffle=False),
         train_eval=batches(train, shuffle=False),
         classes=raw.classes,
         input_shape=shape,

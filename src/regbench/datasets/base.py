@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms.v2 import functional as TF
 
-from regbench.config import ConfigError, DatasetConfig, check, one_line
+from regbench.config import ConfigError, Corruption, DatasetConfig, check, one_line
 
 
 class DatasetNotFoundError(ConfigError):
@@ -192,6 +192,71 @@ def corrupt_labels(split: Split, fraction: float, num_classes: int, seed: int) -
     if isinstance(split, ImageTensors):
         return ImageTensors(split.images, labels)
     return RelabeledDataset(split, labels)
+
+
+# --- Zhang et al. 2017's randomization tests on the images ------------------------------------
+
+def pixel_permutation(num_pixels: int, seed: int) -> torch.Tensor:
+    return torch.randperm(num_pixels, generator=torch.Generator().manual_seed(seed))
+
+
+def permute_pixels(images: torch.Tensor, permutation: torch.Tensor) -> torch.Tensor:
+    """[N, C, H, W] with the H*W pixel positions reordered (channels move together)."""
+    n, c, h, w = images.shape
+    return images.reshape(n, c, h * w)[:, :, permutation].reshape(n, c, h, w)
+
+
+def permute_each_image(images: torch.Tensor, seed: int) -> torch.Tensor:
+    """A different random permutation of the pixel positions for every image."""
+    n, c, h, w = images.shape
+    generator = torch.Generator().manual_seed(seed)
+    # argsort of uniform keys gives one independent uniform permutation per row, in one call.
+    order = torch.rand(n, h * w, generator=generator).argsort(dim=1)
+    flat = images.reshape(n, c, h * w)
+    return flat.gather(2, order[:, None, :].expand(n, c, h * w)).reshape(n, c, h, w)
+
+
+def gaussian_images(images: torch.Tensor, seed: int) -> torch.Tensor:
+    """Gaussian noise with the images' per-channel mean and std (in [0, 1]), clipped and quantized
+    back to uint8 like the real pixels."""
+    pixels = images.double() / 255
+    mean = pixels.mean(dim=(0, 2, 3), keepdim=True)
+    std = pixels.std(dim=(0, 2, 3), keepdim=True)
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(images.shape, generator=generator, dtype=torch.float64) * std + mean
+    return (noise.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def require_in_memory(split: Split, cfg: DatasetConfig) -> ImageTensors:
+    if not isinstance(split, ImageTensors):
+        raise ConfigError(f"dataset.corruption={cfg.corruption.value!r} is not allowed with "
+                          f"dataset={cfg.name}: pixel corruptions need an in-memory dataset "
+                          f"(digits, mnist, fashion_mnist, cifar10, cifar100)")
+    return split
+
+
+def corrupt_splits(cfg: DatasetConfig, train: Split, val: Split, test: Split, num_classes: int,
+                   seed: int) -> tuple[Split, Split, Split]:
+    """dataset.corruption applied: training images (and labels) changed; validation and test only
+    by shuffled_pixels, whose one permutation every split shares."""
+    fraction = cfg.label_noise_fraction
+    if fraction > 0:
+        train = corrupt_labels(train, fraction, num_classes, seed)
+    if cfg.corruption in (Corruption.none, Corruption.random_labels):
+        return train, val, test
+    train = require_in_memory(train, cfg)
+    if cfg.corruption == Corruption.shuffled_pixels:
+        h, w = train.images.shape[2:]
+        permutation = pixel_permutation(h * w, seed)
+
+        def shuffled(split: ImageTensors) -> ImageTensors:
+            return ImageTensors(permute_pixels(split.images, permutation), split.labels)
+
+        return shuffled(train), shuffled(require_in_memory(val, cfg)), \
+            shuffled(require_in_memory(test, cfg))
+    if cfg.corruption == Corruption.random_pixels:
+        return ImageTensors(permute_each_image(train.images, seed), train.labels), val, test
+    return ImageTensors(gaussian_images(train.images, seed), train.labels), val, test
 
 
 def make_batches(split: Split, batch_size: int, shuffle: bool, device: torch.device, seed: int,

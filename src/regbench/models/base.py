@@ -16,14 +16,17 @@ import torch
 from torch import nn
 
 LayerKind = Literal["linear", "conv"]
+# Where a dropout layer can go: a hidden linear or conv block, or once on the feature maps of the
+# last convolutional block ("last_conv": weighted channel dropout's place, Hou & Wang 2019).
+DropoutSite = Literal["linear", "conv", "last_conv"]
 
 
 @dataclass
 class ModelOptions:
     # norm(width, kind) -> a normalization layer, inserted after each hidden conv/linear layer.
     norm: Optional[Callable[[int, LayerKind], nn.Module]] = None
-    # dropout(kind) -> a dropout layer for hidden layers of that kind, or None to leave them alone.
-    dropout: Optional[Callable[[LayerKind], Optional[nn.Module]]] = None
+    # dropout(site) -> a dropout layer for that site, or None to leave it alone.
+    dropout: Optional[Callable[[DropoutSite], Optional[nn.Module]]] = None
     # input_dropout() -> a dropout layer applied to the input image.
     input_dropout: Optional[Callable[[], nn.Module]] = None
     # after_bn: dropout never feeds a normalization layer, so none sees dropout's train/test
@@ -73,6 +76,13 @@ def fully_connected_blocks(in_features: int, hidden_sizes: Sequence[int],
                                             is_last_hidden=index == len(hidden_sizes))
         width = hidden
     return blocks, width
+
+
+def last_conv_dropout(options: ModelOptions, feeds_norm: bool) -> nn.Module:
+    """The layer a model puts once after its last convolutional block (``dropout("last_conv")``,
+    under the same placement rule as every hidden block), or an Identity."""
+    dropout = options.dropout("last_conv") if options.wants_dropout(feeds_norm) else None
+    return dropout if dropout is not None else nn.Identity()
 
 
 def before_activation(block: nn.Sequential) -> nn.Module:

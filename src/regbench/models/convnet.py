@@ -26,6 +26,7 @@ from regbench.models.base import (
     before_activation,
     fully_connected_blocks,
     input_block,
+    last_conv_dropout,
     pooled_block,
 )
 
@@ -55,6 +56,8 @@ class ConvNet(Classifier):
         if height < 1 or width < 1:
             raise ConfigError(f"model=convnet needs images of at least 4x4 pixels, got "
                               f"{input_shape[1]}x{input_shape[2]}")
+        # fc1 is a hidden block: normalized when a norm is set.
+        layers["conv_dropout"] = last_conv_dropout(options, feeds_norm=options.norm is not None)
         layers["flatten"] = nn.Flatten()
         layers.update(fully_connected_blocks(channels * height * width, [HIDDEN_SIZE], options)[0])
         self.body = nn.Sequential(OrderedDict(layers))

@@ -27,6 +27,7 @@ from regbench.models.base import (
     before_activation,
     fully_connected_blocks,
     input_block,
+    last_conv_dropout,
     pooled_block,
 )
 
@@ -65,6 +66,8 @@ class LeNet(Classifier):
         if height < 1 or width < 1:
             raise ConfigError(f"model=lenet needs images of at least 4x4 pixels, got "
                               f"{input_shape[1]}x{input_shape[2]}")
+        # fc1 is a hidden block: normalized when a norm is set.
+        layers["conv_dropout"] = last_conv_dropout(options, feeds_norm=options.norm is not None)
         layers["flatten"] = nn.Flatten()
         blocks, features = fully_connected_blocks(channels * height * width, HIDDEN_SIZES, options)
         layers.update(blocks)

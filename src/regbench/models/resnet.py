@@ -34,7 +34,7 @@ from torchvision.models.resnet import BasicBlock, conv1x1, conv3x3
 
 from regbench.config import ModelConfig, check, register_schema
 from regbench.models import MODELS
-from regbench.models.base import Classifier, ModelOptions, input_block
+from regbench.models.base import Classifier, ModelOptions, input_block, last_conv_dropout
 
 STAGE_CHANNELS = [16, 32, 64]
 
@@ -165,6 +165,8 @@ class CifarResNet(Classifier):
                     norm_layer=norm, dropout=block_dropout(options)))
                 channels = width
             layers[f"stage{stage}"] = nn.Sequential(*blocks)
+        # The last stage's maps go to pooling and the head: no normalization after them.
+        layers["conv_dropout"] = last_conv_dropout(options, feeds_norm=False)
         layers["pool"] = nn.AdaptiveAvgPool2d(1)
         layers["flatten"] = nn.Flatten()
         layers["dropout"] = feature_dropout(options)

@@ -33,7 +33,7 @@ from torchvision.models.resnet import BasicBlock
 
 from regbench.config import ConfigError, ModelConfig, register_schema
 from regbench.models import MODELS
-from regbench.models.base import Classifier, ModelOptions, input_block
+from regbench.models.base import Classifier, ModelOptions, input_block, last_conv_dropout
 from regbench.models.resnet import (
     DropoutBasicBlock,
     block_dropout,
@@ -83,6 +83,11 @@ def build_torchvision_resnet(name: str, in_channels: int, num_classes: int, opti
             if isinstance(module, DropoutBasicBlock):
                 dropout = block_dropout(options)
                 module.dropout = dropout if dropout is not None else nn.Identity()
+    conv_dropout = last_conv_dropout(options, feeds_norm=False)
+    if not isinstance(conv_dropout, nn.Identity):
+        # After layer4, before pooling; avgpool has no parameters, so the state-dict keys stay
+        # torchvision's.
+        net.avgpool = nn.Sequential(conv_dropout, net.avgpool)
     if in_channels != 3:
         net.conv1 = nn.Conv2d(in_channels, STEM_CHANNELS, kernel_size=7, stride=2, padding=3,
                               bias=False)
