@@ -45,9 +45,14 @@ def test_box_comes_from_the_partner_and_targets_weigh_its_area():
 def test_mixup_after_cutmix_mixes_the_soft_targets_again():
     torch.manual_seed(0)
     images = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
-    _, cut = build("cutmix", CutMixConfig()).transform_batch(images, torch.arange(4))
-    mixed_images, targets = build("mixup", MixupConfig()).transform_batch(images, cut)
-    assert targets.shape == (4, 10) and torch.allclose(targets.sum(dim=1), torch.ones(4))
+    cut_images, cut = build("cutmix", CutMixConfig()).transform_batch(images, torch.arange(4))
+    torch.manual_seed(1)
+    mixed_images, targets = build("mixup", MixupConfig()).transform_batch(cut_images, cut)
+    # MixUp's own draw, repeated with the same seed: lam ~ Beta(1, 1).
+    torch.manual_seed(1)
+    lam = torch.distributions.Beta(torch.tensor([1.0]), torch.tensor([1.0])).sample(()).item()
+    # By hand: the CutMix targets (not their dominant classes) mixed with the rolled batch's.
+    assert torch.allclose(targets, lam * cut + (1 - lam) * cut.roll(1, 0), atol=1e-6)
     assert mixed_images.is_floating_point()
 
 

@@ -138,7 +138,7 @@ def residual_drop(options: ModelOptions, block: int, blocks: int) -> Optional[nn
     block / blocks * (1 - p_L), Huang et al. 2016's linear decay rule; None when off."""
     if options.stochastic_depth_survival is None:
         return None
-    return StochasticDepth(block / blocks * (1 - options.stochastic_depth_survival), mode="batch")
+    return StochasticDepth(block / blocks * (1 - options.stochastic_depth_survival), mode="row")
 
 
 def feature_dropout(options: ModelOptions) -> nn.Module:
