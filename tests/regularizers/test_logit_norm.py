@@ -48,8 +48,8 @@ def test_logit_norm_changes_test_confidence_on_digits(tmp_path):
     common = ["trainer.epochs=5", "seed=0"]
     baseline = train_in_process(tmp_path / "none", ["regularizer=none", *common])
     normed = train_in_process(tmp_path / "ln", ["regularizer=logit_norm", *common])
-    # Measured (seed 0, 5 epochs, SGD lr 0.05): confidence 0.957 without; with logit_norm nothing
-    # bounds the raw logits' norm, which grows to near-certain predictions (0.99).
+    # With the default SGD lr 0.05 nothing bounds the raw logits' norm, which grows to near-certain
+    # predictions (30 epochs, 5 seeds: 0.994 against none's 0.985, README's calibration_losses).
     assert abs(normed["test/mean_confidence"] - baseline["test/mean_confidence"]) > 0.02
     for record in read_history(tmp_path / "ln"):
         assert "train/loss_ce" not in record

@@ -91,7 +91,8 @@ def test_mixup_lowers_test_confidence_on_digits(tmp_path):
     common = ["trainer.epochs=5", "seed=0"]
     baseline = train_in_process(tmp_path / "none", ["regularizer=none", *common])
     mixed = train_in_process(tmp_path / "mixup", ["regularizer=mixup", *common])
-    # Measured (seed 0, 5 epochs): 0.957 without, 0.829 with mixup.
+    # Measured (seed 0, 5 epochs): 0.967 without, 0.853 with mixup (30 epochs, 5 seeds: 0.985
+    # and 0.895, README's calibration_losses).
     assert mixed["test/mean_confidence"] < baseline["test/mean_confidence"] - 0.05
     assert mixed["test/acc"] > 0.85
     # The base loss is the cross-entropy against the mixed targets, and there is no other term.
@@ -102,5 +103,5 @@ def test_mixup_lowers_test_confidence_on_digits(tmp_path):
 @pytest.mark.slow
 def test_cli_run_with_label_smoothing_and_augmentation(tmp_path):
     metrics, history = train_with_cli(tmp_path, ["regularizer=[augmentation,mixup,label_smoothing]"])
-    assert metrics["regularizer"] == ["augmentation", "mixup", "label_smoothing"]
+    assert sorted(metrics["regularizer"]) == ["augmentation", "label_smoothing", "mixup"]
     assert "train/loss_label_smoothing" in history[-1] and 0 <= history[-1]["train/acc"] <= 1
