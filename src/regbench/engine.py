@@ -268,14 +268,23 @@ class Run:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def loss_terms(self, images: torch.Tensor, labels: torch.Tensor, epoch: int,
+    def loss_terms(self, images: torch.Tensor, targets: torch.Tensor, epoch: int,
                    progress: float) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The objective's terms for one batch: the base loss (cross-entropy against the targets,
+        or the one regularizer's that owns it) and every regularizer's terms. ``targets`` are
+        class indices [B] or, after a mixing transform, class probabilities [B, K]."""
         inputs = self.prepare(images)
         with self.autocast():
             logits, features = self.step_model(inputs)
         logits = logits.float()
-        terms = {"ce": F.cross_entropy(logits, labels)}
-        step = StepOutput(inputs, labels, logits, features.float(), self.model, epoch, progress)
+        labels, soft_targets = StepOutput.split_targets(targets)
+        step = StepOutput(inputs, labels, logits, features.float(), self.model, epoch, progress,
+                          soft_targets=soft_targets)
+        owner = next((r for r in self.regularizers if r.owns_base_loss), None)
+        if owner is None:
+            terms = {"ce": F.cross_entropy(logits, step.targets)}
+        else:
+            terms = {owner.name: owner.base_loss(step)}
         for regularizer in self.regularizers:
             for key, value in regularizer.loss_terms(step).items():
                 if key in terms:
@@ -302,6 +311,8 @@ class Run:
                 images, labels = regularizer.transform_batch(images, labels)
             progress = (epoch + (step - 1) / self.steps_per_epoch) / self.epochs
             terms, logits = self.loss_terms(images, labels, epoch, progress)
+            # Mixed (soft) targets: the epoch's train/ metrics use each one's dominant class.
+            labels, _ = StepOutput.split_targets(labels)
             loss = torch.stack(list(terms.values())).sum()
             if (step - 1) % self.finite_check_every == 0 and not torch.isfinite(loss):
                 raise DivergedError(epoch + 1, step, {k: v.item() for k, v in terms.items()})

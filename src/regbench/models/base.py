@@ -33,6 +33,10 @@ class ModelOptions:
     # variance shift (Li et al. 2019); in an MLP with BatchNorm that leaves the last hidden layer
     # (the penultimate features). before_bn: dropout in every hidden block. See wants_dropout.
     dropout_placement: Literal["after_bn", "before_bn"] = "after_bn"
+    # Stochastic depth (Huang et al. 2016): survival probability of the LAST residual block, the
+    # others' decaying linearly from 1 at the input to it; None: every block always runs. Only
+    # models with residual blocks use it (see models/resnet.py: residual_drop).
+    stochastic_depth_survival: Optional[float] = None
 
     def wants_dropout(self, feeds_norm: bool) -> bool:
         """The placement rule, for every model: dropout goes into a hidden block unless its output

@@ -16,6 +16,12 @@ pooled penultimate features; ``dropout("conv")`` between the two convolutions of
 (Wide-ResNet's place, Zagoruyko & Komodakis 2016) only with ``dropout_placement=before_bn``,
 because there it feeds the second BN layer (the train/test variance shift of Li et al. 2019).
 
+Stochastic depth (ModelOptions.stochastic_depth_survival, Huang et al. 2016): each block's residual
+branch goes through torchvision's ``StochasticDepth`` (mode "row": dropped per example) just before
+the addition, so a dropped block passes only its shortcut; block l of L keeps its branch with
+probability 1 - l/L * (1 - p_L). torchvision scales kept branches by 1 / survival in training where
+the paper scales by the survival at test time: the same expectation.
+
 Input sizes: the stages keep any size valid (stride-2 3x3 convolutions round up): 32x32 CIFAR gives
 32/16/8 maps, 28x28 MNIST 28/14/7, 8x8 digits 8/4/2, before the global average pooling.
 """
@@ -31,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, conv1x1, conv3x3
+from torchvision.ops import StochasticDepth
 
 from regbench.config import ModelConfig, check, register_schema
 from regbench.models import MODELS
@@ -72,17 +79,21 @@ NormFactory = Callable[[int], nn.Module]
 
 
 class DropoutBasicBlock(BasicBlock):
-    """torchvision's BasicBlock with a dropout layer between its two convolutions (an Identity
-    unless one is given). Same parameters and state-dict keys as BasicBlock."""
+    """torchvision's BasicBlock with a dropout layer between its two convolutions and a stochastic
+    depth layer on the residual branch (Identities unless given). Same parameters and state-dict
+    keys as BasicBlock."""
 
-    def __init__(self, *args, dropout: Optional[nn.Module] = None, **kwargs) -> None:
+    def __init__(self, *args, dropout: Optional[nn.Module] = None,
+                 stochastic_depth: Optional[nn.Module] = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.dropout = dropout if dropout is not None else nn.Identity()
+        self.stochastic_depth = stochastic_depth if stochastic_depth is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # BasicBlock.forward with self.dropout after the first ReLU; torchvision has no hook for it.
+        # BasicBlock.forward with self.dropout after the first ReLU and self.stochastic_depth on
+        # the branch before the addition; torchvision has no hook for either.
         out = self.dropout(self.relu(self.bn1(self.conv1(x))))
-        out = self.bn2(self.conv2(out))
+        out = self.stochastic_depth(self.bn2(self.conv2(out)))
         identity = x if self.downsample is None else self.downsample(x)
         return self.relu(out + identity)
 
@@ -122,6 +133,14 @@ def block_dropout(options: ModelOptions) -> Optional[nn.Module]:
     return options.dropout("conv") if options.wants_dropout(feeds_norm=True) else None
 
 
+def residual_drop(options: ModelOptions, block: int, blocks: int) -> Optional[nn.Module]:
+    """Stochastic depth for residual block ``block`` (1-based) of ``blocks``: drop probability
+    block / blocks * (1 - p_L), Huang et al. 2016's linear decay rule; None when off."""
+    if options.stochastic_depth_survival is None:
+        return None
+    return StochasticDepth(block / blocks * (1 - options.stochastic_depth_survival), mode="row")
+
+
 def feature_dropout(options: ModelOptions) -> nn.Module:
     """Dropout on the pooled penultimate features (after every BN layer)."""
     dropout = options.dropout("linear") if options.wants_dropout(feeds_norm=False) else None
@@ -155,14 +174,17 @@ class CifarResNet(Classifier):
                                   nn.ReLU(inplace=True)),
         }
         channels = widths[0]
+        total_blocks = blocks_per_stage * len(widths)
         for stage, width in enumerate(widths, start=1):
             blocks = []
             for index in range(blocks_per_stage):
                 stride = 2 if stage > 1 and index == 0 else 1
+                depth_index = (stage - 1) * blocks_per_stage + index + 1
                 blocks.append(DropoutBasicBlock(
                     channels, width, stride,
                     downsample=shortcut(cfg.shortcut, channels, width, stride, norm),
-                    norm_layer=norm, dropout=block_dropout(options)))
+                    norm_layer=norm, dropout=block_dropout(options),
+                    stochastic_depth=residual_drop(options, depth_index, total_blocks)))
                 channels = width
             layers[f"stage{stage}"] = nn.Sequential(*blocks)
         # The last stage's maps go to pooling and the head: no normalization after them.

@@ -4,7 +4,9 @@ The network is torchvision.models.ResNet with BasicBlocks in the layout of torch
 ``resnet18`` / ``resnet34`` (same parameters and state-dict keys), with ``norm_layer`` set from
 ModelOptions (nn.BatchNorm2d unless a normalization regularizer gives its own) and, only when a
 dropout regularizer asks for dropout_placement=before_bn, dropout between the two convolutions of
-every block (see models/resnet.py). Dropout("linear") acts on the pooled 512-d features.
+every block (see models/resnet.py). Dropout("linear") acts on the pooled 512-d features. Stochastic
+depth (ModelOptions.stochastic_depth_survival) on every block's residual branch, linear decay over
+all blocks of the four stages, as in models/resnet.py.
 
 Inputs: images with other than 3 channels get a first convolution with that many input channels.
 The ImageNet stem (7x7 stride-2 conv, 3x3 stride-2 max-pool) quarters the image before layer1, so
@@ -39,6 +41,7 @@ from regbench.models.resnet import (
     block_dropout,
     feature_dropout,
     norm_factory,
+    residual_drop,
 )
 
 log = logging.getLogger(__name__)
@@ -73,16 +76,22 @@ register_schema("model", "resnet34", ResNet34Config)
 def build_torchvision_resnet(name: str, in_channels: int, num_classes: int, options: ModelOptions,
                              zero_init_residual: bool) -> ResNet:
     # torchvision's resnet18/34 build ResNet(BasicBlock, LAYERS[name]) in just this way; the block
-    # class is chosen here because only DropoutBasicBlock has a place for dropout.
+    # class is chosen here because only DropoutBasicBlock has a place for dropout and stochastic
+    # depth.
     with_dropout = options.wants_dropout(feeds_norm=True)
-    net = ResNet(DropoutBasicBlock if with_dropout else BasicBlock, LAYERS[name],
+    with_stochastic_depth = options.stochastic_depth_survival is not None
+    custom_block = with_dropout or with_stochastic_depth
+    net = ResNet(DropoutBasicBlock if custom_block else BasicBlock, LAYERS[name],
                  num_classes=num_classes, zero_init_residual=zero_init_residual,
                  norm_layer=norm_factory(options))
-    if with_dropout:
-        for module in net.modules():
-            if isinstance(module, DropoutBasicBlock):
-                dropout = block_dropout(options)
-                module.dropout = dropout if dropout is not None else nn.Identity()
+    if custom_block:
+        # modules() walks layer1..layer4 in order, so index counts blocks from the input.
+        blocks = [module for module in net.modules() if isinstance(module, DropoutBasicBlock)]
+        for index, module in enumerate(blocks, start=1):
+            dropout = block_dropout(options) if with_dropout else None
+            module.dropout = dropout if dropout is not None else nn.Identity()
+            drop = residual_drop(options, index, len(blocks))
+            module.stochastic_depth = drop if drop is not None else nn.Identity()
     conv_dropout = last_conv_dropout(options, feeds_norm=False)
     if not isinstance(conv_dropout, nn.Identity):
         # After layer4, before pooling; avgpool has no parameters, so the state-dict keys stay

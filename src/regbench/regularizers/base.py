@@ -8,15 +8,30 @@ regularizer does not need keeps the do-nothing default below. The order of a tra
 2. ``configure_model(options)``  decide where normalization/dropout layers go, before the build
 3. ``on_model_built(model)``     e.g. register a forward hook on a feature layer
 4. ``param_group_options(...)``  per-parameter optimizer options (e.g. weight decay groups)
-5. every training step: ``transform_batch`` (training data only), then ``loss_terms``
+5. every training step: ``transform_batch`` (training data only), then ``base_loss`` of the one
+   regularizer that owns it (else cross-entropy), then every ``loss_terms``
 6. every epoch: ``on_epoch_end`` (may ask to stop), ``state_dict`` goes into the checkpoint
 7. ``on_fit_end(model)``         e.g. restore the best weights; returns extra metrics
+
+Soft targets. ``transform_batch`` gets uint8 images and int64 labels [B] and may return float
+images in [0, 1] (torchvision's float convention, normalized like uint8 ones) and soft targets: a
+[B, K] float tensor of class probabilities (mixup, CutMix). Each regularizer's transform sees what
+the previous one returned, so a transform that follows one of them must accept both. The loss then
+uses ``StepOutput.targets`` (the soft targets, or the labels when there are none), while
+``StepOutput.labels`` are always int64 class indices: for soft targets the dominant class (their
+argmax), which the epoch's ``train/acc``, ``train/nll`` and ``train/ece`` are measured against.
+
+The base loss. The objective is a base loss plus every regularizer's ``loss_terms``. The base loss
+is cross-entropy against ``StepOutput.targets`` (logged as ``train/loss_ce``) unless a regularizer
+sets ``owns_base_loss = True`` and returns its replacement from ``base_loss`` (focal loss, logit
+normalization), logged as ``train/loss_<its name>`` and then there is no ``train/loss_ce``. Two
+owners in one run are refused with one line by ``build_regularizers``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Optional
 
 import torch
 from torch import nn
@@ -43,18 +58,34 @@ class StepOutput:
     """One training step's forward pass, as the loss terms see it."""
 
     inputs: torch.Tensor  # normalized float images given to the model
-    labels: torch.Tensor
+    labels: torch.Tensor  # int64 [B]: the class, or the dominant class of a soft target
     logits: torch.Tensor
     features: torch.Tensor  # penultimate features (the head's input)
     model: nn.Module
     epoch: int  # 0-based
     progress: float  # fraction of training done, in [0, 1)
+    # float [B, K] class probabilities when a transform_batch mixed the targets, else None.
+    soft_targets: Optional[torch.Tensor] = None
+
+    @property
+    def targets(self) -> torch.Tensor:
+        """What the loss is computed against: the soft targets, or else the labels. Both forms are
+        accepted by ``F.cross_entropy`` (class probabilities or class indices)."""
+        return self.labels if self.soft_targets is None else self.soft_targets
+
+    @staticmethod
+    def split_targets(targets: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(labels, soft targets) from what ``transform_batch`` returned: class indices [B] as
+        they are, or [B, K] probabilities with their dominant class as the label."""
+        if targets.ndim == 2:
+            return targets.argmax(dim=1), targets
+        return targets, None
 
 
 class Regularizer:
     name: ClassVar[str]
-    # Names of regularizers this one cannot be combined with, and why.
-    conflicts: ClassVar[dict[str, str]] = {}
+    # True: ``base_loss`` replaces the cross-entropy (at most one regularizer per run).
+    owns_base_loss: ClassVar[bool] = False
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -73,11 +104,17 @@ class Regularizer:
         return {}
 
     def transform_batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Change a training batch (uint8 images on the training device). Never sees val/test."""
+        """Change a training batch (images and labels on the training device; uint8 and int64
+        unless an earlier transform made them float images / soft targets, see the module
+        docstring). Never sees val/test."""
         return images, labels
 
+    def base_loss(self, step: StepOutput) -> torch.Tensor:
+        """The scalar loss that replaces the cross-entropy; only called when ``owns_base_loss``."""
+        raise NotImplementedError(f"{self.name} sets owns_base_loss but defines no base_loss")
+
     def loss_terms(self, step: StepOutput) -> dict[str, torch.Tensor]:
-        """Scalar terms added to the cross-entropy, logged as train/loss_<key>."""
+        """Scalar terms added to the base loss, logged as train/loss_<key>."""
         return {}
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float], model: nn.Module) -> bool:
@@ -116,6 +153,10 @@ def build_regularizers(configs: dict[str, Any], context: RunContext) -> list[Reg
     if "none" in names and len(names) > 1:
         raise ConfigError(f"regularizer=none cannot be combined with others (got {names}); "
                           f"drop 'none' from the list")
+    owners = [name for name in names if REGULARIZERS.get(name).owns_base_loss]
+    if len(owners) > 1:
+        raise ConfigError(f"regularizer={names} is not allowed: {' and '.join(owners)} each replace "
+                          f"the cross-entropy (they own the base loss); choose one of them")
     regularizers = [REGULARIZERS.get(name)(configs[name]) for name in names]
     for regularizer in regularizers:
         regularizer.setup(context)

@@ -3,6 +3,10 @@
 The training targets become q'(k) = (1 - epsilon) * 1[k = y] + epsilon / K on every class, the true
 one included: exactly what ``F.cross_entropy(..., label_smoothing=epsilon)`` computes. Variants that
 spread epsilon over the K - 1 wrong classes only are a different loss.
+
+Soft targets q from mixup/CutMix are smoothed the same way, q' = (1 - epsilon) * q + epsilon / K
+(torch does that for probability targets too); it equals timm's mixup_target, which smooths each
+one-hot before mixing, since smoothing is linear.
 """
 
 from __future__ import annotations
@@ -35,5 +39,5 @@ class LabelSmoothing(Regularizer):
         # smoothed - CE = epsilon * (uniform cross-entropy - CE), where uniform cross-entropy is
         # mean_k of -log p_k. Taking it from torch's own smoothed loss keeps
         # train/loss_ce + train/loss_label_smoothing equal to F.cross_entropy(label_smoothing=eps).
-        smoothed = F.cross_entropy(step.logits, step.labels, label_smoothing=self.cfg.epsilon)
-        return {"label_smoothing": smoothed - F.cross_entropy(step.logits, step.labels)}
+        smoothed = F.cross_entropy(step.logits, step.targets, label_smoothing=self.cfg.epsilon)
+        return {"label_smoothing": smoothed - F.cross_entropy(step.logits, step.targets)}
