@@ -4,7 +4,9 @@ For each case (model, input size, batch) it builds the model as regbench does (r
 BN running statistics set to random values so the fold is not trivial), folds a copy with
 regbench.fold.fold_batchnorm, checks the logits agree, then times one forward pass of each
 (no_grad, eval mode), alternating unfolded / folded for --repeats rounds after one warm-up each,
-and reports medians and the speedup (unfolded median / folded median).
+and reports medians, their ratio, and the speedup: the median over rounds of unfolded / folded
+time (each round's passes ran back to back, so the paired ratio cancels the load of a shared
+machine better than the ratio of medians).
 
     python scripts/bench_fold.py [--repeats 15] [--threads 1] [--device cpu] [--out bench_fold.json]
 
@@ -26,7 +28,7 @@ import torch
 from torch import nn
 
 from regbench.composition import compose_settings
-from regbench.fold import fold_batchnorm, interleaved_seconds, no_grad
+from regbench.fold import fold_batchnorm, interleaved_seconds, no_grad, paired_speedup
 from regbench.models import ModelOptions, build_model
 
 # (label, model option, image side, batch size)
@@ -75,7 +77,8 @@ def bench_case(option: str, side: int, batch: int, repeats: int, device: torch.d
     medians = {name: statistics.median(values) for name, values in times.items()}
     return {"model": option, "input": [3, side, side], "batch_size": batch, "folded_pairs": len(pairs),
             "max_logit_difference": difference, "seconds": times, "median_seconds": medians,
-            "speedup": medians["unfolded"] / medians["folded"]}
+            "ratio_of_medians": medians["unfolded"] / medians["folded"],
+            "speedup": paired_speedup(times)}
 
 
 def main() -> None:
@@ -94,13 +97,14 @@ def main() -> None:
     chosen = [CASES[i] for i in args.cases] if args.cases else CASES
     rows = []
     print(f"{'model':<10} {'input':>9} {'batch':>5} {'pairs':>5} {'unfolded ms':>12} "
-          f"{'folded ms':>10} {'speedup':>8} {'max |diff|':>10}")
+          f"{'folded ms':>10} {'ratio':>6} {'speedup':>8} {'max |diff|':>10}")
     for label, option, side, batch in chosen:
         row = {"label": label, **bench_case(option, side, batch, args.repeats, device)}
         rows.append(row)
         medians = row["median_seconds"]
         print(f"{label:<10} {f'{side}x{side}':>9} {batch:>5} {row['folded_pairs']:>5} "
               f"{medians['unfolded'] * 1e3:>12.2f} {medians['folded'] * 1e3:>10.2f} "
+              f"{row['ratio_of_medians']:>6.3f} "
               f"{row['speedup']:>7.3f}x {row['max_logit_difference']:>10.2g}", flush=True)
     result = {"machine": machine(device), "repeats": args.repeats, "cases": rows}
     print(json.dumps(result["machine"]))
