@@ -123,7 +123,7 @@ def test_fold_cli_checks_saves_and_times_a_trained_run(tmp_path):
     match = re.search(r"max \|logit difference\| ([0-9.e+-]+)", result.stdout)
     assert match is not None, result.stdout
     assert float(match.group(1)) < 1e-4
-    assert "folded 4 conv/linear -> BatchNorm pairs" in result.stdout
+    assert "folded 4 conv/linear -> BatchNorm pair(s)" in result.stdout
     assert re.search(r"speedup \d+\.\d+x", result.stdout), result.stdout
 
     saved = torch.load(run_dir / FOLDED_FILE, weights_only=True)

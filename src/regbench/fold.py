@@ -236,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"regbench.fold: error: {one_line(error)}", file=sys.stderr)
         sys.exit(2)
     unfolded, folded = (result["seconds"][name] * 1e3 for name in ("unfolded", "folded"))
-    print(f"folded {len(result['pairs'])} conv/linear -> BatchNorm pairs")
+    print(f"folded {len(result['pairs'])} conv/linear -> BatchNorm pair(s)")
     print(f"test split ({result['test_examples']} images): max |logit difference| "
           f"{result['max_logit_difference']:.3g} (fp32; below {TOLERANCE:g}), same prediction for "
           f"{result['same_prediction']:.2%}")
