@@ -9,8 +9,9 @@ from conftest import read_metrics, run_cli, train_in_process
 from regbench.config import ConfigError
 from regbench.validate import check_command_line
 
-REGULARIZERS = ("augmentation, batchnorm, confidence_penalty, dropout, early_stopping, "
-                "feature_contraction, l1, l2, label_smoothing, none")
+REGULARIZERS = ("augmentation, batchnorm, confidence_penalty, cutmix, dropout, early_stopping, "
+                "feature_contraction, focal_loss, l1, l2, label_smoothing, logit_norm, mixup, none, "
+                "stochastic_depth")
 
 
 @pytest.mark.parametrize("args,message", [

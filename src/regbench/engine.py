@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from regbench.calibration_metrics import calibration_panel, metric_key
 from regbench.checkpoint import rng_state, set_rng_state
 from regbench.config import Config, ConfigError
+from regbench.confusion import wrong_class_metrics
 from regbench.datasets import build_data
 from regbench.datasets.base import DataBundle, normalize
 from regbench.metrics import classification_metrics, to_floats
@@ -408,8 +409,10 @@ class Run:
             raise InterruptedRun(self.stop_signal, self.epochs_done, 0, phase="test")
 
     def test(self, recorder: Optional[RunRecorder] = None) -> dict[str, Any]:
-        """Final metrics: the test split (touched only here), the train split in eval mode, the
-        generalization gaps and temperature scaling fitted on the validation split."""
+        """Final metrics: the test split (touched only here) with its bootstrap intervals and
+        wrong-class views, the train split in eval mode, the generalization gaps, the calibration
+        panel (calibrators fitted on the validation split), the probes (variance shift, time to
+        fit) and the regularizers' own end-of-training metrics."""
         self.check_stop()
         extra: dict[str, float] = {}
         for regularizer in self.regularizers:
@@ -421,6 +424,7 @@ class Run:
         metrics.update({f"test/{key}": value for key, value in intervals.items()})
         metrics["test/feature_norm"] = test.features.norm(dim=1).mean().item()
         metrics["test/weight_norm"] = weight_norm(self.model)
+        metrics.update(wrong_class_metrics(test.logits, test.labels))
         self.check_stop()
         metrics.update(self.evaluate(self.data.train_eval).metrics("train"))
         metrics[GAP_ACC] = metrics["train/acc"] - metrics[TEST_ACC]
@@ -438,6 +442,8 @@ class Run:
             if panel:
                 eces = {name: metrics[metric_key("ece", name)] for name in panel}
                 recorder.log_reliability_panel(panel, test.labels, eces, self.epochs_done)
+            recorder.log_wrong_class_views(test.logits, test.labels, test.features,
+                                           self.data.classes, self.epochs_done)
         metrics.update(variance_shift_metrics(self.model, self.data.test, self.device, self.prepare))
         metrics.update(fit_metrics(self.history, self.settings.trainer.fit_threshold))
         metrics.update(extra)

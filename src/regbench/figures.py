@@ -90,3 +90,31 @@ def reliability_panel(probabilities_by_name: dict[str, torch.Tensor], labels: to
     axes_row[0].legend(loc="upper left", fontsize="small")
     figure.tight_layout()
     return figure
+
+
+def class_probability_heatmap(matrix: torch.Tensor, classes: list[str], title: str) -> Figure:
+    """The [K, K] mean-probability matrix of confusion.class_probability_matrix as a heat-map, on a
+    log colour scale: the diagonal is near 1 and the wrong-class mass, which is what this figure is
+    for, is 1e-3..1e-1, invisible on a linear scale. Values are printed for up to 10 classes."""
+    from matplotlib.colors import LogNorm
+
+    values = matrix.detach().float().cpu().numpy()
+    k = len(values)
+    size = min(3.0 + 0.45 * k, 14.0)
+    figure = Figure(figsize=(size + 1.2, size), dpi=100)
+    axes = figure.subplots()
+    floor = 1e-4  # probabilities below are drawn as the floor's colour
+    image = axes.imshow(np.clip(values, floor, 1.0), norm=LogNorm(vmin=floor, vmax=1.0), cmap="viridis")
+    figure.colorbar(image, ax=axes, label="mean predicted probability")
+    if k <= 20:
+        axes.set_xticks(range(k), classes, rotation=90 if max(map(len, classes)) > 2 else 0)
+        axes.set_yticks(range(k), classes)
+    if k <= 10:
+        for (row, column), value in np.ndenumerate(values):
+            if np.isfinite(value):
+                axes.text(column, row, f"{value:.2f}" if value >= 0.01 else f"{value:.0e}",
+                          ha="center", va="center", fontsize=7,
+                          color="black" if value > 0.1 else "white")
+    axes.set(xlabel="predicted class", ylabel="true class", title=title)
+    figure.tight_layout()
+    return figure

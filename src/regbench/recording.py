@@ -22,11 +22,18 @@ from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from regbench.figures import (
     CONFIDENCE_HISTOGRAM_EDGES,
+    class_probability_heatmap,
     confidence_histogram,
     reliability_bins,
     reliability_diagram,
     reliability_panel,
     split_confidence,
+)
+from regbench.confusion import (
+    CLASS_PROBABILITIES,
+    PROJECTOR_COLUMNS,
+    class_probability_matrix,
+    projector_sample,
 )
 from regbench.spec import CALIBRATION_FILE, HISTORY_FILE, METRICS_FILE
 
@@ -174,3 +181,19 @@ class RunRecorder:
 
     def close(self) -> None:
         self.writer.close()
+
+    def log_wrong_class_views(self, logits: torch.Tensor, labels: torch.Tensor,
+                              features: torch.Tensor, classes: list[str], step: int) -> None:
+        """Where the wrong-class probability goes (confusion.py): the mean probability per (true,
+        predicted) class as a heat-map, in TensorBoard and as test_class_probabilities.png, and
+        the penultimate features of up to 2,000 test examples for TensorBoard's projector.
+        SummaryWriter.add_embedding writes projector_config.pbtxt into the run folder (the log dir),
+        which is where TensorBoard's projector looks for each run, so a sweep shows every job."""
+        matrix = class_probability_matrix(logits, labels, len(classes))
+        figure = class_probability_heatmap(matrix, classes, title="test: mean predicted probability")
+        figure.savefig(self.run_dir / "test_class_probabilities.png")
+        self.writer.add_figure(CLASS_PROBABILITIES, figure, step, close=False)
+        points, metadata = projector_sample(features, labels, logits, classes)
+        self.writer.add_embedding(points, metadata=metadata, metadata_header=PROJECTOR_COLUMNS,
+                                  global_step=step, tag="test_penultimate")
+        self.writer.flush()
