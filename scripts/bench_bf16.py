@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,19 +21,11 @@ from pathlib import Path
 
 import torch
 
-from bench import write_synthetic_mnist  # scripts/bench.py: MNIST-format IDX files
+from bench import cpu_model, write_synthetic_mnist  # scripts/bench.py: IDX files, CPU name
 from regbench.composition import compose_settings
 from regbench.engine import Run
 
 MODELS = ("lenet", "convnet", "resnet")
-
-
-def cpu_name() -> str:
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def epoch_times(model: str, data_root: Path, repeats: int, threads: int) -> dict[str, float]:
@@ -88,7 +78,7 @@ def main() -> None:
         t, a = row["seconds_per_epoch"], row["digits_test_acc"]
         print(f"{row['model']:<10}{t['fp32']:>14.3f}{t['bf16']:>14.3f}{row['speedup_bf16']:>11.2f}"
               f"{a['fp32']:>10.4f}{a['bf16']:>10.4f}")
-    machine = {"cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__,
+    machine = {"cpu": cpu_model(), "threads": args.threads, "torch": torch.__version__,
                "python": sys.version.split()[0]}
     print(json.dumps(machine))
     if args.out:

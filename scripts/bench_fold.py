@@ -17,16 +17,15 @@ Default cases: ResNet-20 on 32x32 CIFAR images (model=resnet) and torchvision's 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
-import platform
 import statistics
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from bench import cpu_model  # scripts/bench.py: the machine's CPU name
 from regbench.composition import compose_settings
 from regbench.fold import fold_batchnorm, interleaved_seconds, no_grad, paired_speedup
 from regbench.models import ModelOptions, build_model
@@ -35,14 +34,6 @@ from regbench.models import ModelOptions, build_model
 CASES = [("ResNet-20", "resnet", 32, 128), ("ResNet-18", "resnet18", 224, 16),
          ("ResNet-18", "resnet18", 32, 128)]
 NUM_CLASSES = 10
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def machine(device: torch.device) -> dict:

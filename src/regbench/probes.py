@@ -87,15 +87,9 @@ def bn_after_dropout(model: nn.Module, inputs: torch.Tensor) -> list[_BatchNorm]
         if seen_dropout[0] and module not in followers:
             followers.append(module)
 
-    handles = [m.register_forward_hook(on_dropout) for m in model.modules()
-               if isinstance(m, DROPOUT_LAYERS)]
-    handles += [m.register_forward_pre_hook(on_norm) for m in normalization_layers(model)]
-    try:
-        with restore_mode(model):
-            model(inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    forward_with_hooks(model, inputs, [m.register_forward_hook(on_dropout) for m in model.modules()
+                                       if isinstance(m, DROPOUT_LAYERS)]
+                       + [m.register_forward_pre_hook(on_norm) for m in normalization_layers(model)])
     return followers
 
 
@@ -114,16 +108,20 @@ def layers_feeding_bn(model: nn.Module, inputs: torch.Tensor) -> list[nn.Module]
         if layer is not None and layer not in feeding:
             feeding.append(layer)
 
-    handles = [m.register_forward_hook(on_weighted) for m in model.modules()
-               if isinstance(m, WEIGHTED_LAYERS)]
-    handles += [m.register_forward_pre_hook(on_norm) for m in normalization_layers(model)]
+    forward_with_hooks(model, inputs, [m.register_forward_hook(on_weighted) for m in model.modules()
+                                       if isinstance(m, WEIGHTED_LAYERS)]
+                       + [m.register_forward_pre_hook(on_norm) for m in normalization_layers(model)])
+    return feeding
+
+
+def forward_with_hooks(model: nn.Module, inputs: torch.Tensor, handles: list) -> None:
+    """One forward pass of ``inputs`` (the model's train/eval mode kept), then the hooks removed."""
     try:
         with restore_mode(model):
             model(inputs)
     finally:
         for handle in handles:
             handle.remove()
-    return feeding
 
 
 # --- variance shift ----------------------------------------------------------------------------
