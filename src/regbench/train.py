@@ -25,6 +25,7 @@ from regbench.checkpoint import load_checkpoint, save_checkpoint
 from regbench.config import Config, ConfigError, check, one_line
 from regbench.engine import DivergedError, InterruptedRun, Run, stop_on_signals
 from regbench.paths import config_dir
+import regbench.hydra_hooks  # noqa: F401  resolvers and log filter named in configs/config.yaml
 from regbench.recording import RunRecorder
 from regbench.run_folder import RunFolder
 from regbench.schemas import register_schemas
