@@ -2,7 +2,7 @@
 
 - ``${regbench_job_dir:${hydra.job.num},${hydra.job.override_dirname}}``: a sweep job's folder,
   ``3_regularizer=label_smoothing,seed=1``: the job number first (resume and numeric order), then
-  its overrides in portable characters, capped in length.
+  the overrides the sweep varies, in portable characters, capped in length.
 - ``${regbench_help:}``: the option groups and their options, each with the first sentence of its
   YAML's leading comment, for ``--help`` (internal ``schema/*`` groups are not listed).
 - ``JobNameFilter``: adds ``%(job)s`` to log records, the job folder's name in a multirun, so lines
@@ -18,6 +18,7 @@ import hashlib
 import logging
 import re
 from pathlib import Path
+from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
@@ -54,6 +55,44 @@ def job_dir(number: object, overrides: str) -> str:
         return full
     digest = hashlib.sha1(name.encode()).hexdigest()[:HASH_CHARS]
     return f"{full[:MAX_JOB_DIR - HASH_CHARS - 1]}-{digest}"
+
+
+def swept_keys(hydra_cfg: Any) -> Optional[set[str]]:
+    """The keys the sweep varies: its sweep overrides on the command line (saved by Hydra's basic
+    sweeper in ``<sweep dir>/multirun.yaml``) and the keys of ``hydra.sweeper.params`` (sweeps
+    defined in a preset, Optuna's search space). None when neither source exists."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = OmegaConf.select(hydra_cfg, "sweeper.params")
+    saved = Path(str(hydra_cfg.sweep.dir)) / "multirun.yaml"
+    if not params and not saved.is_file():
+        return None
+    keys = {str(key) for key in (params or {})}
+    if saved.is_file():
+        lines = OmegaConf.load(saved).hydra.overrides.task
+        overrides = OverridesParser.create().parse_overrides([str(line) for line in lines])
+        keys |= {o.key_or_group for o in overrides if o.is_sweep_override()}
+    return keys
+
+
+def sweep_job_dir(number: object, overrides_dirname: str, *, _root_: Any) -> str:
+    """``job_dir`` of the job's overrides that the sweep varies (constant ones such as
+    ``trainer.epochs=2`` on the command line would only repeat in every name), joined as
+    ``hydra.job.override_dirname`` is (``hydra.job.config.override_dirname``: kv_sep, item_sep,
+    exclude_keys); just the number when nothing is swept (``-m`` over single values);
+    ``overrides_dirname`` itself when the swept keys cannot be known."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hydra_cfg = _root_.hydra
+    keys = swept_keys(hydra_cfg)
+    if keys is None:
+        return job_dir(number, overrides_dirname)
+    options = hydra_cfg.job.config.override_dirname
+    overrides = OverridesParser.create().parse_overrides([str(o) for o in hydra_cfg.overrides.task])
+    lines = sorted(o.input_line for o in overrides
+                   if o.key_or_group in keys and o.key_or_group not in options.exclude_keys)
+    joined = str(options.item_sep).join(line.replace("=", str(options.kv_sep), 1) for line in lines)
+    return job_dir(number, joined)
 
 
 def first_sentence(path: Path) -> str:
@@ -110,7 +149,7 @@ def current_job_label() -> str:
 
 
 def register_resolvers() -> None:
-    OmegaConf.register_new_resolver("regbench_job_dir", job_dir, replace=True)
+    OmegaConf.register_new_resolver("regbench_job_dir", sweep_job_dir, replace=True)
     OmegaConf.register_new_resolver("regbench_help", lambda: option_groups_text(), replace=True)
 
 

@@ -29,6 +29,7 @@ import contextlib
 import csv
 import json
 import math
+import re
 import statistics
 import sys
 import textwrap
@@ -121,8 +122,12 @@ class Job:
 
 
 def natural_key(name: str) -> tuple:
-    """Job folders 0, 1, ..., 10 in numeric order; other names alphabetically after them."""
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in Path(name).parts)
+    """Job folders in the order of their job number, the number that starts their name (``2``,
+    ``10_regularizer=none,seed=1``): 2 before 10; names without a number alphabetically after."""
+    def part_key(part: str) -> tuple:
+        number = re.match(r"\d+", part)
+        return (0, int(number.group()), part[number.end():]) if number else (1, 0, part)
+    return tuple(part_key(part) for part in Path(name).parts)
 
 
 def find_job_folders(sweep: Path) -> list[Path]:
