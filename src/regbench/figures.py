@@ -56,7 +56,15 @@ class ReliabilityDrawing:
 
 def reliability_drawing(confidence: np.ndarray, correct: np.ndarray,
                         bins: int = CALIBRATION_BINS) -> ReliabilityDrawing:
-    mean_confidence, accuracy, counts = reliability_bins(confidence, correct, bins)
+    return drawing_from_bins(*reliability_bins(confidence, correct, bins))
+
+
+def drawing_from_bins(mean_confidence: np.ndarray, accuracy: np.ndarray,
+                      counts: np.ndarray) -> ReliabilityDrawing:
+    """The drawing of per-bin (mean confidence, accuracy, count), e.g. pooled over seeds."""
+    mean_confidence, accuracy, counts = (np.asarray(v, dtype=float) for v in (mean_confidence, accuracy, counts))
+    counts = counts.astype(int)
+    bins = len(counts)
     edges = np.linspace(0, 1, bins + 1)
     filled = counts > 0
     acc, conf = accuracy[filled], mean_confidence[filled]
