@@ -898,8 +898,11 @@ def empty_figure(message: str) -> Figure:
 
 
 # Where a point's number may go, in points from the point: nearest first, then farther out.
-LABEL_OFFSETS = [(dx * r, dy * r) for r in (6, 12, 20, 30)
+LABEL_OFFSETS = [(dx * r, dy * r) for r in (7, 14, 22, 32)
                  for dx, dy in ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))]
+
+
+LABEL_BOX = 12.0  # points: a two-digit bold 8 pt number and some air
 
 
 def repel_offsets(points: Sequence[tuple[float, float]], box: float = 9.0) -> list[tuple[float, float]]:
@@ -938,21 +941,27 @@ def scatter_points(grouping: Grouping, x_key: str, y_key: str = "test/acc") -> l
     return points
 
 
-def draw_numbered_points(axes, points: Sequence[ScatterPoint]) -> list[tuple[float, float]]:
-    """Error bars (one std over seeds) and each point's number, placed by ``repel_offsets``."""
+def draw_points(axes, points: Sequence[ScatterPoint]) -> None:
+    """Error bars: one standard deviation over seeds."""
     for p in points:
         axes.errorbar(p.x[0], p.y[0], xerr=p.x[1], yerr=p.y[1], linestyle="none", capsize=3,
                       markersize=7, markeredgecolor="black", markeredgewidth=0.5, elinewidth=1,
                       **p.style)
-    axes.figure.canvas.draw()  # the display transform needs the final layout
+
+
+def number_points(axes, points: Sequence[ScatterPoint]) -> list[tuple[float, float]]:
+    """Each point's number, placed by ``repel_offsets``; call once every panel of the figure is
+    drawn (shared axes and the layout must not move afterwards)."""
+    axes.figure.draw_without_rendering()  # the display transform needs the final layout
     to_points = 72 / axes.figure.dpi
     display = [tuple(v * to_points for v in axes.transData.transform((p.x[0], p.y[0]))) for p in points]
-    offsets = repel_offsets(display)
+    offsets = repel_offsets(display, box=LABEL_BOX)
     for p, offset in zip(points, offsets):
-        axes.annotate(str(p.number), (p.x[0], p.y[0]), xytext=offset, textcoords="offset points",
-                      fontsize=8, fontweight="bold", ha="center", va="center",
-                      arrowprops={"arrowstyle": "-", "color": "gray", "linewidth": 0.5}
-                      if abs(offset[0]) > 6 or abs(offset[1]) > 6 else None)
+        label = axes.annotate(str(p.number), (p.x[0], p.y[0]), xytext=offset, textcoords="offset points",
+                              fontsize=8, fontweight="bold", ha="center", va="center",
+                              arrowprops={"arrowstyle": "-", "color": "gray", "linewidth": 0.5}
+                              if abs(offset[0]) > 6 or abs(offset[1]) > 6 else None)
+        label.set_in_layout(False)  # placed for this layout: it must not change it
     return offsets
 
 
@@ -974,9 +983,10 @@ def accuracy_vs_ece(grouping: Grouping) -> Figure:
         axes.grid(alpha=0.3)
         axes.set(xlabel=f"test ECE, {title} (fraction; lower is better)", title=title)
         axes.margins(0.12)
-    figure.canvas.draw()
     for axes, (_, _, points) in zip(grid, panels):
-        draw_numbered_points(axes, points)
+        draw_points(axes, points)
+    for axes, (_, _, points) in zip(grid, panels):
+        number_points(axes, points)
     grid[0].set_ylabel("test accuracy")
     legend_points = max((points for _, _, points in panels), key=len)
     handles = [Line2D([], [], linestyle="none", markeredgecolor="black", markeredgewidth=0.5,

@@ -44,20 +44,13 @@ def summary_lines(sweep_dir: Path, statuses: dict[str, str]) -> list[str]:
     not_done = [name for name, status in statuses.items() if status != Status.completed.value]
     if not_done:
         lines.append(f"not completed: {', '.join(f'{name} ({statuses[name]})' for name in not_done)}")
-    shown = shlex.quote(str(shown_path(sweep_dir)))
-    lines += [f"sweep folder: {shown_path(sweep_dir)}",
+    # As configured (hydra.sweep.dir): relative to the working directory, which no launcher
+    # changes (hydra.job.chdir=false), or absolute as typed; quoted for the shell when needed.
+    shown = shlex.quote(str(sweep_dir))
+    lines += [f"sweep folder: {sweep_dir}",
               f"report:       python -m regbench.report {shown}",
               f"see curves:   tensorboard --logdir {shown}"]
     return lines
-
-
-def shown_path(path: Path) -> Path:
-    """Relative to the working directory when under it (as typed), else absolute: the same
-    command works whichever launcher ran the jobs (joblib and submitit workers, a cluster)."""
-    try:
-        return path.resolve().relative_to(Path.cwd().resolve())
-    except ValueError:
-        return path.resolve()
 
 
 def write_hparams(sweep_dir: Path) -> None:
