@@ -63,7 +63,7 @@ def sweep(tmp_path_factory):
                       "trainer.num_threads=1", "trainer.progress=false",
                       f"hydra.sweep.dir={folder}"], cwd=cwd, env=env)
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == SWEEP_JOBS
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == [*SWEEP_JOBS, "report"]
 
     copy_job_config(job_with(folder, "label_smoothing"), folder / "4", seed=2)
     (folder / "4" / "metrics.json").write_text(json.dumps({
