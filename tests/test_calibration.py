@@ -262,9 +262,8 @@ def test_reliability_panel_one_diagram_per_calibrator_raw_first(splits):
                  "temperature": probabilities["temperature"]}
     eces = {"raw": metrics["test/ece"], "vector": metrics["test/ece@vector"]}
     figure = reliability_panel(reordered, test_y, eces)
-    titles = [axes.get_title() for axes in figure.axes]
-    assert titles == [f"raw: ECE {100 * eces['raw']:.2f} %", f"vector: ECE {100 * eces['vector']:.2f} %",
-                      "temperature"]
+    titles = [axes.get_title() for axes in figure.axes if axes.get_title()]  # count strips: none
+    assert titles == [f"raw: ECE {eces['raw']:.4f}", f"vector: ECE {eces['vector']:.4f}", "temperature"]
 
 
 def group(label: str, *metrics: dict) -> SimpleNamespace:

@@ -54,7 +54,8 @@ def slurm() -> None:
 
 
 def job_folders(sweep: Path) -> list[Path]:
-    return sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    return sorted((p for p in sweep.iterdir() if p.is_dir() and p.name.split("_")[0].isdigit()),
+                  key=lambda p: int(p.name.split("_")[0]))
 
 
 def assert_usual_outputs(run_dir: Path, epochs: int) -> dict[str, Any]:
@@ -116,7 +117,7 @@ def test_slurm_sweep_runs_each_job_in_its_own_folder(slurm, tmp_path):
                       "model.hidden_sizes=[64]", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     folders = job_folders(sweep)
-    assert [f.name for f in folders] == ["0", "1"]
+    assert [f.name for f in folders] == ["0_regularizer=none", "1_regularizer=dropout"]
     regularizers = sorted(assert_usual_outputs(f, epochs=2)["regularizer"][0] for f in folders)
     assert regularizers == ["dropout", "none"]
     assert len(list((sweep / ".submitit").rglob("*_result.pkl"))) == 2  # ran as SLURM jobs
@@ -194,7 +195,7 @@ def test_ray_sweep_runs_jobs_as_ray_tasks_on_a_local_ray(tmp_path):
     output = result.stdout + result.stderr
     assert "Ray Launcher is launching 2 jobs" in output and "Started a local Ray instance" in output
     folders = job_folders(sweep)
-    assert [f.name for f in folders] == ["0", "1"]
+    assert [f.name for f in folders] == ["0_regularizer=none", "1_regularizer=dropout"]
     regularizers = sorted(assert_usual_outputs(f, epochs=2)["regularizer"][0] for f in folders)
     assert regularizers == ["dropout", "none"]
     assert_report_reads(sweep, jobs=2)

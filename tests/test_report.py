@@ -47,6 +47,11 @@ def job_with(folder: Path, regularizer: str) -> Path:
                 and read_metrics(job)["status"] == "completed")
 
 
+# The fixture's job folders: job number, then the overrides the sweep varies.
+SWEEP_JOBS = ["0_regularizer=none,seed=0", "1_regularizer=label_smoothing,seed=0",
+              "2_regularizer=none,seed=1", "3_regularizer=label_smoothing,seed=1"]
+
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     """A 2x2 sweep (seed x regularizer), one epoch each; then a diverged job (label_smoothing,
@@ -58,7 +63,7 @@ def sweep(tmp_path_factory):
                       "trainer.num_threads=1", "trainer.progress=false",
                       f"hydra.sweep.dir={folder}"], cwd=cwd, env=env)
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == [*SWEEP_JOBS, "report"]
 
     copy_job_config(job_with(folder, "label_smoothing"), folder / "4", seed=2)
     (folder / "4" / "metrics.json").write_text(json.dumps({
@@ -113,14 +118,14 @@ def test_summary_csv_has_one_row_per_job(sweep):
     folder, _ = sweep
     with (folder / "summary.csv").open() as file:
         rows = {row["job"]: row for row in csv.DictReader(file)}
-    assert sorted(rows) == ["0", "1", "2", "3", "4", "5"]
+    assert sorted(rows) == sorted([*SWEEP_JOBS, "4", "5"])
     assert (rows["4"]["status"], rows["4"]["seed"], rows["4"]["regularizer"]) == ("diverged", "2",
                                                                                "label_smoothing")
     assert rows["4"]["detail"] == DIVERGED_ERROR
     assert rows["4"]["train/nll"] == ""  # null in metrics.json
     assert (rows["5"]["status"], rows["5"]["seed"], rows["5"]["regularizer"]) == ("unfinished", "3", "none")
     assert rows["5"]["test/acc"] == ""
-    for name in "0123":
+    for name in SWEEP_JOBS:
         metrics = read_metrics(folder / name)
         row = rows[name]
         assert row["status"] == "completed"
@@ -133,7 +138,7 @@ def test_summary_csv_has_one_row_per_job(sweep):
             assert float(row[key]) == pytest.approx(value, rel=1e-12), key
     # The only setting that varies besides the seed: the regularizer (and label smoothing's epsilon,
     # present in half the jobs); ignored keys such as trainer.num_threads are not columns.
-    assert "trainer.num_threads" not in rows["0"] and "dataset.root" not in rows["0"]
+    assert "trainer.num_threads" not in rows[SWEEP_JOBS[0]] and "dataset.root" not in rows[SWEEP_JOBS[0]]
     assert rows["5"]["overrides"].split()[0] == "seed=3"
 
 
@@ -177,7 +182,7 @@ def test_plots_are_written(sweep, name):
 
 def test_report_on_an_unfinished_sweep_with_no_completed_run(tmp_path, sweep):
     folder, _ = sweep
-    copy_job_config(folder / "0", tmp_path / "0", seed=0)
+    copy_job_config(folder / SWEEP_JOBS[0], tmp_path / "0", seed=0)
     main([str(tmp_path)])
     assert "**unfinished**" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "reliability.png").stat().st_size > 1000

@@ -270,12 +270,13 @@ def test_a_sweep_rerun_with_other_values_never_touches_finished_jobs(tmp_path):
     assert "Traceback" not in first.stderr
     assert "sweep finished: 2 jobs (1 completed, 1 diverged)" in first.stdout
     assert f"python -m regbench.report {sweep}" in first.stdout
-    job0 = snapshot(sweep / "0")
-    config0 = (sweep / "0" / ".hydra" / "config.yaml").read_bytes()
+    job0 = snapshot(sweep / "0_optimizer.lr=0.05")
+    config0 = (sweep / "0_optimizer.lr=0.05" / ".hydra" / "config.yaml").read_bytes()
+    # Job folders are named after their values, so the swapped order lands in new folders.
     swapped = run_cli(["-m", "optimizer.lr=1e9,0.05", *common], cwd=tmp_path)
     assert swapped.returncode == 1 and "Traceback" not in swapped.stderr
-    assert "belongs to a different run (optimizer.lr was 0.05 there, now 1000000000.0)" in swapped.stderr
+    assert (sweep / "0_optimizer.lr=1000000000.0").is_dir() and (sweep / "1_optimizer.lr=0.05").is_dir()
     longer = run_cli(["-m", "optimizer.lr=0.05,1e9", *common[1:], "trainer.epochs=2"], cwd=tmp_path)
     assert "trainer.epochs was 1 there, now 2" in longer.stderr
-    assert snapshot(sweep / "0") == job0
-    assert (sweep / "0" / ".hydra" / "config.yaml").read_bytes() == config0
+    assert snapshot(sweep / "0_optimizer.lr=0.05") == job0
+    assert (sweep / "0_optimizer.lr=0.05" / ".hydra" / "config.yaml").read_bytes() == config0

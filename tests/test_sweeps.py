@@ -76,23 +76,23 @@ def test_interrupted_sweep_is_finished_by_running_it_again(tmp_path):
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + 300
-    while len(read_history(sweep / "1")) < 2 and process.poll() is None and time.monotonic() < deadline:
+    while len(read_history(sweep / "1_seed=1")) < 2 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, stderr
     first = job_metrics(sweep)
-    assert first["0"]["status"] == "completed"
-    assert first["1"]["status"] == "interrupted"
-    assert "2" not in first  # the sweep stopped with the interruption
-    completed_job = (sweep / "0" / "metrics.json")
+    assert first["0_seed=0"]["status"] == "completed"
+    assert first["1_seed=1"]["status"] == "interrupted"
+    assert "2_seed=2" not in first  # the sweep stopped with the interruption
+    completed_job = (sweep / "0_seed=0" / "metrics.json")
     before = (completed_job.stat().st_mtime_ns, completed_job.read_text())
 
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     after = job_metrics(sweep)
-    assert all(after[job]["status"] == "completed" for job in ("0", "1", "2"))
+    assert all(after[job]["status"] == "completed" for job in ("0_seed=0", "1_seed=1", "2_seed=2"))
     assert (completed_job.stat().st_mtime_ns, completed_job.read_text()) == before  # untouched
-    assert "resuming from" in (sweep / "1" / "regbench.log").read_text()
-    epochs = [record["epoch"] for record in read_history(sweep / "1")]
+    assert "resuming from" in (sweep / "1_seed=1" / "regbench.log").read_text()
+    epochs = [record["epoch"] for record in read_history(sweep / "1_seed=1")]
     assert epochs == list(range(1, 16))

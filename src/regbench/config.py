@@ -207,6 +207,14 @@ class AdamWConfig(AdamConfig):
     name: OptimizerName = OptimizerName.adamw
 
 
+class KeepCheckpoint(str, Enum):
+    """trainer.keep_checkpoint: which weights a completed run keeps (train.keep_checkpoints)."""
+
+    last = "last"
+    none = "none"
+    best = "best"
+
+
 @dataclass
 class TrainerConfig:
     epochs: int = 30
@@ -232,6 +240,14 @@ class TrainerConfig:
     # al. 2017's "time to fit" (Fig. 1b, where fitting means 100 % training accuracy; 0.99 spares
     # the last few examples a small net may take many epochs on).
     fit_threshold: float = 0.99
+    # What stays on disk once the run completed (during training last.pt is always kept: an
+    # interrupted run resumes from it). last (default): the final last.pt (weights, optimizer
+    # state), which `regbench.fold` and anyone looking at the trained model load; ~2x the model's
+    # size (9 MB for the default MLP). none: deleted; nothing regbench reads later needs it (a
+    # completed run is recognized by spec.json + metrics.json, the report reads metrics.json and
+    # test_calibration.json), so large sweeps should use it. best: last.pt deleted, best.pt kept:
+    # the model weights of the epoch with the best `objective` (a val/ metric).
+    keep_checkpoint: KeepCheckpoint = KeepCheckpoint.last
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "trainer.epochs", self.epochs, "an integer >= 1")

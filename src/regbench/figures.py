@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from regbench.metrics import CALIBRATION_BINS
 
@@ -28,38 +33,143 @@ def split_confidence(logits: torch.Tensor, labels: torch.Tensor) -> tuple[np.nda
     return confidence.cpu().numpy(), (prediction == labels).cpu().numpy()
 
 
-def reliability_diagram(logits: torch.Tensor, labels: torch.Tensor, ece: float, title: str) -> Figure:
-    """Accuracy per confidence bin against the diagonal; the red part of a bar is its gap."""
-    confidence, correct = split_confidence(logits, labels)
-    mean_confidence, accuracy, counts = reliability_bins(confidence, correct)
-    edges = np.linspace(0, 1, CALIBRATION_BINS + 1)
-    centers, width = (edges[:-1] + edges[1:]) / 2, 1 / CALIBRATION_BINS
+# Okabe & Ito's colour-blind-safe palette: the two gap directions must never be confused.
+OVERCONFIDENT_COLOR = "#D55E00"   # vermillion: confidence above accuracy
+UNDERCONFIDENT_COLOR = "#0072B2"  # blue: accuracy above confidence
+ACCURACY_COLOR = "#BBBBBB"        # neutral grey bars, so only the gaps carry colour
+COUNT_COLOR = "#555555"
+# Bins with fewer predictions than this are drawn faded: their accuracy is mostly noise.
+FEW_PREDICTIONS = 10
+
+
+@dataclass
+class ReliabilityDrawing:
+    """What a reliability diagram draws, per non-empty bin (tests read this, not pixels)."""
+
+    centers: np.ndarray
+    accuracy: np.ndarray
+    confidence: np.ndarray
+    counts: np.ndarray
+    gap_colors: list[str]  # OVERCONFIDENT_COLOR or UNDERCONFIDENT_COLOR per bin
+    alphas: np.ndarray     # bar opacity: 1 for well-filled bins, fainter below FEW_PREDICTIONS
+
+
+def reliability_drawing(confidence: np.ndarray, correct: np.ndarray,
+                        bins: int = CALIBRATION_BINS) -> ReliabilityDrawing:
+    return drawing_from_bins(*reliability_bins(confidence, correct, bins))
+
+
+def drawing_from_bins(mean_confidence: np.ndarray, accuracy: np.ndarray,
+                      counts: np.ndarray) -> ReliabilityDrawing:
+    """The drawing of per-bin (mean confidence, accuracy, count), e.g. pooled over seeds."""
+    mean_confidence, accuracy, counts = (np.asarray(v, dtype=float) for v in (mean_confidence, accuracy, counts))
+    counts = counts.astype(int)
+    bins = len(counts)
+    edges = np.linspace(0, 1, bins + 1)
     filled = counts > 0
-    figure = Figure(figsize=(4.5, 4.5), dpi=100)
-    axes = figure.add_subplot()
-    axes.bar(centers[filled], accuracy[filled], width=width, edgecolor="black", color="tab:blue",
-             label="accuracy")
-    axes.bar(centers[filled], (mean_confidence - accuracy)[filled], bottom=accuracy[filled], width=width,
-             edgecolor="red", color="red", alpha=0.3, hatch="//", label="gap (confidence - accuracy)")
-    axes.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
-    axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max softmax probability)", ylabel="accuracy",
-             title=f"{title}: ECE {100 * ece:.2f} % ({CALIBRATION_BINS} bins)")
-    axes.legend(loc="upper left", fontsize="small")
-    figure.tight_layout()
+    acc, conf = accuracy[filled], mean_confidence[filled]
+    colors = [OVERCONFIDENT_COLOR if c > a else UNDERCONFIDENT_COLOR for a, c in zip(acc, conf)]
+    alphas = np.where(counts[filled] >= FEW_PREDICTIONS, 1.0, 0.35)
+    return ReliabilityDrawing(((edges[:-1] + edges[1:]) / 2)[filled], acc, conf, counts[filled],
+                              colors, alphas)
+
+
+def draw_reliability(axes, counts_axes, drawing: ReliabilityDrawing, bins: int = CALIBRATION_BINS) -> None:
+    """Grey accuracy bars; from each bar's top to the bin's mean confidence, the gap in the colour
+    of its direction; below, the predictions per bin on a log axis (with their numbers), so a
+    bin of 3 predictions is not read like one of 300."""
+    width = 1 / bins
+    d = drawing
+    for x, a, c, alpha, color in zip(d.centers, d.accuracy, d.confidence, d.alphas, d.gap_colors):
+        axes.bar(x, a, width=width, color=ACCURACY_COLOR, edgecolor="black", linewidth=0.6, alpha=alpha)
+        axes.bar(x, c - a, bottom=a, width=width * 0.9, color=color, alpha=0.85 * alpha, linewidth=0)
+    axes.plot([0, 1], [0, 1], "--", color="black", linewidth=0.8)
+    axes.set(xlim=(0, 1), ylim=(0, 1))
+    axes.tick_params(labelbottom=False)
+    counts_axes.bar(d.centers, d.counts, width=width, color=COUNT_COLOR, alpha=0.7)
+    counts_axes.set_yscale("log")
+    counts_axes.set_ylim(0.7, max(int(d.counts.max()) if len(d.counts) else 1, 1) * 12)
+    for x, n in zip(d.centers, d.counts):
+        counts_axes.text(x, n * 1.3, str(int(n)), ha="center", va="bottom", fontsize=6)
+    counts_axes.set(xlim=(0, 1), xlabel="confidence (max softmax probability)")
+
+
+def reliability_legend_handles() -> list:
+    return [Patch(facecolor=ACCURACY_COLOR, edgecolor="black", label="accuracy in bin"),
+            Patch(facecolor=OVERCONFIDENT_COLOR, label="over-confident gap (confidence > accuracy)"),
+            Patch(facecolor=UNDERCONFIDENT_COLOR, label="under-confident gap (accuracy > confidence)"),
+            Line2D([], [], linestyle="--", color="black", label="perfect calibration"),
+            Patch(facecolor=ACCURACY_COLOR, alpha=0.35, edgecolor="black",
+                  label=f"faded: fewer than {FEW_PREDICTIONS} predictions")]
+
+
+def reliability_axes(figure: Figure, columns: int):
+    """A row of (diagram, count strip) pairs sharing x; the strip a quarter of the height."""
+    grid = figure.add_gridspec(2, columns, height_ratios=(4, 1), hspace=0.05)
+    pairs = []
+    for column in range(columns):
+        main = figure.add_subplot(grid[0, column], sharey=pairs[0][0] if pairs else None)
+        pairs.append((main, figure.add_subplot(grid[1, column], sharex=main)))
+    return pairs
+
+
+def ece_text(ece: float) -> str:
+    """ECE as a fraction with 4 decimals, as in the logs, metrics.json and the report's tables."""
+    return f"ECE {ece:.4f}"
+
+
+def reliability_diagram(logits: torch.Tensor, labels: torch.Tensor, ece: float, title: str) -> Figure:
+    """Accuracy per confidence bin against the diagonal; over- and under-confidence gaps in two
+    colours; predictions per bin in a strip below; the legend under the axes."""
+    confidence, correct = split_confidence(logits, labels)
+    figure = Figure(figsize=(5.2, 6.2), dpi=100, layout="constrained")
+    ((axes, counts_axes),) = reliability_axes(figure, 1)
+    draw_reliability(axes, counts_axes, reliability_drawing(confidence, correct))
+    axes.set(ylabel="accuracy", title=f"{title}: {ece_text(ece)} ({CALIBRATION_BINS} bins, "
+                                       f"{len(confidence)} predictions)")
+    counts_axes.set_ylabel("predictions")
+    figure.legend(handles=reliability_legend_handles(), loc="outside lower center", ncols=2,
+                  fontsize="x-small", frameon=False)
     return figure
 
 
+@dataclass
+class ConfidencePanels:
+    """Histogram counts per confidence bin, for the correct and the incorrect predictions."""
+
+    edges: np.ndarray
+    correct: np.ndarray
+    incorrect: np.ndarray
+
+
+def confidence_panels(confidence: np.ndarray, correct: np.ndarray) -> ConfidencePanels:
+    return ConfidencePanels(CONFIDENCE_HISTOGRAM_EDGES,
+                            np.histogram(confidence[correct], bins=CONFIDENCE_HISTOGRAM_EDGES)[0],
+                            np.histogram(confidence[~correct], bins=CONFIDENCE_HISTOGRAM_EDGES)[0])
+
+
+CORRECT_COLOR = "#009E73"    # Okabe-Ito bluish green
+INCORRECT_COLOR = "#D55E00"  # vermillion
+
+
 def confidence_histogram(logits: torch.Tensor, labels: torch.Tensor, title: str) -> Figure:
-    """How confident the model is on the examples it gets right and wrong."""
+    """How confident the model is on the examples it gets right and wrong: two panels, each with
+    its own count axis, so a handful of mistakes is as visible as hundreds of right answers."""
     confidence, correct = split_confidence(logits, labels)
-    figure = Figure(figsize=(5, 3.5), dpi=100)
-    axes = figure.add_subplot()
-    axes.hist([confidence[correct], confidence[~correct]], bins=CONFIDENCE_HISTOGRAM_EDGES, stacked=True,
-              color=["tab:green", "tab:red"], label=[f"correct ({correct.sum()})", f"incorrect ({(~correct).sum()})"])
-    axes.set(xlim=(0, 1), xlabel="confidence (max softmax probability)", ylabel="examples",
-             title=f"{title}: mean confidence {confidence.mean():.3f}, accuracy {correct.mean():.3f}")
-    axes.legend(loc="upper left", fontsize="small")
-    figure.tight_layout()
+    panels = confidence_panels(confidence, correct)
+    figure = Figure(figsize=(5.2, 4.4), dpi=100, layout="constrained")
+    top, bottom = figure.subplots(2, 1, sharex=True)
+    widths = np.diff(panels.edges)
+    for axes, counts, color, name, mask in ((top, panels.correct, CORRECT_COLOR, "correct", correct),
+                                            (bottom, panels.incorrect, INCORRECT_COLOR, "incorrect", ~correct)):
+        axes.bar(panels.edges[:-1], counts, width=widths, align="edge", color=color)
+        mean = f", mean confidence {confidence[mask].mean():.3f}" if mask.any() else ""
+        axes.set_title(f"{name}: {int(mask.sum())} predictions{mean}", fontsize="small", loc="left")
+        axes.set_ylabel("predictions")
+        axes.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=4))
+    bottom.set(xlim=(0, 1), xlabel="confidence (max softmax probability)")
+    figure.suptitle(f"{title}: mean confidence {confidence.mean():.3f}, accuracy {correct.mean():.3f}",
+                    fontsize="medium")
     return figure
 
 
@@ -67,28 +177,22 @@ def reliability_panel(probabilities_by_name: dict[str, torch.Tensor], labels: to
                       eces: dict[str, float]) -> Figure:
     """One reliability diagram per entry of ``probabilities_by_name`` (test probabilities [N, K]; "raw"
     first, then the calibrators in the given order), side by side on a shared y axis, the entry's ECE
-    (``eces[name]``, left out when missing) in its title."""
+    (``eces[name]``, left out when missing) in its title; drawn as ``reliability_diagram``."""
     names = sorted(probabilities_by_name, key=lambda name: name != "raw")  # stable: raw first
-    edges = np.linspace(0, 1, CALIBRATION_BINS + 1)
-    centers, width = (edges[:-1] + edges[1:]) / 2, 1 / CALIBRATION_BINS
-    figure = Figure(figsize=(3.2 * max(len(names), 1), 3.6), dpi=100)
-    axes_row = figure.subplots(1, max(len(names), 1), sharey=True, squeeze=False)[0]
+    figure = Figure(figsize=(3.2 * max(len(names), 1), 4.6), dpi=100, layout="constrained")
+    pairs = reliability_axes(figure, max(len(names), 1))
     labels_np = labels.detach().cpu().numpy()
-    for axes, name in zip(axes_row, names):
+    for (axes, counts_axes), name in zip(pairs, names):
         confidence, prediction = probabilities_by_name[name].detach().float().max(dim=1)
-        confidence = confidence.cpu().numpy()
-        mean_confidence, accuracy, counts = reliability_bins(confidence, prediction.cpu().numpy() == labels_np)
-        filled = counts > 0
-        axes.bar(centers[filled], accuracy[filled], width=width, edgecolor="black", color="tab:blue",
-                 label="accuracy")
-        axes.bar(centers[filled], (mean_confidence - accuracy)[filled], bottom=accuracy[filled],
-                 width=width, edgecolor="red", color="red", alpha=0.3, hatch="//", label="gap")
-        axes.plot([0, 1], [0, 1], "--", color="gray")
-        title = name if name not in eces else f"{name}: ECE {100 * eces[name]:.2f} %"
-        axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", title=title)
-    axes_row[0].set_ylabel("accuracy")
-    axes_row[0].legend(loc="upper left", fontsize="small")
-    figure.tight_layout()
+        drawing = reliability_drawing(confidence.cpu().numpy(), prediction.cpu().numpy() == labels_np)
+        draw_reliability(axes, counts_axes, drawing)
+        axes.set_title(name if name not in eces else f"{name}: {ece_text(eces[name])}", fontsize="medium")
+        if axes is not pairs[0][0]:
+            axes.tick_params(labelleft=False)
+    pairs[0][0].set_ylabel("accuracy")
+    pairs[0][1].set_ylabel("predictions")
+    figure.legend(handles=reliability_legend_handles(), loc="outside lower center",
+                  ncols=min(5, max(2, len(names))), fontsize="x-small", frameon=False)
     return figure
 
 

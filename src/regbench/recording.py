@@ -17,6 +17,12 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboard.compat.proto.tensor_pb2 import TensorProto
+from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+from tensorboard.plugins.custom_scalar import layout_pb2
+from tensorboard.plugins.hparams import api_pb2
+from tensorboard.plugins.hparams import metadata as hparams_metadata
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
@@ -35,7 +41,92 @@ from regbench.confusion import (
     class_probability_matrix,
     projector_sample,
 )
-from regbench.spec import CALIBRATION_FILE, HISTORY_FILE, METRICS_FILE
+from regbench.spec import (
+    CALIBRATION_FILE,
+    GAP_ACC,
+    HISTORY_FILE,
+    METRICS_FILE,
+    SEED_KEY,
+    TEST_ACC,
+    TEST_ECE,
+    TEST_ECE_TEMPERATURE,
+    TEST_MEAN_CONFIDENCE,
+    TEST_NLL,
+)
+
+# --- TensorBoard: HParams and the Custom Scalars layout ------------------------------------------
+
+# The HParams column holding a run's readable name ("label_smoothing | mlp on digits | seed 0"):
+# TensorBoard's trial id is the run's folder, cut short in its table.
+RUN_NAME_HPARAM = "run"
+# The metric columns of the HParams table, in this order.
+HPARAMS_METRICS = (TEST_ACC, TEST_NLL, TEST_ECE, TEST_ECE_TEMPERATURE, TEST_MEAN_CONFIDENCE, GAP_ACC,
+                   "gap/nll", "val/acc")
+
+
+def hparams_values(experiment_settings: Mapping[str, Any], seed: Any, name: str) -> dict[str, Any]:
+    """One run's HParams row: its display name, its experiment settings and seed, as the numbers,
+    strings and booleans TensorBoard takes (lists and None as text)."""
+    values = {RUN_NAME_HPARAM: name, **experiment_settings, SEED_KEY: seed}
+    return {key: value if isinstance(value, (int, float, str, bool)) else str(value)
+            for key, value in values.items()}
+
+
+def hparam_type(values: list[Any]) -> int:
+    if all(isinstance(v, bool) for v in values):
+        return api_pb2.DATA_TYPE_BOOL
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return api_pb2.DATA_TYPE_FLOAT64
+    return api_pb2.DATA_TYPE_STRING
+
+
+def hparams_experiment(rows: Iterable[Mapping[str, Any]], metrics: Iterable[str] = HPARAMS_METRICS) -> Summary:
+    """The HParams tab's columns for a sweep: every setting any run has (so each regularizer's
+    coefficients are a column for all runs, empty where not selected), marked ``differs`` when
+    it varies, and the metric columns. TensorBoard lists differing columns first (then by name),
+    so what varies (regularizer, its coefficients, seed) comes before the constant settings. Only
+    one such summary may be in a logdir: TensorBoard uses the first it finds, so runs write none
+    (their columns are then computed from all runs) and the sweep writes this one."""
+    rows = list(rows)
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    infos = []
+    for key in keys:
+        values = [row[key] for row in rows if key in row]
+        differs = len({json.dumps(v) for v in values}) > 1 or len(values) < len(rows)
+        infos.append(api_pb2.HParamInfo(name=key, type=hparam_type(values), differs=differs))
+    experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=[
+        api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in metrics])
+    content = hparams_metadata.create_summary_metadata(
+        hparams_metadata.plugin_data_pb2.HParamsPluginData(experiment=experiment))
+    return Summary(value=[Summary.Value(tag=hparams_metadata.EXPERIMENT_TAG, metadata=content)])
+
+
+# Custom Scalars: one chart per quantity overlays every run (a regex matches the tag in all runs).
+# The closed category keeps the end-of-run values (test/, gap/) off the first screen.
+SCALARS_LAYOUT = (
+    ("validation", False, (("accuracy", "val/acc$"), ("ECE (fraction)", "val/ece$"),
+                           ("mean confidence", "val/mean_confidence$"), ("NLL", "val/nll$"))),
+    ("training", False, (("objective train/loss", "train/loss$"),
+                         ("loss terms train/loss_*", "train/loss_.*"),
+                         ("accuracy (training batches)", "train/acc$"), ("learning rate", "^lr$"))),
+    ("end of run (test split, gaps)", True, (("test accuracy", "test/acc$"),
+                                             ("test ECE raw and calibrated", "test/ece(@.*)?$"),
+                                             ("generalization gaps", "gap/.*"))),
+)
+
+
+def custom_scalars_layout() -> Summary:
+    """SCALARS_LAYOUT as the Custom Scalars plugin's layout summary. torch's
+    SummaryWriter.add_custom_scalars cannot mark a category closed, hence this."""
+    layout = layout_pb2.Layout(category=[
+        layout_pb2.Category(title=title, closed=closed, chart=[
+            layout_pb2.Chart(title=name, multiline=layout_pb2.MultilineChartContent(tag=[regex]))
+            for name, regex in charts])
+        for title, closed, charts in SCALARS_LAYOUT])
+    tensor = TensorProto(dtype="DT_STRING", string_val=[layout.SerializeToString()],
+                         tensor_shape=TensorShapeProto())
+    metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="custom_scalars"))
+    return Summary(value=[Summary.Value(tag="custom_scalars__config__", tensor=tensor, metadata=metadata)])
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -104,6 +195,7 @@ class RunRecorder:
         self.history_path = run_dir / HISTORY_FILE
         self.metrics_path = run_dir / METRICS_FILE
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+        self.writer._get_file_writer().add_summary(custom_scalars_layout())
 
     def log_epoch(self, record: Mapping[str, Any]) -> None:
         """One epoch: scalars to TensorBoard and one line to history.jsonl."""
@@ -160,14 +252,15 @@ class RunRecorder:
 
     def log_hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float], step: int) -> None:
         """The run's settings and final metrics for TensorBoard's HParams tab, in this run's own
-        event file (SummaryWriter.add_hparams would start a separate sub-run)."""
+        event file (SummaryWriter.add_hparams would start a separate sub-run). The session only,
+        no experiment summary: see ``hparams_experiment`` for why."""
         finite = {key: value for key, value in metrics.items()
                   if isinstance(value, (int, float)) and math.isfinite(value)}
         for key, value in finite.items():
             self.writer.add_scalar(key, value, step)
-        experiment, session_start, session_end = hparams_summaries(dict(hparams), finite)
+        _, session_start, session_end = hparams_summaries(dict(hparams), finite)
         file_writer = self.writer._get_file_writer()
-        for summary in (experiment, session_start, session_end):
+        for summary in (session_start, session_end):
             file_writer.add_summary(summary)
         self.writer.flush()
 

@@ -29,6 +29,7 @@ import contextlib
 import csv
 import json
 import math
+import re
 import statistics
 import sys
 import textwrap
@@ -38,13 +39,19 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import yaml
-from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from omegaconf import OmegaConf
 
 from regbench.config import one_line
+from regbench.figures import (
+    CORRECT_COLOR,
+    INCORRECT_COLOR,
+    draw_reliability,
+    drawing_from_bins,
+    reliability_legend_handles,
+)
 from regbench.spec import (
     CALIBRATION_FILE,
     HISTORY_FILE,
@@ -122,8 +129,12 @@ class Job:
 
 
 def natural_key(name: str) -> tuple:
-    """Job folders 0, 1, ..., 10 in numeric order; other names alphabetically after them."""
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in Path(name).parts)
+    """Job folders in the order of their job number, the number that starts their name (``2``,
+    ``10_regularizer=none,seed=1``): 2 before 10; names without a number alphabetically after."""
+    def part_key(part: str) -> tuple:
+        number = re.match(r"\d+", part)
+        return (0, int(number.group()), part[number.end():]) if number else (1, 0, part)
+    return tuple(part_key(part) for part in Path(name).parts)
 
 
 def find_job_folders(sweep: Path) -> list[Path]:
@@ -862,12 +873,15 @@ def markdown_report(sweep: Path | Sequence[Path], jobs: Sequence[Job], grouping:
 # --- plots --------------------------------------------------------------------------------------
 
 MARKERS = "osD^vP*Xph<>"
+# Okabe & Ito (2008), "Color universal design": distinguishable with every common colour-vision
+# deficiency; beyond 8 groups the markers keep groups apart.
+OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000")
 
 
 def group_styles(count: int) -> list[dict[str, Any]]:
-    """A color and a marker per group; with more groups than colors the markers still differ."""
-    palette = colormaps["tab10" if count <= 10 else "tab20"]
-    return [{"color": palette(i % palette.N), "marker": MARKERS[i % len(MARKERS)]}
+    """A colour and a marker per group, colour-blind-safe; colour and marker cycle at different
+    lengths (8 and 11), so no two of the first 88 groups look the same."""
+    return [{"color": OKABE_ITO[i % len(OKABE_ITO)], "marker": MARKERS[i % len(MARKERS)]}
             for i in range(count)]
 
 
@@ -885,28 +899,104 @@ def empty_figure(message: str) -> Figure:
     return figure
 
 
-def accuracy_vs_ece(grouping: Grouping) -> Figure:
-    """One point per group at its mean, error bars one standard deviation over seeds. Points carry
-    their group's number and the legend names it: full labels next to points would overlap."""
+# Where a point's number may go, in points from the point: nearest first, then farther out.
+LABEL_OFFSETS = [(dx * r, dy * r) for r in (7, 14, 22, 32)
+                 for dx, dy in ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))]
+
+
+LABEL_BOX = 12.0  # points: a two-digit bold 8 pt number and some air
+
+
+def repel_offsets(points: Sequence[tuple[float, float]], box: float = 9.0) -> list[tuple[float, float]]:
+    """A text offset (in points) per point, in display units, such that no two labels' boxes
+    (``box`` points square) overlap each other or sit on another point: greedy, in the given
+    order, the nearest free offset first (the last candidate when none is free). ``points`` are
+    display positions in points."""
+    placed: list[tuple[float, float]] = []
+    offsets = []
+    for x, y in points:
+        def free(candidate: tuple[float, float]) -> bool:
+            cx, cy = x + candidate[0], y + candidate[1]
+            return (all(abs(cx - px) >= box or abs(cy - py) >= box for px, py in placed) and
+                    all(abs(cx - px) >= box / 1.5 or abs(cy - py) >= box / 1.5 for px, py in points))
+        chosen = next((c for c in LABEL_OFFSETS if free(c)), LABEL_OFFSETS[-1])
+        placed.append((x + chosen[0], y + chosen[1]))
+        offsets.append(chosen)
+    return offsets
+
+
+@dataclass
+class ScatterPoint:
+    number: int
+    group: Group
+    style: dict[str, Any]
+    x: tuple[float, float]  # mean, std over seeds
+    y: tuple[float, float]
+
+
+def scatter_points(grouping: Grouping, x_key: str, y_key: str = "test/acc") -> list[ScatterPoint]:
     points = []
     for number, (group, style) in enumerate(zip(grouping.groups, group_styles(len(grouping.groups))), 1):
-        accuracy = finite_values(group.completed, "test/acc")
-        ece = finite_values(group.completed, "test/ece")
-        if accuracy and ece:
-            points.append((number, group, style, mean_std(ece), mean_std(accuracy)))
-    if not points:
+        xs, ys = finite_values(group.completed, x_key), finite_values(group.completed, y_key)
+        if xs and ys:
+            points.append(ScatterPoint(number, group, style, mean_std(xs), mean_std(ys)))
+    return points
+
+
+def draw_points(axes, points: Sequence[ScatterPoint]) -> None:
+    """Error bars: one standard deviation over seeds."""
+    for p in points:
+        axes.errorbar(p.x[0], p.y[0], xerr=p.x[1], yerr=p.y[1], linestyle="none", capsize=3,
+                      markersize=7, markeredgecolor="black", markeredgewidth=0.5, elinewidth=1,
+                      **p.style)
+
+
+def number_points(axes, points: Sequence[ScatterPoint]) -> list[tuple[float, float]]:
+    """Each point's number, placed by ``repel_offsets``; call once every panel of the figure is
+    drawn (shared axes and the layout must not move afterwards)."""
+    axes.figure.draw_without_rendering()  # the display transform needs the final layout
+    to_points = 72 / axes.figure.dpi
+    display = [tuple(v * to_points for v in axes.transData.transform((p.x[0], p.y[0]))) for p in points]
+    offsets = repel_offsets(display, box=LABEL_BOX)
+    for p, offset in zip(points, offsets):
+        label = axes.annotate(str(p.number), (p.x[0], p.y[0]), xytext=offset, textcoords="offset points",
+                              fontsize=8, fontweight="bold", ha="center", va="center",
+                              arrowprops={"arrowstyle": "-", "color": "gray", "linewidth": 0.5}
+                              if abs(offset[0]) > 6 or abs(offset[1]) > 6 else None)
+        label.set_in_layout(False)  # placed for this layout: it must not change it
+    return offsets
+
+
+def accuracy_vs_ece(grouping: Grouping) -> Figure:
+    """Test accuracy against test ECE, raw and after temperature scaling (one panel each, same
+    accuracy axis): a point per group at its mean, error bars one standard deviation over seeds.
+    Points carry their group's number, placed so numbers never overlap; the legend beside the
+    plot is the table of numbers and groups (long labels next to points would overlap)."""
+    panels = [(key, title, scatter_points(grouping, key)) for key, title in
+              (("test/ece", "raw softmax"), ("test/ece@temperature", "after temperature scaling"))]
+    panels = [panel for panel in panels if panel[2]]
+    if not panels:
         return empty_figure("no completed runs yet")
-    figure = Figure(figsize=(8.5, 5.5), dpi=100, layout="constrained")
-    axes = figure.add_subplot()
-    for number, group, style, (x, x_std), (y, y_std) in points:
-        axes.errorbar(x, y, xerr=x_std, yerr=y_std, linestyle="none", capsize=3, **style,
-                      label=f"{number}: {wrap(group.label)} ({seeds_text(len(group.completed))})")
-        axes.annotate(str(number), (x, y), xytext=(4, 4), textcoords="offset points",
-                      fontsize="small", color=style["color"])
-    axes.set(xlabel="test ECE (lower is better calibrated)", ylabel="test accuracy",
-             title="accuracy vs calibration (mean ± std over seeds)")
-    axes.grid(alpha=0.3)
-    legend_outside(axes, len(points))
+    legend_rows = max(len(points) for _, _, points in panels)
+    figure = Figure(figsize=(4.6 * len(panels) + 3.8, max(4.8, 0.28 * legend_rows + 1.5)), dpi=100,
+                    layout="constrained")
+    grid = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for axes, (key, title, points) in zip(grid, panels):
+        axes.grid(alpha=0.3)
+        axes.set(xlabel=f"test ECE, {title} (fraction; lower is better)", title=title)
+        axes.margins(0.12)
+    for axes, (_, _, points) in zip(grid, panels):
+        draw_points(axes, points)
+    for axes, (_, _, points) in zip(grid, panels):
+        number_points(axes, points)
+    grid[0].set_ylabel("test accuracy")
+    legend_points = max((points for _, _, points in panels), key=len)
+    handles = [Line2D([], [], linestyle="none", markeredgecolor="black", markeredgewidth=0.5,
+                      label=f"{p.number}: {wrap(p.group.label)} ({seeds_text(len(p.group.completed))})",
+                      **p.style) for p in legend_points]
+    figure.legend(handles=handles, loc="outside right upper", fontsize="small", frameon=False,
+                  ncols=1 if len(handles) <= 24 else 2)
+    figure.suptitle("accuracy vs calibration: mean ± std over seeds")
     return figure
 
 
@@ -956,27 +1046,40 @@ def legend_outside(axes, count: int) -> None:
 
 
 def reliability(grouping: Grouping) -> Figure:
-    """Every group's pooled reliability curve over the diagonal."""
-    curves = []
-    for group, style in zip(grouping.groups, group_styles(len(grouping.groups))):
+    """Small multiples, one reliability diagram per group (bins pooled over its seeds), drawn as
+    every run's own diagram (figures.draw_reliability: gaps coloured by direction, sparse bins
+    faded, predictions per bin in the strip below); each title names the fewest predictions in a
+    non-empty bin, so a curve pulled by a bin of 1 is recognised as such."""
+    panels = []
+    for group in grouping.groups:
         confidence, accuracy, counts = pool_reliability(calibration_files(group))
-        filled = [(c, a) for c, a, n in zip(confidence, accuracy, counts) if n]
-        if filled:
-            curves.append((group, style, filled))
-    if not curves:
+        if any(counts):
+            panels.append((group, drawing_from_bins(confidence, accuracy, counts)))
+    if not panels:
         return empty_figure(f"no {CALIBRATION_FILE} from completed runs yet")
-    figure = Figure(figsize=(8.5, 5.5), dpi=100, layout="constrained")
-    axes = figure.add_subplot()
-    axes.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
-    for group, style, filled in curves:
-        x, y = zip(*filled)
-        axes.plot(x, y, "-", markersize=4, **style,
-                  label=f"{wrap(group.label)} ({seeds_text(len(group.completed))})")
-    axes.set(xlim=(0, 1), ylim=(0, 1), aspect="equal",
-             xlabel="mean confidence in bin (max softmax probability)", ylabel="accuracy in bin",
-             title="test reliability, bins pooled over seeds")
-    axes.grid(alpha=0.3)
-    legend_outside(axes, len(curves) + 1)
+    columns = min(4, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    figure = Figure(figsize=(3.3 * columns, 3.9 * rows + 0.8), dpi=100, layout="constrained")
+    cells = figure.add_gridspec(rows, columns)
+    for index, (group, drawing) in enumerate(panels):
+        inner = cells[index // columns, index % columns].subgridspec(2, 1, height_ratios=(4, 1), hspace=0.05)
+        axes = figure.add_subplot(inner[0])
+        counts_axes = figure.add_subplot(inner[1], sharex=axes)
+        draw_reliability(axes, counts_axes, drawing)
+        done = group.completed
+        eces = finite_values(done, "test/ece")
+        ece = f", ECE {statistics.fmean(eces):.4f}" if eces else ""
+        axes.set_title(f"{wrap(group.label)}\n{seeds_text(len(done))}{ece}, min bin "
+                       f"{int(drawing.counts.min())}", fontsize="small")
+        if index % columns == 0:
+            axes.set_ylabel("accuracy")
+            counts_axes.set_ylabel("predictions", fontsize="small")
+        else:
+            axes.tick_params(labelleft=False)
+        counts_axes.set_xlabel("confidence" if index // columns == rows - 1 else "")
+    figure.legend(handles=reliability_legend_handles(), loc="outside lower center",
+                  ncols=5 if columns >= 4 else columns, fontsize="small", frameon=False)
+    figure.suptitle("test reliability per group, bins pooled over seeds (ECE: mean over seeds)")
     return figure
 
 
@@ -995,26 +1098,24 @@ def pooled_histograms(summaries: Sequence[Mapping[str, Any]]) -> Optional[tuple[
 
 
 def confidence_histograms(grouping: Grouping) -> Figure:
-    """Small multiples, one panel per group (overlays become unreadable with many groups):
-    the share of test examples per confidence bin, stacked correct / incorrect."""
+    """Small multiples, one panel per group (overlays become unreadable with many groups): test
+    predictions per confidence bin, correct and incorrect as two outlines on a log count axis,
+    so a handful of mistakes next to hundreds of right answers is still visible."""
     panels = [(group, pooled) for group in grouping.groups
               if (pooled := pooled_histograms(calibration_files(group)))]
     if not panels:
         return empty_figure(f"no {CALIBRATION_FILE} from completed runs yet")
     columns = min(4, len(panels))
     rows = math.ceil(len(panels) / columns)
-    figure = Figure(figsize=(3.2 * columns, 2.6 * rows + 0.6), dpi=100, layout="constrained")
+    figure = Figure(figsize=(3.2 * columns, 2.6 * rows + 0.8), dpi=100, layout="constrained")
     grid = figure.subplots(rows, columns, sharex=True, sharey=True, squeeze=False)
     for axes in grid.flat[len(panels):]:
         axes.set_visible(False)
     for axes, (group, (edges, correct, incorrect)) in zip(grid.flat, panels):
-        total = sum(correct) + sum(incorrect) or 1
-        widths = [hi - lo for lo, hi in zip(edges[:-1], edges[1:])]
-        right = [c / total for c in correct]
-        wrong = [c / total for c in incorrect]
-        axes.bar(edges[:-1], right, width=widths, align="edge", color="tab:green", label="correct")
-        axes.bar(edges[:-1], wrong, width=widths, align="edge", bottom=right, color="tab:red",
-                 label="incorrect")
+        axes.stairs(correct, edges, color=CORRECT_COLOR, fill=True, alpha=0.35)
+        axes.stairs(correct, edges, color=CORRECT_COLOR, linewidth=1.2, label="correct")
+        axes.stairs(incorrect, edges, color=INCORRECT_COLOR, linewidth=1.6, label="incorrect")
+        axes.set_yscale("log")
         done = group.completed
         confidence = finite_values(done, "test/mean_confidence")
         accuracy = finite_values(done, "test/acc")
@@ -1025,8 +1126,10 @@ def confidence_histograms(grouping: Grouping) -> Figure:
     for axes in grid[-1]:
         axes.set_xlabel("confidence")
     for axes in grid[:, 0]:
-        axes.set_ylabel("share of test examples")
-    grid.flat[0].legend(loc="upper left", fontsize="x-small")
+        axes.set_ylabel("test predictions (log)")
+    figure.legend(handles=[Line2D([], [], color=CORRECT_COLOR, label="correct"),
+                           Line2D([], [], color=INCORRECT_COLOR, label="incorrect")],
+                  loc="outside lower center", ncols=2, fontsize="small", frameon=False)
     figure.suptitle("test confidence, pooled over seeds")
     return figure
 
@@ -1131,7 +1234,8 @@ def critical_difference_diagram(ranking: Optional[Ranking], reason: str = "") ->
     return figure
 
 
-def write_plots(sweep: Path, grouping: Grouping, analysis: Optional[Analysis] = None) -> None:
+def write_plots(sweep: Path, grouping: Grouping, analysis: Optional[Analysis] = None) -> dict[str, Figure]:
+    """Every plot as a PNG in ``sweep``; returns them by file name (for the TensorBoard copy)."""
     analysis = analysis or Analysis()
     figures = {
         PLOT_FILES["accuracy_vs_ece"]: accuracy_vs_ece(grouping),
@@ -1143,6 +1247,63 @@ def write_plots(sweep: Path, grouping: Grouping, analysis: Optional[Analysis] = 
     }
     for name, figure in figures.items():
         figure.savefig(sweep / name)
+    return figures
+
+
+# --- the report in TensorBoard ------------------------------------------------------------------
+
+# Under the sweep folder, so `tensorboard --logdir <sweep>` shows it as the run "report".
+REPORT_EVENTS_DIR = "report"
+
+
+def hparams_rows(jobs: Sequence[Job]) -> list[dict[str, Any]]:
+    """Each job's HParams row exactly as its run logged it (recording.hparams_values)."""
+    from regbench.recording import hparams_values
+
+    rows = []
+    for job in jobs:
+        if job.settings is None:
+            continue
+        name = job.metrics.get("name")
+        if not isinstance(name, str):
+            try:
+                name = json.loads((job.folder / SPEC_FILE).read_text()).get("name", job.name)
+            except (OSError, ValueError):
+                name = job.name
+        rows.append(hparams_values(job.settings, job.seed, name))
+    return rows
+
+
+def write_sweep_hparams(sweep: Path, jobs: Sequence[Job]) -> Path:
+    """The sweep's one HParams experiment summary (recording.hparams_experiment): its columns,
+    every job's settings, varying ones marked. Replaces the event files of an earlier call."""
+    return write_report_events(sweep, jobs, texts={}, figures={})
+
+
+def write_report_events(sweep: Path, jobs: Sequence[Job], texts: Mapping[str, str],
+                        figures: Mapping[str, Figure]) -> Path:
+    """``<sweep>/report/``: one TensorBoard event file with the HParams experiment of the sweep,
+    the report's markdown (Text tab: TensorBoard renders the tables) and its figures (Images
+    tab). Older event files there are removed first: TensorBoard would show both, and uses only
+    the first HParams experiment it finds."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from regbench.recording import hparams_experiment
+
+    folder = sweep / REPORT_EVENTS_DIR
+    folder.mkdir(exist_ok=True)
+    for old in folder.glob("events.out.tfevents.*"):
+        old.unlink()
+    writer = SummaryWriter(log_dir=str(folder))
+    try:
+        writer._get_file_writer().add_summary(hparams_experiment(hparams_rows(jobs)))
+        for tag, text in texts.items():
+            writer.add_text(tag, text, 0)
+        for name, figure in figures.items():
+            writer.add_figure(f"report/{Path(name).stem}", figure, 0, close=False)
+    finally:
+        writer.close()
+    return folder
 
 
 # --- entrypoint ---------------------------------------------------------------------------------
@@ -1184,8 +1345,10 @@ def make_report(sweep: Path | Sequence[Path], baseline: Sequence[str] = (),
     write_csv(out / COMPARISONS_CSV, list(COMPARISON_COLUMNS), comparison_rows(analysis.comparisons))
     text = markdown_report(sweeps, jobs, grouping, analysis)
     (out / SUMMARY_MD).write_text(text)
-    write_plots(out, grouping, analysis)
+    figures = write_plots(out, grouping, analysis)
     write_probe_plots(out, grouping.groups)
+    write_report_events(out, jobs, {"report/summary": text, "report/groups": markdown_table(grouping)},
+                        figures)
     return text
 
 
@@ -1218,8 +1381,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         sys.exit(2)
     print(text, end="")
     outputs = ", ".join([SUMMARY_CSV, SUMMARY_MD, COMPARISONS_CSV, *PLOT_FILES.values(),
-                         COMPARISONS_PNG, RANKS_PNG])
+                         COMPARISONS_PNG, RANKS_PNG, f"{REPORT_EVENTS_DIR}/ (TensorBoard)"])
     print(f"\nwrote {outputs} in {args.sweep[0]}")
+    print(f"see it:       tensorboard --logdir {args.sweep[0]}  (Text, Images, HParams tabs)")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ RESULT_NEUTRAL_KEYS = frozenset({
     "trainer.num_threads",  # CPU threads (set per machine for parallel sweeps)
     "trainer.device",       # where the same computation runs
     "trainer.checkpoint",   # whether last.pt is written
+    "trainer.keep_checkpoint",  # which checkpoint stays after the run
     "objective",            # what a sweeper reads from the finished run
 })
 RESULT_NEUTRAL_PREFIXES = ("hydra.",)

@@ -1,13 +1,16 @@
 """The end of a sweep: one summary of its jobs, the report command, and the exit status.
 
 A failed job does not stop a sweep (train.fail returns instead of raising), so Hydra finishes
-every job; this callback then counts the jobs' statuses from their metrics.json files, prints the
-sweep folder and the report command, and exits non-zero when any job did not complete.
+every job; this callback then counts the jobs' statuses from their metrics.json files (written by
+the jobs themselves, so any launcher: basic, joblib, submitit, a cluster), writes the sweep's
+HParams columns, prints the sweep folder, the report and TensorBoard commands, and exits non-zero
+when any job did not complete.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from collections import Counter
 from pathlib import Path
@@ -41,14 +44,32 @@ def summary_lines(sweep_dir: Path, statuses: dict[str, str]) -> list[str]:
     not_done = [name for name, status in statuses.items() if status != Status.completed.value]
     if not_done:
         lines.append(f"not completed: {', '.join(f'{name} ({statuses[name]})' for name in not_done)}")
-    lines += [f"sweep folder: {sweep_dir}", f"report:       python -m regbench.report {sweep_dir}"]
+    # As configured (hydra.sweep.dir): relative to the working directory, which no launcher
+    # changes (hydra.job.chdir=false), or absolute as typed; quoted for the shell when needed.
+    shown = shlex.quote(str(sweep_dir))
+    lines += [f"sweep folder: {sweep_dir}",
+              f"report:       python -m regbench.report {shown}",
+              f"see curves:   tensorboard --logdir {shown}"]
     return lines
+
+
+def write_hparams(sweep_dir: Path) -> None:
+    """The sweep's HParams columns (report.write_sweep_hparams), so TensorBoard's HParams tab is
+    right before any report is made. Never fails the sweep: it is a convenience."""
+    from regbench.report import ReportError, load_jobs, write_sweep_hparams
+
+    try:
+        write_sweep_hparams(sweep_dir, load_jobs(sweep_dir))
+    except (ReportError, OSError, ValueError) as error:
+        print(f"(HParams summary not written: {error})", file=sys.stderr)
 
 
 class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         statuses = job_statuses(sweep_dir)
-        print("\n".join(summary_lines(sweep_dir, statuses)))
+        if statuses:
+            write_hparams(sweep_dir)
+        print("\n".join(summary_lines(sweep_dir, statuses)), flush=True)
         if any(status != Status.completed.value for status in statuses.values()):
             sys.exit(1)

@@ -23,10 +23,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from regbench.checkpoint import load_checkpoint, save_checkpoint
-from regbench.config import Config, ConfigError, check, one_line
+from regbench.config import Config, ConfigError, KeepCheckpoint, check, one_line
 from regbench.engine import DivergedError, InterruptedRun, Run, stop_on_signals
 from regbench.paths import config_dir
-from regbench.recording import RunRecorder
+import regbench.hydra_hooks  # noqa: F401  resolvers and log filter named in configs/config.yaml
+from regbench.recording import RunRecorder, hparams_values
+from regbench.report import lower_is_better
 from regbench.run_folder import RunFolder
 from regbench.schemas import register_schemas
 from regbench.spec import (
@@ -61,11 +63,46 @@ def show_progress(setting: bool | None) -> bool:
 
 
 def hparams(spec: RunSpec) -> dict[str, Any]:
-    """The run's experiment settings and seed for TensorBoard's HParams tab, which takes numbers,
-    strings and booleans only."""
-    values = {**spec.experiment_settings, SEED_KEY: spec.identity[SEED_KEY]}
-    return {key: value if isinstance(value, (int, float, str, bool)) else str(value)
-            for key, value in values.items()}
+    """The run's HParams row: its readable name (single runs' folders are timestamps), its
+    experiment settings and seed (recording.hparams_values)."""
+    return hparams_values(spec.experiment_settings, spec.identity[SEED_KEY], spec.name)
+
+
+BEST_CHECKPOINT = "best.pt"
+
+
+def objective_improved(history: list[dict[str, Any]], objective: str) -> bool:
+    """Whether the last epoch has the best ``objective`` so far (the report's rule for which
+    metrics are lower-is-better); ties go to the earlier epoch."""
+    values = [record[objective] for record in history if objective in record]
+    if not values or objective not in history[-1]:
+        return False
+    best = min(values) if lower_is_better(objective) else max(values)
+    return history[-1][objective] == best and values.index(best) == len(values) - 1
+
+
+def check_keep_checkpoint(settings: Config) -> None:
+    if settings.trainer.keep_checkpoint == KeepCheckpoint.best:
+        check(settings.objective.startswith("val/") and settings.dataset.val_size > 0,
+              "trainer.keep_checkpoint", "best",
+              f"last or none when objective={settings.objective} is not a val/ metric of a run with "
+              f"a validation split (best.pt is the epoch with the best objective)")
+
+
+def save_best_weights(folder: RunFolder, run: Run, spec: RunSpec, objective: str) -> None:
+    """best.pt: the model weights (weights_only-loadable) of the best epoch so far."""
+    if objective_improved(run.history, objective):
+        record = run.history[-1]
+        save_checkpoint(folder.file(BEST_CHECKPOINT), {
+            "model": run.model.state_dict(), "epoch": record["epoch"], "objective": objective,
+            "value": record[objective]}, spec.identity)
+
+
+def keep_checkpoints(folder: RunFolder, keep: KeepCheckpoint) -> None:
+    """After metrics.json says completed (so nothing can need last.pt to resume): drop what
+    trainer.keep_checkpoint does not keep."""
+    if keep in (KeepCheckpoint.none, KeepCheckpoint.best):
+        folder.checkpoint.unlink(missing_ok=True)
 
 
 def save_hydra_configs(run_dir: Path, cfg: DictConfig) -> None:
@@ -136,6 +173,7 @@ def train_and_test(settings: Config, spec: RunSpec, folder: RunFolder,
     started = time.perf_counter()
     run = Run.build(settings, show_progress(settings.trainer.progress))
     check_objective(settings)  # after the regularizers' own checks, before any training
+    check_keep_checkpoint(settings)
     if folder.checkpoint.exists():
         run.load_state_dict(load_checkpoint(folder.checkpoint, spec.identity))
         log.info("resuming from %s after epoch %d", folder.checkpoint, run.epochs_done)
@@ -145,6 +183,8 @@ def train_and_test(settings: Config, spec: RunSpec, folder: RunFolder,
 
     def checkpoint(finished: Run) -> None:
         save_checkpoint(folder.checkpoint, finished.state_dict(), spec.identity)
+        if settings.trainer.keep_checkpoint == KeepCheckpoint.best:
+            save_best_weights(folder, finished, spec, settings.objective)
 
     try:
         with stop_on_signals(run):
@@ -166,6 +206,7 @@ def train_and_test(settings: Config, spec: RunSpec, folder: RunFolder,
     recorder.log_hparams(hparams(spec), final, step=run.epochs_done)
     recorder.write_metrics(metrics)
     recorder.close()
+    keep_checkpoints(folder, settings.trainer.keep_checkpoint)
     return metrics
 
 
@@ -186,14 +227,18 @@ def relative_to_cwd(path: Path) -> Path:
 
 
 def print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
+    """The run's last lines: accuracy and calibration (test ECE raw and after temperature scaling,
+    fractions as in the epoch lines and metrics.json), where the run is, how to look at it. In a
+    sweep, TensorBoard is pointed at the sweep folder, where every job overlays."""
     calibrated = metrics.get(TEST_ECE_TEMPERATURE)
-    after = f", {calibrated:.4f} after temperature scaling" if calibrated is not None else ""
+    after = f" ({calibrated:.4f} after temperature scaling)" if calibrated is not None else ""
+    logdir = Path(HydraConfig.get().sweep.dir) if in_multirun() else tensorboard_logdir(run_dir)
     print(
-        f"\ntest accuracy {metrics[TEST_ACC]:.4f} (nll {metrics[TEST_NLL]:.4f}, "
-        f"mean confidence {metrics[TEST_MEAN_CONFIDENCE]:.3f}, ECE {metrics[TEST_ECE]:.4f}{after}) "
+        f"\ntest accuracy {metrics[TEST_ACC]:.4f}, test ECE {metrics[TEST_ECE]:.4f}{after}, "
+        f"nll {metrics[TEST_NLL]:.4f}, mean confidence {metrics[TEST_MEAN_CONFIDENCE]:.3f} "
         f"after {metrics[EPOCHS]} epochs in {metrics[SECONDS]:.1f} s\n"
         f"run folder:   {relative_to_cwd(run_dir)}\n"
-        f"see curves:   tensorboard --logdir {relative_to_cwd(tensorboard_logdir(run_dir))}"
+        f"see curves:   tensorboard --logdir {relative_to_cwd(logdir)}"
     )
 
 
