@@ -160,6 +160,7 @@ print("shape", tuple(raw.train.images.shape), flush=True)
 """
 
 
+@pytest.mark.slow
 def test_two_processes_building_at_once_make_one_valid_cache(tmp_path, cache, monkeypatch):
     """Both processes find no cache and wait on the lock (held here, as a first builder would);
     once it is free, one decodes and the other loads its file."""
