@@ -204,11 +204,13 @@ def test_two_processes_building_at_once_make_one_valid_cache(tmp_path, cache, mo
     assert torch.equal(valid["test"], reference["test"])
 
 
-def test_a_corrupt_image_is_named_at_decode_time_before_training(tmp_path, cache):
+@pytest.mark.parametrize("size", [[], ["dataset.image_size=8"]], ids=["native", "image_size"])
+def test_a_corrupt_image_is_named_at_decode_time_before_training(tmp_path, cache, size):
+    """Native size: found while reading the headers; image_size set: while decoding."""
     paths = write_folder(tmp_path / "data", per_class=200)  # several chunks: the pool decodes it
     broken = paths[300]
     broken.write_bytes(b"\x89PNG\r\n\x1a\n but not really")
-    cfg = dataset_config(tmp_path / "data")
+    cfg = dataset_config(tmp_path / "data", *size)
     with pytest.raises(CorruptDatasetError) as error:
         build_data(cfg, batch_size=4, device=CPU, seed=0)  # before any model exists
     message = str(error.value)
@@ -271,3 +273,27 @@ def test_training_crops_are_random_windows_and_evaluation_the_centre():
     [(centre, same_labels)] = list(evaluation)
     # (14 - 12) / 2 = 1 pixel off every side.
     assert torch.equal(centre, images[:, :, 1:13, 1:13]) and torch.equal(same_labels, labels)
+
+
+def test_build_data_crops_training_at_random_and_evaluation_at_the_centre(tmp_path, cache):
+    # Noise images: every crop offset gives different pixels.
+    for split in ("train", "test"):
+        for name in COLOURS:
+            (tmp_path / "data" / split / name).mkdir(parents=True)
+            for number in range(4):
+                Image.effect_noise((14, 14), 80).convert("RGB").save(
+                    tmp_path / "data" / split / name / f"{number}.png")
+    cfg = dataset_config(tmp_path / "data", "dataset.image_size=12")  # stored at 14
+    data = build_data(cfg, batch_size=8, device=CPU, seed=0)
+    assert data.input_shape == (3, 12, 12)
+    stored = data.test.images  # TensorBatches' tensor, through CroppedBatches
+    assert stored.shape == (8, 3, 14, 14)
+    [(test_images, _)] = list(data.test)
+    assert torch.equal(test_images, stored[:, :, 1:13, 1:13])
+    [(train_images, _)] = list(data.train_eval)
+    assert torch.equal(train_images, data.train_eval.images[:, :, 1:13, 1:13])
+    torch.manual_seed(0)
+    [(shuffled, labels)] = list(data.train)
+    centres = {tuple(image.flatten().tolist()) for image in train_images}
+    # Random offsets (0..2 each way, 9 choices per image): not all 8 crops are the centre.
+    assert sum(tuple(image.flatten().tolist()) in centres for image in shuffled) < 8
