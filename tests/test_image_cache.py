@@ -150,6 +150,18 @@ def test_cache_settings_are_checked_in_one_line(tmp_path, overrides, words):
     assert words in str(error.value) and "\n" not in str(error.value)
 
 
+def test_an_unwritable_cache_folder_is_one_line(tmp_path, monkeypatch):
+    write_folder(tmp_path / "data")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("REGBENCH_CACHE", str(blocker / "cache"))
+    with pytest.raises(ConfigError) as error:
+        load(tmp_path / "data")
+    message = str(error.value)
+    assert message.startswith(f"cannot write the image cache {blocker / 'cache'}/imagefolder-")
+    assert "set REGBENCH_CACHE to a writable folder" in message and "\n" not in message
+
+
 BUILD_SCRIPT = """
 import logging, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s", force=True)

@@ -37,6 +37,8 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from tqdm import tqdm
 
+from regbench.config import ConfigError, one_line
+
 log = logging.getLogger(__name__)
 
 # Bump when what a cache file holds, or how images are decoded into it, changes.
@@ -100,8 +102,11 @@ def lock_file(path: Path) -> Path:
 def exclusive(path: Path) -> Iterator[None]:
     """Hold an exclusive flock on ``path``'s lock file; say so when another process holds it."""
     lock = lock_file(path)
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    handle = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        handle = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise unwritable(path, error) from None
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -113,6 +118,11 @@ def exclusive(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(handle)  # closing releases the lock
+
+
+def unwritable(path: Path, error: OSError) -> ConfigError:
+    return ConfigError(f"cannot write the image cache {path} ({one_line(error)}); set REGBENCH_CACHE "
+                       f"to a writable folder with space, or dataset.in_memory=false")
 
 
 def read_cache(path: Path, key: str) -> dict[str, Any] | None:
@@ -154,7 +164,10 @@ def load_or_build(path: Path, key: str, build: Callable[[], dict[str, Any]]) -> 
         if content is not None:
             return content, False
         content = {**build(), "key": key, "version": CACHE_VERSION}
-        write_atomically(path, content)
+        try:
+            write_atomically(path, content)
+        except OSError as error:  # e.g. the disk filled up: nothing half-written is left
+            raise unwritable(path, error) from None
     return read_cache(path, key) or content, True
 
 
@@ -166,8 +179,14 @@ def single_threaded() -> None:
     torch.set_num_threads(1)
 
 
-def run_chunk(function: Callable[[str], Any], items: Sequence[str]) -> list[Any]:
-    return [function(item) for item in items]
+def run_chunk(function: Callable[[str], Any], items: Sequence[str]) -> Any:
+    """``function`` of every item; tensors come back stacked as ONE numpy array: torch sends each
+    tensor between processes as a shared-memory file descriptor, and thousands of them exhaust
+    the descriptors ("received 0 items of ancdata"), while an array is pickled as bytes."""
+    results = [function(item) for item in items]
+    if results and all(isinstance(result, torch.Tensor) for result in results):
+        return torch.stack(results).numpy()
+    return results
 
 
 def pool_context() -> multiprocessing.context.BaseContext:
@@ -178,7 +197,7 @@ def pool_context() -> multiprocessing.context.BaseContext:
 
 
 def parallel_map(function: Callable[[str], Any], items: Sequence[str], description: str,
-                 workers: int | None = None) -> Iterator[tuple[int, list[Any]]]:
+                 workers: int | None = None) -> Iterator[tuple[int, Any]]:
     """``function`` over ``items`` in worker processes, with a progress bar (on a terminal).
     Yields (index of the chunk's first item, results) as chunks finish. An exception raised by
     ``function`` (e.g. a CorruptDatasetError naming an image) stops the pool and is raised here."""
@@ -213,7 +232,7 @@ def decode_all(decode: Callable[[str], torch.Tensor], paths: Sequence[str],
     """Every image decoded by ``decode`` (uint8 [C, H, W] of ``shape``) into one uint8 [N, C, H, W]."""
     images = torch.empty((len(paths), *shape), dtype=torch.uint8)
     for start, decoded in parallel_map(decode, paths, description):
-        images[start:start + len(decoded)] = torch.stack(decoded)
+        images[start:start + len(decoded)] = torch.from_numpy(decoded)
     return images
 
 
