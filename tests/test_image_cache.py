@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import compose_config
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import compose_config
 from regbench.config import ConfigError, DatasetConfig
 from regbench.datasets import DATASETS, build_data
 from regbench.datasets.base import CorruptDatasetError, ImageTensors
@@ -247,10 +247,10 @@ def test_mixed_sizes_fall_back_to_256_stored_224_seen_with_one_log_line(tmp_path
     caplog.set_level(logging.INFO, logger="regbench")
     data = build_data(dataset_config(tmp_path / "data"), batch_size=4, device=CPU, seed=0)
     notes = [m for m in messages(caplog) if "differ in size" in m]
-    assert notes == ["imagefolder: images differ in size (2 sizes, e.g. 30x50 and 40x30): resized "
-                     "(shorter side) and centre-cropped to 256, the model sees 224x224 crops "
-                     "(random in training, the centre in evaluation); set dataset.image_size to "
-                     "choose"]
+    assert notes == [("imagefolder: images differ in size (2 sizes, e.g. 30x50 and 40x30): resized "
+                      "(shorter side) and centre-cropped to 256, the model sees 224x224 crops "
+                      "(random in training, the centre in evaluation); set dataset.image_size to "
+                      "choose")]
     assert data.input_shape == (3, 224, 224)
     assert data.train.images.shape[1:] == (3, 256, 256)  # stored (CroppedBatches forwards)
     for batches in (data.train, data.test, data.train_eval):
@@ -305,7 +305,7 @@ def test_build_data_crops_training_at_random_and_evaluation_at_the_centre(tmp_pa
     [(train_images, _)] = list(data.train_eval)
     assert torch.equal(train_images, data.train_eval.images[:, :, 1:13, 1:13])
     torch.manual_seed(0)
-    [(shuffled, labels)] = list(data.train)
+    [(shuffled, _labels)] = list(data.train)
     centres = {tuple(image.flatten().tolist()) for image in train_images}
     # Random offsets (0..2 each way, 9 choices per image): not all 8 crops are the centre.
     assert sum(tuple(image.flatten().tolist()) in centres for image in shuffled) < 8
