@@ -20,8 +20,18 @@ samples per epoch, interleaved A B C (D) over several repetitions after a warm-u
 Nothing is reset between pipelines: the question is time per epoch, not accuracy. Reports medians;
 for LeNet also ``speedup_vs_dataloader`` (B/A) and ``overhead_vs_compute`` (A/C).
 
+The image-folder case (``--imagefolder-images``, default 50,000; 0 skips it): that many synthetic
+32x32 RGB JPEGs (random pixels, PIL quality 75, 10 classes) written to a temporary
+``train/<class>/`` folder, LeNet, batch 128, interleaved A B C as above, where A is regbench's epoch
+on ``dataset=imagefolder`` decoded once into the image cache (``REGBENCH_CACHE`` in the temporary
+folder; native 32x32, in memory), and B is torchvision's ``ImageFolder`` with ``ToTensor`` +
+``Normalize`` and a ``DataLoader`` (the faster of 0 and 2 workers), decoding every JPEG every epoch.
+It also reports the one-time cache build (``Run.build`` decoding every image) and a second
+``Run.build`` that loads the cache. JSON keys ``imagefolder_speedup_vs_dataloader`` (B/A) and
+``imagefolder_overhead_vs_compute`` (A/C).
+
     python scripts/bench.py [--models lenet mlp] [--repeats 5] [--samples 60000] [--threads N]
-                            [--out bench.json]
+                            [--imagefolder-images 50000] [--out bench.json]
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
+from PIL import Image
 from torchvision import datasets, transforms
 
 from regbench.composition import compose_settings
@@ -55,6 +66,8 @@ BATCH_SIZE = 128  # PyTorch's examples/mnist uses 64; 128 is the common choice f
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 WORKER_CHOICES = (0, 2)  # the tutorial's default, and one worker per core of a 2-core machine
 NAMES = {"A": "regbench Run", "B": "tutorial DataLoader", "C": "pure compute", "D": "lightning"}
+# configs/dataset/imagefolder.yaml's statistics, used by both A and B.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -74,6 +87,29 @@ def write_synthetic_mnist(root: Path, num_train: int, num_test: int) -> None:
     for prefix, count in (("train", num_train), ("t10k", num_test)):
         write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (count, 28, 28), dtype=np.uint8))
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, count, dtype=np.uint8))
+
+
+def write_synthetic_jpegs(folder: Path, count: int, classes: int = 10) -> None:
+    """``count`` random-pixel 32x32 RGB JPEGs spread over ``classes`` subfolders of ``folder``."""
+    rng = np.random.default_rng(0)
+    for name in range(classes):
+        (folder / f"class{name}").mkdir(parents=True)
+    for index in range(count):
+        pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"class{index % classes}" / f"{index}.jpg", quality=75)
+
+
+def write_synthetic_image_folder(root: Path, num_train: int, num_test: int) -> None:
+    write_synthetic_jpegs(root / "train", num_train)
+    write_synthetic_jpegs(root / "test", num_test)
+
+
+def tutorial_imagefolder_loader(root: Path, num_workers: int) -> DataLoader:
+    """The usual ImageFolder pipeline: every JPEG decoded per sample, every epoch."""
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    dataset = datasets.ImageFolder(str(root / "train"), transform=transform)
+    return DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=True, num_workers=num_workers, drop_last=True,
+                      persistent_workers=num_workers > 0)
 
 
 def tutorial_loader(root: Path, num_workers: int) -> DataLoader:
@@ -146,6 +182,20 @@ def timed(function: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - started
 
 
+@contextlib.contextmanager
+def cache_in(folder: Path):
+    """REGBENCH_CACHE pointed at ``folder`` while the block runs (the image cache stays temporary)."""
+    before = os.environ.get("REGBENCH_CACHE")
+    os.environ["REGBENCH_CACHE"] = str(folder)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["REGBENCH_CACHE"]
+        else:
+            os.environ["REGBENCH_CACHE"] = before
+
+
 def cpu_model() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -154,9 +204,9 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def bench_settings(model: str, data_root: Path, threads: int, epochs: int):
+def bench_settings(model: str, data_root: Path, threads: int, epochs: int, dataset: str = "mnist"):
     overrides = [
-        "dataset=mnist", f"dataset.root={data_root}", "dataset.download=false", "dataset.val_size=0",
+        f"dataset={dataset}", f"dataset.root={data_root}", "dataset.download=false", "dataset.val_size=0",
         f"model={model}", f"trainer.batch_size={BATCH_SIZE}", "regularizer=none", "trainer.progress=false",
         f"trainer.num_threads={threads}", f"trainer.epochs={epochs}",
     ]
@@ -166,6 +216,27 @@ def bench_settings(model: str, data_root: Path, threads: int, epochs: int):
 def bench_model(model_name: str, data_root: Path, repeats: int, threads: int) -> dict:
     settings = bench_settings(model_name, data_root, threads, epochs=repeats + 1)
     run = Run.build(settings)
+    return bench_pipelines(run, lambda workers: tutorial_loader(data_root, workers), repeats, lightning=True)
+
+
+def bench_imagefolder(data_root: Path, repeats: int, threads: int) -> dict:
+    """LeNet on the JPEG folder: the cache built once (timed), loaded by a second build (timed), then
+    A B C interleaved. The cache lives in the temporary folder, so every invocation builds it anew."""
+    settings = bench_settings("lenet", data_root, threads, epochs=repeats + 1, dataset="imagefolder")
+    builds = []
+    for _ in range(2):  # the first decodes every JPEG into the cache, the second loads it
+        started = time.perf_counter()
+        run = Run.build(settings)
+        builds.append(time.perf_counter() - started)
+    result = bench_pipelines(run, lambda workers: tutorial_imagefolder_loader(data_root, workers), repeats,
+                             lightning=False)
+    result["input_shape"] = list(run.data.input_shape)
+    result["cache_build_seconds"], result["cached_build_seconds"] = builds
+    return result
+
+
+def bench_pipelines(run: Run, make_loader: Callable[[int], DataLoader], repeats: int, lightning: bool) -> dict:
+    """A B C (D) interleaved on ``run``; ``make_loader(workers)`` builds B's DataLoader."""
     device = run.device
     samples = len(run.data.train) * BATCH_SIZE  # full batches only (drop_last)
     compute_batches = prepared_batches(run)
@@ -173,17 +244,17 @@ def bench_model(model_name: str, data_root: Path, repeats: int, threads: int) ->
     # B's worker count: one probing epoch each (also B's warm-up).
     probes = {}
     for workers in WORKER_CHOICES:
-        probe_loader = tutorial_loader(data_root, workers)
+        probe_loader = make_loader(workers)
         probes[workers] = timed(lambda: plain_epoch(run.model, run.optimizer, probe_loader, device), device)
     workers = min(probes, key=probes.get)
-    loader = tutorial_loader(data_root, workers)
+    loader = make_loader(workers)
     epochs = itertools.count()  # A's epoch index (what regularizers read as progress)
     pipelines: dict[str, Callable[[], object]] = {
         "A": lambda: run.train_epoch(next(epochs)),
         "B": lambda: plain_epoch(run.model, run.optimizer, loader, device),
         "C": lambda: plain_epoch(run.model, run.optimizer, compute_batches, device),
     }
-    lightning_epoch = lightning_epoch_function(run.model, run.optimizer, loader, device)
+    lightning_epoch = lightning_epoch_function(run.model, run.optimizer, loader, device) if lightning else None
     if lightning_epoch is not None:
         pipelines["D"] = lightning_epoch
 
@@ -228,14 +299,18 @@ def print_table(results: dict, machine: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["lenet", "mlp"])
+    parser.add_argument("--models", nargs="*", default=["lenet", "mlp"], help="MNIST-format cases (none: only the image folder)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions after one warm-up")
     parser.add_argument("--samples", type=int, default=60_000, help="training images (MNIST has 60,000)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads")
+    parser.add_argument("--imagefolder-images", type=int, default=50_000,
+                        help="training JPEGs of the image-folder case (0: skip it)")
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     args = parser.parse_args()
     if args.samples < BATCH_SIZE or args.repeats < 1 or args.threads < 1:
         parser.error(f"--samples must be >= {BATCH_SIZE}, --repeats and --threads >= 1")
+    if 0 < args.imagefolder_images < BATCH_SIZE:
+        parser.error(f"--imagefolder-images must be 0 or >= {BATCH_SIZE}")
 
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
@@ -244,6 +319,17 @@ def main() -> None:
         # The test split is read by regbench but not timed: MNIST's 10,000, or fewer for small runs.
         write_synthetic_mnist(data_root, args.samples, num_test=min(10_000, args.samples))
         results = {model: bench_model(model, data_root, args.repeats, args.threads) for model in args.models}
+    imagefolder = None
+    if args.imagefolder_images:
+        with tempfile.TemporaryDirectory() as folder, cache_in(Path(folder) / "cache"):
+            data_root = Path(folder) / "images"
+            started = time.perf_counter()
+            # The test split is decoded by regbench but not timed.
+            write_synthetic_image_folder(data_root, args.imagefolder_images, min(10_000, args.imagefolder_images // 5))
+            writing = time.perf_counter() - started
+            imagefolder = bench_imagefolder(data_root, args.repeats, args.threads)
+            imagefolder["images"] = args.imagefolder_images
+            imagefolder["jpeg_writing_seconds"] = writing
 
     machine = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "cores": os.cpu_count(),
                "torch": torch.__version__, "device": str(resolve_device("auto")),
@@ -253,9 +339,19 @@ def main() -> None:
         machine["lightning"] = lightning.__version__
     except ImportError:
         pass
-    print_table(results, machine)
+    table = dict(results)
+    if imagefolder is not None:
+        table["imgfold"] = imagefolder
+    print_table(table, machine)
     report = {"machine": machine, "batch_size": BATCH_SIZE, "repeats": args.repeats, "samples": args.samples,
               "models": results}
+    if imagefolder is not None:
+        print(f"imagefolder: {args.imagefolder_images} JPEGs, cache build {imagefolder['cache_build_seconds']:.1f} s "
+              f"(once), second Run.build {imagefolder['cached_build_seconds']:.1f} s")
+        report["imagefolder"] = imagefolder
+        report["imagefolder_speedup_vs_dataloader"] = imagefolder["speedup_vs_dataloader"]
+        report["imagefolder_overhead_vs_compute"] = imagefolder["overhead_vs_compute"]
+        report["imagefolder_cache_build_seconds"] = imagefolder["cache_build_seconds"]
     if "lenet" in results:  # the issue's headline numbers
         report["speedup_vs_dataloader"] = results["lenet"]["speedup_vs_dataloader"]
         report["overhead_vs_compute"] = results["lenet"]["overhead_vs_compute"]

@@ -20,7 +20,7 @@ def test_bench_writes_medians_and_ratios(tmp_path: Path) -> None:
     # From an empty working directory: the benchmark must leave nothing behind (Lightning included).
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--samples", "512", "--repeats", "1", "--models", "lenet",
-         "--threads", "1", "--out", str(out)],
+         "--threads", "1", "--imagefolder-images", "256", "--out", str(out)],
         cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True,
         timeout=300,
     )
@@ -44,3 +44,15 @@ def test_bench_writes_medians_and_ratios(tmp_path: Path) -> None:
     assert report["batch_size"] == 128 and report["samples"] == 512
     for name in expected:
         assert f"lenet   {name} " in result.stdout  # one table row per pipeline
+
+    # The image-folder case: 256 JPEGs in full batches of 128, native 32x32, A B C (no Lightning).
+    folder = report["imagefolder"]
+    assert set(folder["pipelines"]) == {"A", "B", "C"}
+    assert (folder["batches_per_epoch"], folder["samples_per_epoch"], folder["images"]) == (2, 256, 256)
+    assert folder["input_shape"] == [3, 32, 32]
+    medians = {name: row["median_seconds"] for name, row in folder["pipelines"].items()}
+    assert report["imagefolder_speedup_vs_dataloader"] == pytest.approx(medians["B"] / medians["A"])
+    assert report["imagefolder_overhead_vs_compute"] == pytest.approx(medians["A"] / medians["C"])
+    assert report["imagefolder_cache_build_seconds"] == folder["cache_build_seconds"] > 0
+    assert folder["cached_build_seconds"] > 0
+    assert "imgfold A regbench Run" in result.stdout and "cache build" in result.stdout

@@ -21,7 +21,7 @@ from PIL import Image
 from conftest import compose_config, read_metrics, train_in_process
 from regbench.config import ConfigError, DatasetConfig
 from regbench.datasets import DATASETS, build_data
-from regbench.datasets.base import CorruptDatasetError, DatasetNotFoundError
+from regbench.datasets.base import CorruptDatasetError, DatasetNotFoundError, ImageTensors
 
 CPU = torch.device("cpu")
 # Small and fast settings for the end-to-end runs (mlp is the one model available to every test).
@@ -38,6 +38,21 @@ def dataset_config(name: str, root: Path, *overrides: str) -> DatasetConfig:
 
 def load(name: str, root: Path, *overrides: str):
     return DATASETS.get(name)(dataset_config(name, root, *overrides))
+
+
+@pytest.fixture(autouse=True)
+def image_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Decoded image caches (pets, imagefolder) go to a folder of this test, not ~/.cache."""
+    folder = tmp_path_factory.mktemp("image-cache")
+    monkeypatch.setenv("REGBENCH_CACHE", str(folder))
+    return folder
+
+
+def samples(split) -> list[tuple[torch.Tensor, int]]:
+    """(image, label) pairs of an in-memory or a file-based split."""
+    if isinstance(split, ImageTensors):
+        return [(image, int(label)) for image, label in zip(split.images, split.labels)]
+    return [split[index] for index in range(len(split))]
 
 
 def one_line_error(error: pytest.ExceptionInfo) -> str:
@@ -273,23 +288,29 @@ def make_pets(root: Path, trainval_per_breed: int = 4, test_per_breed: int = 2) 
     return base
 
 
-def test_pets_images_are_resized_uint8_with_breed_labels(tmp_path):
+@pytest.mark.parametrize("in_memory", ["true", "false"])
+def test_pets_images_are_resized_uint8_with_breed_labels(tmp_path, in_memory):
     make_pets(tmp_path)
-    raw = load("pets", tmp_path, "dataset.image_size=12")
+    raw = load("pets", tmp_path, "dataset.image_size=12", f"dataset.in_memory={in_memory}")
+    assert isinstance(raw.test, ImageTensors) == (in_memory == "true")
     assert raw.classes == ["Abyssinian", "American Bulldog", "American Pit Bull Terrier"]
     assert len(raw.train) == 12 and len(raw.test) == 6
-    for index in range(len(raw.test)):
-        image, label = raw.test[index]
-        assert image.dtype == torch.uint8 and image.shape == (3, 12, 12)
+    # Stored at round(12 * 256 / 224) = 14 (torchvision's 256 -> 224); the model sees 12x12 crops.
+    assert raw.crop_size == 12
+    for index, (image, label) in enumerate(samples(raw.test)):
+        assert image.dtype == torch.uint8 and image.shape == (3, 14, 14)
         assert label == index // 2
         # Solid colours survive decoding and resizing (JPEG changes them by a few levels).
         expected = torch.tensor(PET_COLORS[label], dtype=torch.float32)
         assert (image.float().mean(dim=(1, 2)) - expected).abs().max() < 8
     cfg = dataset_config("pets", tmp_path, "dataset.image_size=12", "dataset.val_size=3",
-                         "dataset.train_size=5")
+                         "dataset.train_size=5", f"dataset.in_memory={in_memory}")
     data = build_data(cfg, batch_size=4, device=CPU, seed=0)
     assert data.input_shape == (3, 12, 12) and data.num_classes == 3
-    assert [len(data.train.dataset), len(data.val.dataset), len(data.test.dataset)] == [5, 3, 6]
+    if in_memory == "false":
+        assert [len(data.train.dataset), len(data.val.dataset), len(data.test.dataset)] == [5, 3, 6]
+    else:
+        assert [len(data.train.labels), len(data.val.labels), len(data.test.labels)] == [5, 3, 6]
     images, labels = next(iter(data.train))
     assert images.shape == (4, 3, 12, 12) and images.dtype == torch.uint8
     assert labels.dtype == torch.int64
@@ -311,12 +332,16 @@ def test_pets_empty_and_truncated_images_are_reported_by_name(tmp_path):
     with pytest.raises(CorruptDatasetError, match=f"image file {empty} is empty"):
         load("pets", tmp_path, "dataset.image_size=12")
 
-    # A truncated JPEG is only found when decoded: the error names it.
+    # A truncated JPEG is only found when decoded: the error names it, at load time when the
+    # images are decoded into memory (before training), else when a DataLoader reaches it.
     Image.new("RGB", (64, 64), (1, 2, 3)).save(empty)
     truncated = base / "images" / "Abyssinian_1.jpg"
     Image.effect_noise((64, 64), 50).convert("RGB").save(truncated)
     truncated.write_bytes(truncated.read_bytes()[:400])
-    raw = load("pets", tmp_path, "dataset.image_size=12")
+    with pytest.raises(CorruptDatasetError) as error:
+        load("pets", tmp_path, "dataset.image_size=12")
+    assert one_line_error(error).startswith(f"image {truncated} cannot be decoded")
+    raw = load("pets", tmp_path, "dataset.image_size=12", "dataset.in_memory=false")
     with pytest.raises(CorruptDatasetError) as error:
         raw.train[0]
     message = one_line_error(error)
@@ -350,7 +375,7 @@ def make_image_folder(root: Path) -> dict[str, tuple[int, int, int]]:
 
 def test_image_folder_maps_test_classes_onto_train_indices(tmp_path):
     expected = make_image_folder(tmp_path)
-    raw = load("imagefolder", tmp_path, "dataset.image_size=10")
+    raw = load("imagefolder", tmp_path, "dataset.image_size=10", "dataset.in_memory=false")
     assert raw.classes == ["cat", "dog", "fox"]
     assert len(raw.train) == 10 and len(raw.test) == 6
     # test/ holds only dog and fox: they keep train's indices 1 and 2, not test's own 0 and 1.
@@ -358,10 +383,16 @@ def test_image_folder_maps_test_classes_onto_train_indices(tmp_path):
     for split in (raw.train, raw.test):
         for index in range(len(split)):
             image, label = split[index]
-            assert image.dtype == torch.uint8 and image.shape == (3, 10, 10)
+            assert image.dtype == torch.uint8 and image.shape == (3, 11, 11)  # 10 * 256 / 224
             path = Path(split.paths[index])
             colour = (0, 160, 0) if path.suffix == ".bmp" else expected[raw.classes[label]]
             assert (image.float().mean(dim=(1, 2)) - torch.tensor(colour)).abs().max() < 3
+    # Decoded once into memory, the same pixels and labels in the same order.
+    cached = load("imagefolder", tmp_path, "dataset.image_size=10", "dataset.in_memory=true")
+    for split, in_memory in ((raw.train, cached.train), (raw.test, cached.test)):
+        images, labels = zip(*samples(split))
+        assert torch.equal(torch.stack(images), in_memory.images)
+        assert list(labels) == in_memory.labels.tolist()
 
 
 def test_16_bit_grayscale_pngs_are_scaled_not_clipped(tmp_path):
@@ -372,8 +403,8 @@ def test_16_bit_grayscale_pngs_are_scaled_not_clipped(tmp_path):
             (tmp_path / split / name).mkdir(parents=True)
             Image.fromarray(ramp).save(tmp_path / split / name / "ramp.png")
     assert Image.open(tmp_path / "test" / "a" / "ramp.png").mode == "I;16"
-    raw = load("imagefolder", tmp_path, "dataset.image_size=64", "dataset.val_size=0")
-    image = raw.test[0][0]
+    raw = load("imagefolder", tmp_path, "dataset.val_size=0")  # native size: 64x64
+    image = samples(raw.test)[0][0]
     assert image.shape == (3, 64, 64)
     assert torch.equal(image[0], torch.from_numpy((ramp >> 8).astype(np.uint8)))
     assert (image == 255).float().mean() < 0.01
@@ -398,8 +429,8 @@ def test_image_folder_resize_keeps_aspect_and_crops_the_centre(tmp_path):
         (tmp_path / split / "only").mkdir(parents=True)
         Image.fromarray(wide).save(tmp_path / split / "only" / "wide.png")
     raw = load("imagefolder", tmp_path, "dataset.image_size=8", "dataset.val_size=0")
-    image, _ = raw.test[0]
-    assert image.shape == (3, 8, 8)
+    image, _ = samples(raw.test)[0]
+    assert image.shape == (3, 9, 9)  # stored at 8 * 256 / 224; 64x16 -> 36x9 -> centre 9x9
     assert (image.int() - 128).abs().max() <= 1
 
 
@@ -457,7 +488,7 @@ def test_pets_trains_end_to_end(tmp_path):
     make_pets(tmp_path / "data")
     metrics = train_in_process(tmp_path / "run", [
         "dataset=pets", f"dataset.root={tmp_path / 'data'}", "dataset.download=false",
-        "dataset.val_size=3", "dataset.image_size=16", *TINY_RUN])
+        "dataset.val_size=3", "dataset.image_size=16", "regularizer=augmentation", *TINY_RUN])
     assert metrics["status"] == "completed" and metrics["dataset"] == "pets"
 
 
@@ -465,7 +496,7 @@ def test_image_folder_trains_end_to_end_with_worker_processes(tmp_path):
     make_image_folder(tmp_path / "folder")
     metrics = train_in_process(tmp_path / "run", [
         "dataset=imagefolder", f"dataset.root={tmp_path / 'folder'}", "dataset.val_size=2",
-        "dataset.image_size=16", *TINY_RUN, "dataset.num_workers=1"])
+        "dataset.image_size=16", *TINY_RUN, "dataset.num_workers=1", "dataset.in_memory=false"])
     assert metrics["status"] == "completed" and metrics["dataset"] == "imagefolder"
     assert 0 <= metrics["test/acc"] <= 1
 
@@ -475,7 +506,7 @@ def test_corrupt_image_in_a_worker_process_names_the_file(tmp_path):
     broken = tmp_path / "train" / "cat" / "cat1.jpg"
     broken.write_bytes(b"this is not a JPEG")
     cfg = dataset_config("imagefolder", tmp_path, "dataset.image_size=8", "dataset.val_size=0",
-                         "dataset.num_workers=1")
+                         "dataset.num_workers=1", "dataset.in_memory=false")
     data = build_data(cfg, batch_size=16, device=CPU, seed=0)
     with pytest.raises(CorruptDatasetError, match=f"image {broken} cannot be decoded"):
         list(data.train_eval)

@@ -65,6 +65,9 @@ class Corruption(str, Enum):
 LABEL_CORRUPTIONS = (Corruption.none, Corruption.random_labels)
 
 
+IN_MEMORY_CHOICES = ("auto", "true", "false")
+
+
 @dataclass
 class DatasetConfig:
     name: str = MISSING
@@ -82,10 +85,19 @@ class DatasetConfig:
     # Per-channel normalization of [0, 1] pixels (the dataset's training-set statistics).
     mean: List[float] = field(default_factory=lambda: [0.5])
     std: List[float] = field(default_factory=lambda: [0.5])
-    # File-based datasets (pets, imagefolder): images are resized to this square size.
-    image_size: int = 0
-    # File-based datasets decode images in DataLoader workers.
-    num_workers: int = 2
+    # File-based datasets (pets, imagefolder): the square size the model sees. Images are stored
+    # 8/7 larger (torchvision's resize 256 -> crop 224) for random training crops and centre
+    # evaluation crops; null (imagefolder): the native size when every image shares it, else 224.
+    image_size: Optional[int] = None
+    # File-based datasets: decode every image once into a cache file and train from memory.
+    # auto: when the decoded images fit dataset.memory_budget_gb; true: always; false: decode in
+    # DataLoader workers every epoch (datasets/cache.py).
+    in_memory: str = "auto"
+    # Decoded uint8 bytes that in_memory=auto keeps in memory; null: a quarter of physical RAM.
+    memory_budget_gb: Optional[float] = None
+    # DataLoader workers decoding file-based datasets that are not in memory; null: one per core
+    # this process may use (os.sched_getaffinity), so DataLoader never warns of oversubscription.
+    num_workers: Optional[int] = None
     # Zhang et al. 2017's randomization tests, fixed by the run's seed; validation and test stay
     # clean except for shuffled_pixels (the same permutation everywhere).
     corruption: Corruption = Corruption.none
@@ -102,7 +114,17 @@ class DatasetConfig:
         check(len(self.mean) == len(self.std), "dataset.std", self.std,
               f"one value per channel, like dataset.mean={self.mean}")
         check(all(s > 0 for s in self.std), "dataset.std", self.std, "values > 0")
-        check(self.num_workers >= 0, "dataset.num_workers", self.num_workers, "an integer >= 0")
+        check(self.num_workers is None or self.num_workers >= 0, "dataset.num_workers",
+              self.num_workers, "an integer >= 0, or null for one per available core")
+        check(self.image_size is None or self.image_size >= 1, "dataset.image_size",
+              self.image_size, "an integer >= 1 (the square size the model sees), or null")
+        # OmegaConf turns a YAML or command-line true/false into the string 'True'/'False'.
+        self.in_memory = str(self.in_memory).lower()
+        check(self.in_memory in IN_MEMORY_CHOICES, "dataset.in_memory", self.in_memory,
+              ", ".join(IN_MEMORY_CHOICES))
+        check(self.memory_budget_gb is None or is_finite_positive(self.memory_budget_gb),
+              "dataset.memory_budget_gb", self.memory_budget_gb,
+              "a number of gigabytes > 0, or null for a quarter of physical RAM")
         if self.label_noise is not None:
             check(0.0 <= self.label_noise <= 1.0, "dataset.label_noise", self.label_noise,
                   "a fraction in [0, 1]")

@@ -15,6 +15,8 @@ from regbench.datasets.base import (
     make_batches,
     split_train,
 )
+from regbench.datasets.cache import available_cores
+from regbench.datasets.crops import crop_batches, cropped_shape
 from regbench.registry import Registry, import_submodules
 
 DATASETS: Registry[Callable[[DatasetConfig], RawSplits]] = Registry("dataset")
@@ -29,8 +31,9 @@ def build_data(cfg: DatasetConfig, batch_size: int, device: torch.device, seed: 
           f"a dataset with 2 classes or more; found {len(raw.classes)} ({', '.join(raw.classes)})")
     train, val = split_train(cfg, raw.train)
     train, val, test = corrupt_splits(cfg, train, val, raw.test, len(raw.classes), seed)
-    workers = cfg.num_workers
-    shape = input_shape(raw.test)  # decodes one image for file-based datasets
+    workers = available_cores() if cfg.num_workers is None else cfg.num_workers
+    # Decodes one image for file-based datasets not in memory; stored images may be cropped.
+    shape = cropped_shape(input_shape(raw.test), raw.crop_size)
     channels = shape[0]
     for key, values in (("dataset.mean", cfg.mean), ("dataset.std", cfg.std)):
         allowed = "1 value" if channels == 1 else f"1 or {channels} values"
@@ -38,7 +41,9 @@ def build_data(cfg: DatasetConfig, batch_size: int, device: torch.device, seed: 
               f"{allowed} ({cfg.name} images have {channels} channel{'s' * (channels > 1)})")
 
     def batches(split, shuffle: bool):
-        return make_batches(split, batch_size, shuffle, device, seed, workers)
+        # Random crops of larger stored images for training, the centre crop for evaluation.
+        made = make_batches(split, batch_size, shuffle, device, seed, workers)
+        return crop_batches(made, raw.crop_size, random=shuffle)
 
     return DataBundle(
         train=batches(train, shuffle=True),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -43,7 +43,8 @@ class ImageTensors:
         return ImageTensors(self.images[indices], self.labels[indices])
 
 
-# File-based datasets (pets, imagefolder) are torch Datasets of (uint8 [C, H, W] tensor, int label).
+# File-based datasets (pets, imagefolder) are ImageTensors when decoded into memory (cache.py), else
+# torch Datasets of (uint8 [C, H, W] tensor, int label).
 Split = Union[ImageTensors, Dataset]
 
 
@@ -52,6 +53,8 @@ class RawSplits:
     train: Split
     test: Split
     classes: list[str]
+    # Stored images larger than the model's input: the square it sees (crops.py); None: all of it.
+    crop_size: Optional[int] = None
 
 
 def missing_files_error(name: str, root: Path, expected: Sequence[str], how: str) -> DatasetNotFoundError:

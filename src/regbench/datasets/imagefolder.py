@@ -2,23 +2,33 @@
 
 torchvision's ``ImageFolder`` finds the images (extensions: ``IMG_EXTENSIONS``); ``load_rgb``
 decodes them with PIL, converting every mode (grayscale, palette, RGBA, CMYK) to RGB, and 16-bit
-grayscale images by scaling 0-65535 to 0-255 (PIL's own conversion clips them at 255). Class indices come from the
-sorted ``train/`` subfolders; ``test/`` may hold a subset of those classes.
+grayscale images by scaling 0-65535 to 0-255 (PIL's own conversion clips them at 255). Class indices
+come from the sorted ``train/`` subfolders; ``test/`` may hold a subset of those classes.
 
-Images are decoded lazily, in DataLoader workers. Up front, every image file must exist and be
-non-empty (cheap ``stat`` calls, no decoding) and the first test image is decoded (to learn the
-input shape); an image that fails to decode later raises ``CorruptDatasetError`` naming the file.
+Sizes (``Sizing``): with ``dataset.image_size: null`` (the default) a folder whose images all share
+one size is kept at that native size; otherwise (and for ``image_size: 224``) images are resized
+(shorter side) and centre-cropped to 256, and the model sees 224x224 crops: random ones in training,
+the centre in evaluation (``crops.py``). ``image_size: S`` stores ``round(S * 256 / 224)``, the
+ratio of torchvision's classification reference (resize 256, crop 224).
 
-The image helpers here are shared with the Oxford-IIIT Pet loader (pets.py).
+Decoding (``load_image_files``, shared with pets.py): every image file must exist and be non-empty
+(a ``stat`` each). With ``dataset.in_memory`` auto (and the decoded images within
+``dataset.memory_budget_gb``) or true, all images are decoded once, in parallel, into a cache file
+(``cache.py``) and training runs from memory; a corrupt image is named then, before training.
+Otherwise images are decoded every epoch in DataLoader workers, and a corrupt one is named when
+it is reached.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
@@ -27,20 +37,35 @@ from torchvision.transforms import v2
 
 from regbench.config import ConfigError, DatasetConfig, check
 from regbench.datasets import DATASETS
-from regbench.datasets.base import CorruptDatasetError, RawSplits, missing_files_error
+from regbench.datasets.base import (
+    CorruptDatasetError,
+    ImageTensors,
+    RawSplits,
+    missing_files_error,
+)
+from regbench.datasets.cache import (
+    ImageFile,
+    cache_file,
+    decode_all,
+    listing_key,
+    load_or_build,
+    memory_budget_bytes,
+    parallel_map,
+    read_cache,
+    timed_build,
+)
+
+log = logging.getLogger(__name__)
 
 # What PIL raises for a truncated, garbled or non-image file (UnidentifiedImageError is an OSError).
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 LAYOUT = "train/<class>/<image> and test/<class>/<image>"
+# torchvision's classification reference: resize to 256, crop 224 (the model's input size).
+REFERENCE_STORED, REFERENCE_CROP = 256, 224
 
 
 class ImageFolderError(ConfigError):
     """dataset.root is not laid out as train/<class>/<image> and test/<class>/<image>."""
-
-
-def check_image_size(cfg: DatasetConfig) -> None:
-    check(cfg.image_size >= 1, "dataset.image_size", cfg.image_size,
-          f"an integer >= 1 (the square size {cfg.name} images are resized to)")
 
 
 INTEGER_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")  # PIL's 16/32-bit integer grayscale
@@ -56,44 +81,99 @@ def load_rgb(path: str) -> Image.Image:
         return image.convert("RGB")
 
 
-def image_transform(size: int) -> v2.Compose:
-    """PIL image (RGB: torchvision's loaders convert every mode) -> uint8 [3, size, size].
-
-    The shorter side is resized to ``size`` and the centre cropped, the evaluation transform of
-    torchvision's classification reference; random augmentation is left to regularizers, on batches.
-    """
-    return v2.Compose([v2.ToImage(), v2.Resize(size), v2.CenterCrop(size), v2.ToPureTensor()])
+def corrupt_image_error(path: str, error: BaseException) -> CorruptDatasetError:
+    return CorruptDatasetError(f"image {path} cannot be decoded ({' '.join(str(error).split())}); "
+                               f"delete or replace it")
 
 
-class CheckedImages(Dataset):
-    """A torchvision image dataset whose decoding errors name the file (one path per sample)."""
+def image_transform(size: Optional[int]) -> v2.Compose:
+    """PIL image (RGB) -> uint8 [3, H, W]: at its own size (``size`` None), or the shorter side
+    resized to ``size`` and the centre cropped to ``size`` x ``size``."""
+    resize = [] if size is None else [v2.Resize(size), v2.CenterCrop(size)]
+    return v2.Compose([v2.ToImage(), *resize, v2.ToPureTensor()])
 
-    def __init__(self, dataset: Dataset, paths: Sequence[Path | str]) -> None:
-        self.dataset = dataset
-        self.paths = list(paths)
+
+@dataclass(frozen=True)
+class ImageDecoder:
+    """One image file -> uint8 [3, H, W]; picklable, so worker processes can run it."""
+
+    size: Optional[int]
+
+    def __call__(self, path: str) -> torch.Tensor:
+        try:
+            return image_transform(self.size)(load_rgb(path))
+        except DECODE_ERRORS as error:
+            raise corrupt_image_error(path, error) from None
+
+
+def header_size(path: str) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding the pixels."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except DECODE_ERRORS as error:
+        raise corrupt_image_error(path, error) from None
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """How images are stored (decoded) and what the model sees."""
+
+    decode_size: Optional[int]  # resize + centre crop to this square; None: native size
+    shape: tuple[int, int, int]  # stored [C, H, W]
+    crop: Optional[int]  # the model's square input, cropped from the stored images; None: all of it
+    note: str = ""  # the one line logged when the 224 fallback was chosen
+
+    @classmethod
+    def square(cls, image_size: int, note: str = "") -> "Sizing":
+        stored = max(image_size, round(image_size * REFERENCE_STORED / REFERENCE_CROP))
+        return cls(stored, (3, stored, stored), image_size, note)
+
+
+def choose_sizing(cfg: DatasetConfig, paths: Sequence[str]) -> Sizing:
+    """``dataset.image_size`` set: store 256/224 of it. null: the native size when every image
+    shares it (read from the headers), else torchvision's 256 -> 224."""
+    if cfg.image_size is not None:
+        return Sizing.square(cfg.image_size)
+    sizes: set[tuple[int, int]] = set()
+    for _start, found in parallel_map(header_size, list(paths), f"{cfg.name}: reading image sizes"):
+        sizes.update(found)
+    if len(sizes) == 1:
+        width, height = sizes.pop()
+        return Sizing(None, (3, height, width), None)
+    shown = " and ".join(f"{w}x{h}" for w, h in sorted(sizes)[:2])
+    note = (f"{cfg.name}: images differ in size ({len(sizes)} sizes, e.g. {shown}): resized "
+            f"(shorter side) and centre-cropped to {REFERENCE_STORED}, the model sees "
+            f"{REFERENCE_CROP}x{REFERENCE_CROP} crops (random in training, the centre in "
+            f"evaluation); set dataset.image_size to choose")
+    return Sizing.square(REFERENCE_CROP, note)
+
+
+class ImageFiles(Dataset):
+    """Image files decoded on access (the DataLoader path): (uint8 [3, H, W], label)."""
+
+    def __init__(self, paths: Sequence[str], labels: Sequence[int], decode: ImageDecoder) -> None:
+        self.paths, self.labels, self.decode = list(paths), list(labels), decode
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> Any:
-        try:
-            return self.dataset[index]
-        except DECODE_ERRORS as error:
-            raise CorruptDatasetError(
-                f"image {self.paths[index]} cannot be decoded ({' '.join(str(error).split())}); "
-                f"delete or replace it"
-            ) from None
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.decode(self.paths[index]), self.labels[index]
 
 
-def check_image_files(name: str, directory: Path, paths: Sequence[Path | str], how: str) -> None:
-    """Refuse missing or empty image files before training (a stat per file, no decoding)."""
-    missing, empty = [], []
+def stat_image_files(name: str, directory: Path, paths: Sequence[str], how: str) -> list[ImageFile]:
+    """Every image's size and mtime (the cache key); refuses missing or empty files up front."""
+    files, missing, empty = [], [], []
     for path in paths:
         try:
-            if os.stat(path).st_size == 0:
-                empty.append(path)
+            status = os.stat(path)
         except OSError:  # missing file or broken symlink
             missing.append(path)
+            continue
+        if status.st_size == 0:
+            empty.append(path)
+        files.append(ImageFile(str(path), status.st_size, status.st_mtime_ns))
     if missing:
         shown = [os.path.relpath(path, directory) for path in missing[:3]]
         if len(missing) > 3:
@@ -103,6 +183,60 @@ def check_image_files(name: str, directory: Path, paths: Sequence[Path | str], h
         more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
         raise CorruptDatasetError(f"dataset {name!r}: image file {empty[0]} is empty{more}; "
                                   f"delete or replace it")
+    return files
+
+
+def keeps_in_memory(cfg: DatasetConfig, sizing: Sizing, count: int) -> bool:
+    if cfg.in_memory != "auto":
+        return cfg.in_memory == "true"
+    needed = count * int(np.prod(sizing.shape))
+    budget = memory_budget_bytes(cfg.memory_budget_gb)
+    if needed <= budget:
+        return True
+    log.info("%s: the %d decoded images (%.1f GB) exceed the memory budget (%.1f GB, "
+             "dataset.memory_budget_gb): decoding them in DataLoader workers every epoch",
+             cfg.name, count, needed / 1e9, budget / 1e9)
+    return False
+
+
+def load_image_files(cfg: DatasetConfig, listing: dict[str, tuple[list[str], list[int]]],
+                     classes: list[str], directory: Path, how: str) -> RawSplits:
+    """The ``train`` and ``test`` splits of ``listing`` (split -> image paths, labels): decoded
+    once into the cache and kept in memory, or decoded by DataLoader workers (module docstring)."""
+    files = {split: stat_image_files(cfg.name, directory, paths, how)
+             for split, (paths, _labels) in listing.items()}
+    labels = {split: torch.tensor(split_labels, dtype=torch.int64)
+              for split, (_paths, split_labels) in listing.items()}
+    key = listing_key(cfg.name, cfg.image_size, files)
+    path = cache_file(cfg.name, key)
+    content = read_cache(path, key) if cfg.in_memory != "false" else None
+    if content is not None:
+        sizing = Sizing(**{**content["sizing"], "shape": tuple(content["sizing"]["shape"])})
+    else:
+        sizing = choose_sizing(cfg, [f.path for split in files.values() for f in split])
+    if sizing.note:
+        log.info(sizing.note)
+    count = sum(len(split) for split in files.values())
+    if not keeps_in_memory(cfg, sizing, count):
+        decode = ImageDecoder(sizing.decode_size)
+        splits = {split: ImageFiles(paths, split_labels, decode)
+                  for split, (paths, split_labels) in listing.items()}
+        return RawSplits(splits["train"], splits["test"], classes, crop_size=sizing.crop)
+
+    def build() -> dict[str, Any]:
+        decode = ImageDecoder(sizing.decode_size)
+        decoded = {split: decode_all(decode, paths, sizing.shape, f"{cfg.name}: decoding {split}")
+                   for split, (paths, _labels) in listing.items()}
+        return {**decoded, "sizing": {**asdict(sizing), "shape": list(sizing.shape)}}
+
+    if content is None:
+        content, built = load_or_build(path, key, timed_build(cfg.name, path, build))
+        if not built:
+            log.info("%s: loaded %d decoded images from %s", cfg.name, count, path)
+    else:
+        log.info("%s: loaded %d decoded images from %s", cfg.name, count, path)
+    splits = {split: ImageTensors(content[split], labels[split]) for split in listing}
+    return RawSplits(splits["train"], splits["test"], classes, crop_size=sizing.crop)
 
 
 class FolderWithClasses(ImageFolder):
@@ -119,16 +253,16 @@ class FolderWithClasses(ImageFolder):
         return list(self.given_class_to_idx), self.given_class_to_idx
 
 
-def read_train_folder(root: Path, transform: v2.Compose) -> ImageFolder:
+def read_train_folder(root: Path) -> ImageFolder:
     try:
         # Every training class needs images (allow_empty=False).
-        return ImageFolder(root / "train", transform=transform, loader=load_rgb)
+        return ImageFolder(root / "train", loader=load_rgb)
     except FileNotFoundError as error:
         raise ImageFolderError(f"dataset 'imagefolder': {error} (dataset.root={root} must hold "
                                f"{LAYOUT})") from None
 
 
-def read_test_folder(root: Path, transform: v2.Compose, train: ImageFolder) -> ImageFolder:
+def read_test_folder(root: Path, train: ImageFolder) -> ImageFolder:
     folder = root / "test"
     try:
         test_classes, _ = find_classes(folder)
@@ -143,8 +277,7 @@ def read_test_folder(root: Path, transform: v2.Compose, train: ImageFolder) -> I
             f"{', '.join(train.classes)})"
         )
     # A test split may lack some training classes.
-    test = FolderWithClasses(folder, train.class_to_idx, transform=transform, allow_empty=True,
-                             loader=load_rgb)
+    test = FolderWithClasses(folder, train.class_to_idx, allow_empty=True, loader=load_rgb)
     if not len(test):
         raise ImageFolderError(f"dataset 'imagefolder': no images in {folder} (extensions "
                                f"{', '.join(test.extensions)})")
@@ -153,7 +286,6 @@ def read_test_folder(root: Path, transform: v2.Compose, train: ImageFolder) -> I
 
 @DATASETS.register("imagefolder")
 def load_imagefolder(cfg: DatasetConfig) -> RawSplits:
-    check_image_size(cfg)
     how = f"point dataset.root at a folder holding {LAYOUT}"
     check(bool(cfg.root), "dataset.root", cfg.root, f"required for dataset=imagefolder: {how}")
     root = Path(cfg.root)
@@ -161,12 +293,8 @@ def load_imagefolder(cfg: DatasetConfig) -> RawSplits:
     if missing:
         expected = [f"{split}/<class>/<image>" for split in missing]
         raise missing_files_error(cfg.name, root, expected, how)
-    transform = image_transform(cfg.image_size)
-    train = read_train_folder(root, transform)
-    test = read_test_folder(root, transform, train)
-    splits = []
-    for folder in (train, test):
-        paths = [path for path, _label in folder.samples]
-        check_image_files(cfg.name, Path(folder.root), paths, how)
-        splits.append(CheckedImages(folder, paths))
-    return RawSplits(train=splits[0], test=splits[1], classes=list(train.classes))
+    train = read_train_folder(root)
+    test = read_test_folder(root, train)
+    listing = {split: ([path for path, _ in folder.samples], [label for _, label in folder.samples])
+               for split, folder in (("train", train), ("test", test))}
+    return load_image_files(cfg, listing, list(train.classes), root, how)
