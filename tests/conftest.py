@@ -84,3 +84,12 @@ def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root.mkdir()
     monkeypatch.setenv("REGBENCH_DATA", str(root))
     return root
+
+
+@pytest.fixture(autouse=True)
+def image_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The decoded-image cache of every test (and of the CLI processes it starts) in a temporary
+    folder, never the user's ~/.cache/regbench."""
+    folder = tmp_path_factory.getbasetemp() / "image-cache"
+    monkeypatch.setenv("REGBENCH_CACHE", str(folder))
+    return folder
