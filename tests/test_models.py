@@ -354,3 +354,24 @@ def test_amp_stays_off_on_the_cpu_unless_asked_for():
     from regbench.engine import autocast_dtype
     cpu = torch.device("cpu")
     assert autocast_dtype(cpu, None) is None and autocast_dtype(cpu, False) is None
+
+
+@pytest.mark.parametrize("load,expected", [(0.0, 2), (0.4, 2), (0.8, 1), (2.0, 1), (7.5, 1)])
+def test_automatic_threads_leave_busy_cores_alone(monkeypatch, load, expected):
+    from regbench import engine
+    monkeypatch.setattr(engine, "available_cores", lambda: 2)
+    monkeypatch.setattr(engine.os, "getloadavg", lambda: (load, load, load))
+    assert engine.free_cores() == expected
+
+
+def test_a_run_with_num_threads_0_takes_the_free_cores(monkeypatch):
+    from regbench import engine
+    from regbench.composition import compose_settings
+    monkeypatch.setattr(engine, "free_cores", lambda: 1)
+    previous = torch.get_num_threads()
+    try:
+        engine.Run.build(compose_settings(["trainer.num_threads=0", "model.hidden_sizes=[8]",
+                                           "trainer.progress=false"]))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(previous)

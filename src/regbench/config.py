@@ -252,7 +252,9 @@ class TrainerConfig:
     amp: Optional[bool] = None
     # Progress bar: null = on when stderr is a terminal and the run is not part of a multirun.
     progress: Optional[bool] = None
-    # CPU threads for this process; 0 = every core (for parallel sweeps set cores / n_jobs).
+    # CPU threads for this process; 0 = the cores not busy with other work when the run starts
+    # (engine.free_cores: all of them on an idle machine, 1 on a busy one); for parallel sweeps
+    # set cores / n_jobs.
     num_threads: int = 0
     # torch.compile the model (opt-in: compilation costs more than it saves on short runs).
     compile: bool = False

@@ -34,6 +34,7 @@ from regbench.config import Config, ConfigError
 from regbench.confusion import wrong_class_metrics
 from regbench.datasets import build_data
 from regbench.datasets.base import DataBundle, normalize
+from regbench.datasets.cache import available_cores
 from regbench.metrics import classification_metrics, to_floats
 from regbench.models import ModelOptions, build_model
 from regbench.optim import build_optimizer, build_scheduler, param_groups
@@ -107,6 +108,24 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"trainer.device={name!r} is not allowed: MPS is not available here; "
                           f"use trainer.device=auto or cpu")
     return device
+
+
+def free_cores() -> int:
+    """``trainer.num_threads=0``: the cores other processes leave free when the run starts (cores
+    minus the 1-minute load average), at least 1. scripts/bench_threads.py measured why: with both
+    cores of a 2-core machine busy, 2 OpenMP threads made an epoch 1.8-2.9x slower than 1 thread
+    (spin-waiting threads descheduled at every barrier), while on an idle machine 2 threads are
+    1.6-1.9x faster than 1 (README, Performance: threads)."""
+    cores = available_cores()
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average on this platform
+        return cores
+    threads = max(1, min(cores, round(cores - load)))
+    if threads < cores:
+        log.info("trainer.num_threads=0: %d of %d cores (load average %.1f from other work)",
+                 threads, cores, load)
+    return threads
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -200,7 +219,7 @@ class Run:
     def build(cls, settings: Config, show_progress: bool = False) -> "Run":
         """Threads, seeds, device, then data -> regularizers -> model -> optimizer -> schedule."""
         trainer = settings.trainer
-        torch.set_num_threads(trainer.num_threads or os.cpu_count() or 1)
+        torch.set_num_threads(trainer.num_threads or free_cores())
         seed_everything(settings.seed, trainer.deterministic)
         device = resolve_device(trainer.device)
         data = build_data(settings.dataset, trainer.batch_size, device, settings.seed)
