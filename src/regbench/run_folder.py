@@ -9,8 +9,6 @@ claim succeeds nothing in the folder is written, so a refusal never touches fini
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 from regbench.checkpoint import different_run_message
 from regbench.config import ConfigError
+from regbench.locking import exclusive_lock
 from regbench.recording import atomic_write_json
 from regbench.spec import (
     CHECKPOINT_FILE,
@@ -74,20 +73,12 @@ class RunFolder:
             finally:
                 self.claimed = False
 
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        handle = os.open(self.file(LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as error:
-                if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise
-                raise ConfigError(f"{self.path} is in use by another regbench process; wait for "
-                                  f"it to finish, or use another hydra.run.dir") from None
-            yield
-        finally:
-            os.close(handle)  # closing releases the lock
+    def lock(self) -> contextlib.AbstractContextManager:
+        """The folder's lock; a second process on the same folder is refused, not interleaved."""
+        def refuse() -> None:
+            raise ConfigError(f"{self.path} is in use by another regbench process; wait for it to "
+                              f"finish, or use another hydra.run.dir")
+        return exclusive_lock(self.file(LOCK_FILE), when_busy=refuse)
 
     def check_identity(self, spec: RunSpec) -> None:
         """Refuse a folder created for another experiment (or one whose spec is unknown but

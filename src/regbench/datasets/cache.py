@@ -20,8 +20,6 @@ seconds and trains through the same in-memory path as CIFAR (``TensorBatches``).
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -38,6 +36,7 @@ import torch
 from tqdm import tqdm
 
 from regbench.config import ConfigError, one_line
+from regbench.locking import exclusive_lock
 
 log = logging.getLogger(__name__)
 
@@ -100,24 +99,16 @@ def lock_file(path: Path) -> Path:
 
 @contextlib.contextmanager
 def exclusive(path: Path) -> Iterator[None]:
-    """Hold an exclusive flock on ``path``'s lock file; say so when another process holds it."""
+    """Hold an exclusive lock on ``path``'s lock file; say so when another process holds it."""
     lock = lock_file(path)
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
-        handle = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        lock.touch(exist_ok=True)
     except OSError as error:
         raise unwritable(path, error) from None
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise
-            log.info("waiting for another process that is decoding images into %s", path)
-            fcntl.flock(handle, fcntl.LOCK_EX)
+    with exclusive_lock(lock, when_busy=lambda: log.info(
+            "waiting for another process that is decoding images into %s", path)):
         yield
-    finally:
-        os.close(handle)  # closing releases the lock
 
 
 def unwritable(path: Path, error: OSError) -> ConfigError:
