@@ -87,6 +87,16 @@ def submitit_logs(sweep: Path) -> str:
     return "\n".join(p.read_text(errors="replace") for p in (sweep / ".submitit").rglob("*_log.*"))
 
 
+def cluster_state(sweep: Path) -> str:
+    """What to show when a SLURM test fails: the queue, the node and the end of submitit's logs."""
+    queue = subprocess.run(["squeue", "-a", "-o", "%i %j %T %r %M %l"], capture_output=True,
+                           text=True, timeout=30)
+    nodes = subprocess.run(["sinfo", "-N", "-o", "%N %t %E"], capture_output=True, text=True,
+                           timeout=30)
+    logs = submitit_logs(sweep) if (sweep / ".submitit").is_dir() else "(no submitit folder)"
+    return f"squeue:\n{queue.stdout}{queue.stderr}\nsinfo:\n{nodes.stdout}\nsubmitit logs:\n{logs[-3000:]}"
+
+
 def watch(process: subprocess.Popen, run_dir: Path, deadline_s: float) -> list[str]:
     """Wait for ``process``; returns the distinct statuses its job's metrics.json went through."""
     seen: list[str] = []
@@ -102,7 +112,18 @@ def watch(process: subprocess.Popen, run_dir: Path, deadline_s: float) -> list[s
             return seen
         time.sleep(0.05)
     process.kill()
-    pytest.fail(f"the sweep did not finish within {deadline_s:.0f} s (statuses seen: {seen})")
+    pytest.fail(f"the sweep did not finish within {deadline_s:.0f} s (statuses seen: {seen})\n"
+                f"{cluster_state(run_dir.parent)}\noutput:\n{process.communicate()[0][-3000:]}")
+
+
+def wait_for_epochs(process: subprocess.Popen, run_dir: Path, epochs: int, deadline_s: float) -> None:
+    deadline = time.monotonic() + deadline_s
+    while len(read_history(run_dir)) < epochs and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if len(read_history(run_dir)) < epochs:
+        process.kill()
+        pytest.fail(f"the job did not train {epochs} epochs within {deadline_s:.0f} s\n"
+                    f"{cluster_state(run_dir.parent)}\noutput:\n{process.communicate()[0][-3000:]}")
 
 
 def start_sweep(args: list[str], cwd: Path) -> subprocess.Popen:
@@ -134,9 +155,7 @@ def test_slurm_requeued_job_resumes_in_its_folder_and_matches_an_uninterrupted_r
     process = start_sweep([*SLURM, f"hydra.launcher.name={name}", *job, f"hydra.sweep.dir={sweep}"],
                           cwd=tmp_path)
     run_dir = sweep / "0"
-    deadline = time.monotonic() + 180
-    while len(read_history(run_dir)) < 3 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for_epochs(process, run_dir, epochs=3, deadline_s=240)
     job_ids = slurm_job_ids(name)
     assert len(job_ids) == 1 and process.poll() is None, process.communicate()[0][-3000:]
     subprocess.run(["scontrol", "requeue", job_ids[0]], check=True, timeout=30)
@@ -155,18 +174,31 @@ def test_slurm_requeued_job_resumes_in_its_folder_and_matches_an_uninterrupted_r
     assert without_timings(final) == without_timings(read_metrics(tmp_path / "reference"))
 
 
-def test_slurm_job_past_its_time_limit_is_requeued_by_submitit_and_resumes(slurm, tmp_path):
-    """timeout_min=1: SLURM sends SIGUSR2 signal_delay_s before the limit; submitit's handler calls
-    the launcher's checkpoint() (the same job again: same sweep dir, same job number) and
-    requeues it; the job resumes from last.pt in its folder, max_num_timeout times at most."""
-    epochs = 600  # ~15-40 s of training on one core: longer than the ~10 s each attempt gets
+def test_slurm_time_limit_warning_requeues_the_job_and_it_resumes(slurm, tmp_path):
+    """The launcher asks SLURM for SIGUSR2 signal_delay_s before the time limit (sbatch --signal);
+    on it submitit's handler calls the launcher's checkpoint() (the same job again: same sweep dir,
+    same job number) and requeues it; the job resumes from last.pt in its folder.
+
+    The warning is sent with ``scancel --signal=USR2`` once the job has trained a few epochs: the
+    same signal to the same job steps as SLURM's own, but at a known point of the run. With SLURM's
+    timer (timeout_min=1 leaves at most 60 - signal_delay_s seconds per attempt) a machine whose job
+    start-up takes longer than that never trains an epoch. submitit counts the signal as a time-out
+    (not a pre-emption) for any limit under 10 minutes, as it does at a real time limit."""
+    epochs, name = 300, f"regbench-timeout-{os.getpid()}"
     sweep = tmp_path / "sweep"
-    process = start_sweep([*SLURM, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=45",
-                           "hydra.launcher.max_num_timeout=8", f"trainer.epochs={epochs}",
-                           "model.hidden_sizes=[256,256]", *FAST, f"hydra.sweep.dir={sweep}"],
-                          cwd=tmp_path)
+    process = start_sweep([*SLURM, f"hydra.launcher.name={name}", "hydra.launcher.timeout_min=5",
+                           "hydra.launcher.signal_delay_s=90", "hydra.launcher.max_num_timeout=2",
+                           f"trainer.epochs={epochs}", "model.hidden_sizes=[256,256]", *FAST,
+                           f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     run_dir = sweep / "0"
-    seen = watch(process, run_dir, deadline_s=480)
+    wait_for_epochs(process, run_dir, epochs=3, deadline_s=240)
+    job_ids = slurm_job_ids(name)
+    assert len(job_ids) == 1 and process.poll() is None, process.communicate()[0][-3000:]
+    batch_script = next((sweep / ".submitit").rglob("*_submission.sh")).read_text()
+    assert "#SBATCH --signal=USR2@90" in batch_script and "#SBATCH --time=5" in batch_script
+    subprocess.run(["scancel", "--signal=USR2", job_ids[0]], check=True, timeout=30)
+
+    seen = watch(process, run_dir, deadline_s=300)
     output = process.communicate()[0]
     assert process.returncode == 0, output[-3000:]
     assert seen[-1] == "completed", seen

@@ -10,7 +10,13 @@ import torch.nn.functional as F
 
 from regbench.calibration import fit_temperature
 from regbench.figures import reliability_bins
-from regbench.metrics import brier_score, calibration_errors, classification_metrics, predictive_entropy
+from regbench.metrics import (
+    bootstrap_intervals,
+    brier_score,
+    calibration_errors,
+    classification_metrics,
+    predictive_entropy,
+)
 
 
 def logits_for(probabilities: list[list[float]]) -> torch.Tensor:
@@ -44,6 +50,30 @@ def test_ece_and_mce_weight_bins_by_their_size():
     ece, mce = calibration_errors(probabilities, labels)
     assert ece.item() == pytest.approx((0.0 + 0.9 + 0.5) / 3, abs=1e-6)
     assert mce.item() == pytest.approx(0.9, abs=1e-6)
+
+
+def test_ece_and_mce_match_torchmetrics_on_random_predictions():
+    """The [lo, hi) bins are torchmetrics' own; only the import is avoided."""
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    generator = torch.Generator().manual_seed(0)
+    for classes, count in ((2, 7), (10, 500), (100, 3000)):
+        probabilities = (3 * torch.randn(count, classes, generator=generator)).softmax(dim=1)
+        assert probabilities.max() < 1.0  # see the next test for confidence 1.0
+        labels = torch.randint(classes, (count,), generator=generator)
+        ece, mce = calibration_errors(probabilities, labels)
+        for value, norm in ((ece, "l1"), (mce, "max")):
+            expected = multiclass_calibration_error(probabilities, labels, classes, n_bins=15, norm=norm)
+            assert value.item() == pytest.approx(expected.item(), abs=1e-6), (classes, norm)
+
+
+def test_confidence_one_falls_in_the_last_bin():
+    """As Guo et al.'s (lo, hi] bins; torchmetrics 1.x gives 1.0 a 16th bin of its own instead."""
+    probabilities = torch.tensor([[1.0, 0.0], [0.99, 0.01]])
+    labels = torch.tensor([1, 0])  # the first wrong, the second right: one bin, acc 0.5, conf 0.995
+    ece, mce = calibration_errors(probabilities, labels)
+    assert ece.item() == pytest.approx(0.495, abs=1e-6)
+    assert mce.item() == pytest.approx(0.495, abs=1e-6)
 
 
 def test_entropy_in_nats():
@@ -104,3 +134,63 @@ def test_temperature_scaling_fixes_an_overconfident_model():
     ece_before = calibration_errors(overconfident.softmax(1), labels)[0]
     ece_after = calibration_errors((overconfident / temperature).softmax(1), labels)[0]
     assert ece_after < ece_before / 2
+
+
+# --- bootstrap of test accuracy and ECE ----------------------------------------------------------
+
+def confident_logits(labels: torch.Tensor, classes: int = 10, margin: float = 50.0) -> torch.Tensor:
+    logits = torch.zeros(len(labels), classes)
+    logits[torch.arange(len(labels)), labels] = margin
+    return logits
+
+
+def noisy_case(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Overconfident logits that are right about 70 % of the time."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(10, (n,), generator=generator)
+    logits = torch.randn(n, 10, generator=generator)
+    right = torch.rand(n, generator=generator) < 0.7
+    logits[right, labels[right]] += 6.0
+    return logits, labels
+
+
+def test_bootstrap_of_perfect_confident_predictions():
+    labels = torch.arange(200) % 10
+    intervals = bootstrap_intervals(confident_logits(labels), labels, resamples=200)
+    assert intervals["acc_ci_low"] == intervals["acc_ci_high"] == 1.0
+    assert intervals["ece_ci_low"] == pytest.approx(0.0, abs=1e-6)
+    assert intervals["ece_ci_high"] == pytest.approx(0.0, abs=1e-6)
+    assert set(intervals) == {"acc_ci_low", "acc_ci_high", "ece_ci_low", "ece_ci_high"}
+
+
+def test_bootstrap_is_deterministic_for_a_seed():
+    logits, labels = noisy_case(500)
+    first = bootstrap_intervals(logits, labels, seed=3)
+    assert bootstrap_intervals(logits, labels, seed=3) == first
+    assert bootstrap_intervals(logits, labels, seed=4) != first
+    assert bootstrap_intervals(logits, labels, seed=3, chunk=7) == first  # chunking: same draws
+
+
+def test_bootstrap_interval_contains_the_point_estimate():
+    logits, labels = noisy_case(2000)
+    intervals = bootstrap_intervals(logits, labels)
+    accuracy = (logits.argmax(dim=1) == labels).float().mean().item()
+    ece = calibration_errors(logits.softmax(dim=1), labels)[0].item()
+    assert intervals["acc_ci_low"] < accuracy < intervals["acc_ci_high"]
+    assert intervals["ece_ci_low"] < ece < intervals["ece_ci_high"]
+    # The normal approximation of a proportion's 95 % interval: ±1.96·sqrt(p(1-p)/n).
+    half_width = 1.96 * math.sqrt(accuracy * (1 - accuracy) / 2000)
+    assert intervals["acc_ci_high"] - intervals["acc_ci_low"] == pytest.approx(2 * half_width, rel=0.15)
+
+
+def test_bootstrap_interval_shrinks_with_more_examples():
+    small = bootstrap_intervals(*noisy_case(300))
+    large = bootstrap_intervals(*noisy_case(10_000))
+    for name in ("acc", "ece"):
+        assert (large[f"{name}_ci_high"] - large[f"{name}_ci_low"]
+                < 0.5 * (small[f"{name}_ci_high"] - small[f"{name}_ci_low"])), name
+
+
+def test_bootstrap_refuses_mismatched_shapes():
+    with pytest.raises(ValueError, match="expected logits"):
+        bootstrap_intervals(torch.zeros(5, 3), torch.zeros(4, dtype=torch.long))

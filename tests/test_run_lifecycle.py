@@ -17,7 +17,8 @@ from omegaconf import OmegaConf
 
 from conftest import read_history, read_metrics, run_cli, train_in_process
 from regbench import engine
-from regbench import train as train_module
+from regbench import checkpoint as checkpoint_module
+from regbench.checkpoint import IntervalCheckpoint
 from regbench.composition import compose_config, compose_settings
 from regbench.config import ConfigError
 from regbench.engine import InterruptedRun, Run
@@ -191,7 +192,7 @@ def test_stale_temporaries_of_a_killed_write_are_removed(tmp_path):
 def test_a_full_disk_keeps_the_last_checkpoint_and_says_so(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     saves = []
-    original = train_module.save_checkpoint
+    original = checkpoint_module.save_checkpoint
 
     def save(path, state, run_identity):
         saves.append(state["epoch"])
@@ -199,9 +200,9 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_says_so(tmp_path, monkeypatch
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         original(path, state, run_identity)
 
-    monkeypatch.setattr(train_module, "save_checkpoint", save)
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", save)
     with pytest.raises(OSError, match="No space left on device"):
-        train_in_process(run_dir, SMALL)
+        train_in_process(run_dir, [*SMALL, "trainer.checkpoint_interval_s=0"])
     assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] == 1
     assert not (run_dir / "metrics.json").exists()  # no failure file on a full disk
 
@@ -247,6 +248,65 @@ def test_an_early_stop_on_the_last_epoch_is_not_an_early_stop(tmp_path, caplog):
         train_in_process(tmp_path / "run", overrides)
     assert "stopping early" not in caplog.text
     assert read_history(tmp_path / "run")[-1]["stopped_early"] is False
+
+
+# --- checkpoints on a time interval ---------------------------------------------------------------
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def saved_epoch(path: Path) -> int:
+    return torch.load(path, weights_only=True)["epoch"]
+
+
+def test_interval_checkpoint_writes_on_the_interval_at_the_last_epoch_and_on_flush(tmp_path):
+    path, clock = tmp_path / "last.pt", FakeClock()
+    checkpoints = IntervalCheckpoint(path, {"seed": 0}, interval_s=60, clock=clock)
+    weights = torch.zeros(3)
+    checkpoints.after_epoch({"epoch": 1, "weights": weights}, last=False)
+    assert not path.exists()  # 0 s since the start
+    weights += 1  # the next epoch trains the same tensors in place
+    clock.now = 59.9
+    checkpoints.after_epoch({"epoch": 2, "weights": weights}, last=False)
+    assert not path.exists()
+    weights += 1
+    checkpoints.flush()  # a signal during epoch 3: epoch 2 as it was, not the live tensors
+    assert saved_epoch(path) == 2 and torch.load(path)["weights"].tolist() == [1.0] * 3
+    checkpoints.flush()  # nothing new since: nothing written
+    clock.now = 119.9 + 0.1
+    checkpoints.after_epoch({"epoch": 3, "weights": weights}, last=False)
+    assert saved_epoch(path) == 3  # 60 s after the flush's write
+    checkpoints.after_epoch({"epoch": 4, "weights": weights}, last=True)
+    assert saved_epoch(path) == 4  # the last epoch is written at once
+
+
+def test_interval_zero_writes_after_every_epoch(tmp_path):
+    path = tmp_path / "last.pt"
+    checkpoints = IntervalCheckpoint(path, {}, interval_s=0, clock=FakeClock())
+    for epoch in (1, 2):
+        checkpoints.after_epoch({"epoch": epoch}, last=False)
+        assert saved_epoch(path) == epoch
+
+
+def test_a_signal_between_interval_writes_resumes_from_the_last_finished_epoch(tmp_path, monkeypatch):
+    """The default 60 s interval writes nothing during this short run before the signal: the
+    checkpoint of epoch 2 comes from the in-memory copy, and the resumed run ends where an
+    uninterrupted one does."""
+    run_dir, reference_dir = tmp_path / "run", tmp_path / "reference"
+    job = [*SMALL, "trainer.epochs=4"]
+    reference = train_in_process(reference_dir, job)
+    interrupt_during_epoch(monkeypatch, epoch=3)
+    with pytest.raises(InterruptedRun):
+        train_in_process(run_dir, job)
+    monkeypatch.undo()
+    assert saved_epoch(run_dir / "last.pt") == 2
+    resumed = train_in_process(run_dir, job)
+    assert without_timings(resumed) == without_timings(reference)
 
 
 # --- messages on the command line ---------------------------------------------------------------

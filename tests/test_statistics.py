@@ -1,23 +1,18 @@
-"""regbench.statistics against hand calculations, scipy and Demšar 2006's worked example; the
-bootstrap of test accuracy/ECE on hand-made logits."""
+"""regbench.statistics against hand calculations, scipy and Demšar 2006's worked example."""
 
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
-import torch
 from scipy import stats
 
 from regbench.statistics import (
     INDISTINGUISHABLE,
     TOO_FEW_SEEDS,
-    bootstrap_intervals,
     cliques,
     critical_difference,
-    expected_calibration_error,
     friedman_from_ranks,
     holm,
     iman_davenport,
@@ -161,90 +156,6 @@ def test_cliques_join_methods_closer_than_cd():
     assert cliques(DEMSAR_AVERAGE_RANKS, critical_difference(4, 14, alpha=0.10)) == [(0, 2), (2, 3)]
     assert cliques([1.0, 2.0, 3.0], 0.5) == []
     assert cliques([1.0, 1.2, 3.0], 0.5) == [(0, 1)]
-
-
-# --- bootstrap of test accuracy and ECE ----------------------------------------------------------
-
-def confident_logits(labels: torch.Tensor, classes: int = 10, margin: float = 50.0) -> torch.Tensor:
-    logits = torch.zeros(len(labels), classes)
-    logits[torch.arange(len(labels)), labels] = margin
-    return logits
-
-
-def noisy_case(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Overconfident logits that are right about 70 % of the time."""
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.randint(10, (n,), generator=generator)
-    logits = torch.randn(n, 10, generator=generator)
-    right = torch.rand(n, generator=generator) < 0.7
-    logits[right, labels[right]] += 6.0
-    return logits, labels
-
-
-def test_bootstrap_of_perfect_confident_predictions():
-    labels = torch.arange(200) % 10
-    intervals = bootstrap_intervals(confident_logits(labels), labels, resamples=200)
-    assert intervals["acc_ci_low"] == intervals["acc_ci_high"] == 1.0
-    assert intervals["ece_ci_low"] == pytest.approx(0.0, abs=1e-6)
-    assert intervals["ece_ci_high"] == pytest.approx(0.0, abs=1e-6)
-    assert set(intervals) == {"acc_ci_low", "acc_ci_high", "ece_ci_low", "ece_ci_high"}
-
-
-def test_bootstrap_is_deterministic_for_a_seed():
-    logits, labels = noisy_case(500)
-    first = bootstrap_intervals(logits, labels, seed=3)
-    assert bootstrap_intervals(logits, labels, seed=3) == first
-    assert bootstrap_intervals(logits, labels, seed=4) != first
-    assert bootstrap_intervals(logits, labels, seed=3, chunk=7) == first  # chunking: same draws
-
-
-def test_bootstrap_interval_contains_the_point_estimate():
-    logits, labels = noisy_case(2000)
-    intervals = bootstrap_intervals(logits, labels)
-    accuracy = (logits.argmax(dim=1) == labels).float().mean().item()
-    ece = expected_calibration_error(logits, labels)
-    assert intervals["acc_ci_low"] < accuracy < intervals["acc_ci_high"]
-    assert intervals["ece_ci_low"] < ece < intervals["ece_ci_high"]
-    # The normal approximation of a proportion's 95 % interval: ±1.96·sqrt(p(1-p)/n).
-    half_width = 1.96 * math.sqrt(accuracy * (1 - accuracy) / 2000)
-    assert intervals["acc_ci_high"] - intervals["acc_ci_low"] == pytest.approx(2 * half_width, rel=0.15)
-
-
-def test_bootstrap_ece_matches_torchmetrics_point_estimate():
-    from torchmetrics.functional.classification import multiclass_calibration_error
-
-    logits, labels = noisy_case(1000, seed=5)
-    expected = multiclass_calibration_error(torch.softmax(logits, 1), labels, num_classes=10,
-                                            n_bins=15, norm="l1")
-    assert expected_calibration_error(logits, labels) == pytest.approx(expected.item(), abs=1e-5)
-
-
-def test_bootstrap_interval_shrinks_with_more_examples():
-    small = bootstrap_intervals(*noisy_case(300))
-    large = bootstrap_intervals(*noisy_case(10_000))
-    for name in ("acc", "ece"):
-        assert (large[f"{name}_ci_high"] - large[f"{name}_ci_low"]
-                < 0.5 * (small[f"{name}_ci_high"] - small[f"{name}_ci_low"])), name
-
-
-def test_bootstrap_of_10k_examples_takes_well_under_a_second():
-    # CPU time on one thread (about 0.25 s on the 2-core development machine): wall time would
-    # measure whatever else runs on a shared machine.
-    logits, labels = noisy_case(10_000)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        bootstrap_intervals(logits, labels, resamples=10)  # warm-up
-        start = time.process_time()
-        bootstrap_intervals(logits, labels)
-        assert time.process_time() - start < 0.8
-    finally:
-        torch.set_num_threads(threads)
-
-
-def test_bootstrap_refuses_mismatched_shapes():
-    with pytest.raises(ValueError, match="expected logits"):
-        bootstrap_intervals(torch.zeros(5, 3), torch.zeros(4, dtype=torch.long))
 
 
 def test_sign_flip_seeds_needed():

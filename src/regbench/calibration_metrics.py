@@ -6,7 +6,7 @@ Keys: ``test/<metric>`` raw and ``test/<metric>@<calibrator>`` after a calibrato
 prediction its argmax (first index on ties, as torch.max). Metrics (README "What a run records"):
 
 - ``ece``: 15 equal-width bins [lo, hi) of the confidence, 1.0 in the last one, sum over bins of
-  |B|/N |acc(B) - conf(B)| (Guo et al. 2017); equals torchmetrics' multiclass_calibration_error(l1).
+  |B|/N |acc(B) - conf(B)| (Guo et al. 2017); the per-epoch ``ece`` of metrics.py, same bins.
 - ``ece_adaptive``: the same sum over 15 equal-mass bins (Nixon et al. 2019): examples sorted by
   confidence (ties: correct ones after incorrect ones, so the result does not depend on the order of
   the examples) and split into min(15, N) consecutive bins whose sizes differ by at most one.
@@ -34,8 +34,9 @@ import torch
 
 from regbench.calibration import Calibrator, fit_calibrator
 from regbench.config import EvaluationConfig
+from regbench.metrics import CALIBRATION_BINS, calibration_errors, equal_width_bins
 
-BINS = 15
+BINS = CALIBRATION_BINS
 METRICS = ("ece", "ece_adaptive", "ece_classwise", "ece_debiased_l2", "smece", "nll", "brier", "aurc")
 # Every ECE convention: the ones ranking flips are looked for between.
 ECE_METRICS = ("ece", "ece_adaptive", "ece_classwise", "ece_debiased_l2", "smece")
@@ -52,25 +53,8 @@ def top_label(probabilities: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
     return confidence.double(), (prediction == labels).double()
 
 
-def equal_width_bins(values: torch.Tensor, bins: int = BINS) -> torch.Tensor:
-    """Bin index in [0, bins) of values in [0, 1]: [lo, hi) bins, 1.0 in the last one; the edges and
-    the comparison are torchmetrics' (linspace edges in the values' dtype, bucketize)."""
-    edges = torch.linspace(0, 1, bins + 1, dtype=values.dtype, device=values.device)
-    return (torch.bucketize(values, edges, right=True) - 1).clamp(0, bins - 1)
-
-
-def binned_gap(index: torch.Tensor, score: torch.Tensor, outcome: torch.Tensor, bins: int) -> torch.Tensor:
-    """sum over bins of |B|/N |mean outcome(B) - mean score(B)| = sum_B |sum_B (outcome - score)| / N;
-    empty bins add nothing."""
-    residual = torch.zeros(bins, dtype=torch.float64, device=index.device)
-    residual.index_add_(0, index, outcome.double() - score.double())
-    return residual.abs().sum() / len(index)
-
-
 def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = BINS) -> float:
-    confidence, correct = top_label(probabilities, labels)
-    index = equal_width_bins(probabilities.max(dim=1).values, bins)
-    return binned_gap(index, confidence, correct, bins).item()
+    return calibration_errors(probabilities, labels, bins)[0].item()
 
 
 def equal_mass_bins(confidence: torch.Tensor, correct: torch.Tensor, bins: int = BINS) -> list[torch.Tensor]:

@@ -6,10 +6,12 @@ it is therefore tensors and plain Python values.
 
 from __future__ import annotations
 
+import copy
 import io
 import random
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -51,6 +53,40 @@ def save_checkpoint(path: Path, state: dict[str, Any], identity: dict[str, Any])
     buffer = io.BytesIO()
     torch.save({**state, "identity": identity}, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+class IntervalCheckpoint:
+    """last.pt on a time interval instead of after every epoch (``trainer.checkpoint_interval_s``).
+
+    After each epoch the run's state is copied in memory (``copy.deepcopy``: about 3 ms for the
+    default MLP's 13 MB, against about 13 ms to serialize, write and fsync it); the file is written when
+    ``interval_s`` have passed since the last write, after the last epoch (so a test phase cut off
+    resumes at the test, without training again), and by ``flush`` when the run stops at a signal,
+    diverges or fails. Only a hard kill (SIGKILL, the OOM killer, a power cut) loses finished
+    epochs: at most ``interval_s`` seconds of them. ``interval_s`` 0 writes after every epoch."""
+
+    def __init__(self, path: Path, identity: dict[str, Any], interval_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.path, self.identity, self.interval_s, self.clock = path, identity, interval_s, clock
+        self.written_at = clock()
+        self.pending: dict[str, Any] | None = None  # the last finished epoch's state, not yet on disk
+
+    def after_epoch(self, state: dict[str, Any], last: bool) -> None:
+        if last or self.clock() - self.written_at >= self.interval_s:
+            self.pending = None
+            self.write(state)
+        else:
+            self.pending = copy.deepcopy(state)
+
+    def flush(self) -> None:
+        """Write the last finished epoch's state if it is not on disk yet."""
+        if self.pending is not None:
+            state, self.pending = self.pending, None
+            self.write(state)
+
+    def write(self, state: dict[str, Any]) -> None:
+        save_checkpoint(self.path, state, self.identity)
+        self.written_at = self.clock()
 
 
 def load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any]:

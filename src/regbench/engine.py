@@ -35,13 +35,12 @@ from regbench.confusion import wrong_class_metrics
 from regbench.datasets import build_data
 from regbench.datasets.base import DataBundle, normalize
 from regbench.datasets.cache import available_cores
-from regbench.metrics import classification_metrics, to_floats
+from regbench.metrics import bootstrap_intervals, classification_metrics, to_floats
 from regbench.models import ModelOptions, build_model
 from regbench.optim import build_optimizer, build_scheduler, param_groups
 from regbench.probes import fit_metrics, scale_invariance_record, variance_shift_metrics
 from regbench.recording import RunRecorder
 from regbench.regularizers import Regularizer, RunContext, StepOutput, build_regularizers
-from regbench.statistics import bootstrap_intervals
 from regbench.spec import EPOCHS, GAP_ACC, TEST_ACC, TEST_ECE, TEST_NLL
 
 log = logging.getLogger(__name__)

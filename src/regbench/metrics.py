@@ -1,19 +1,23 @@
-"""Classification and calibration metrics of a split, computed on device from its logits and labels.
+"""Classification and calibration metrics of a split, computed on device from its logits and labels,
+and the bootstrap intervals of its accuracy and ECE (how much the test split's sampling alone moves
+them).
 
 Calibration follows Guo et al. 2017: the confidence is the max softmax probability, ECE is the
 bin-weighted mean |accuracy - confidence| over 15 equal-width bins and MCE the largest bin gap.
-They come from torchmetrics' ``multiclass_calibration_error`` (norm "l1" = ECE, "max" = MCE), whose
-bins are [lo, hi) with the top bin closed (confidence 1.0 falls in the last bin), while Guo's
-reference code uses (lo, hi]; the two differ only for confidences exactly on a bin edge.
+The bins are [lo, hi) as in torchmetrics' ``multiclass_calibration_error`` (tests/test_metrics.py
+checks both values against it), with the top bin closed: confidence 1.0, common in float32 for a
+confident model, falls in the last bin as in Guo's (lo, hi] bins, where torchmetrics 1.x gives it a
+16th bin of its own. They are computed here rather than imported also because ``import
+torchmetrics`` runs its package init, which imports its image and audio metrics (torchvision,
+torch._dynamo, scipy.signal): about 2 s of the default job's start-up for two 15-bin sums.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchmetrics.functional.classification import multiclass_calibration_error
-
 CALIBRATION_BINS = 15  # Guo et al. 2017
+LEVEL = 0.95  # of every interval regbench reports (statistics.py, the bootstrap below)
 
 
 def predictive_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -28,12 +32,32 @@ def brier_score(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     return (probabilities - onehot).pow(2).sum(dim=1).mean()
 
 
+def equal_width_bins(values: torch.Tensor, bins: int = CALIBRATION_BINS) -> torch.Tensor:
+    """Bin index in [0, bins) of values in [0, 1]: [lo, hi) bins, 1.0 in the last one; the edges and
+    the comparison are torchmetrics' (linspace edges in the values' dtype, bucketize), the clamp is
+    not."""
+    edges = torch.linspace(0, 1, bins + 1, dtype=values.dtype, device=values.device)
+    return (torch.bucketize(values, edges, right=True) - 1).clamp(0, bins - 1)
+
+
+def binned_residuals(index: torch.Tensor, score: torch.Tensor, outcome: torch.Tensor,
+                     bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum over each bin of outcome - score, count of each bin), in float64."""
+    residual = torch.zeros(bins, dtype=torch.float64, device=index.device)
+    residual.index_add_(0, index, outcome.double() - score.double())
+    counts = torch.bincount(index, minlength=bins)
+    return residual, counts
+
+
 def calibration_errors(probabilities: torch.Tensor, labels: torch.Tensor,
                        bins: int = CALIBRATION_BINS) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ECE, MCE) of the top-label confidence."""
-    num_classes = probabilities.shape[1]
-    ece = multiclass_calibration_error(probabilities, labels, num_classes, n_bins=bins, norm="l1")
-    mce = multiclass_calibration_error(probabilities, labels, num_classes, n_bins=bins, norm="max")
+    """(ECE, MCE) of the top-label confidence, as float64 tensors on the probabilities' device."""
+    confidence, prediction = probabilities.max(dim=1)
+    correct = (prediction == labels).double()
+    index = equal_width_bins(confidence, bins)
+    residual, counts = binned_residuals(index, confidence, correct, bins)
+    ece = residual.abs().sum() / len(index)
+    mce = (residual.abs() / counts.clamp(min=1)).max()  # empty bins: residual 0, so gap 0
     return ece, mce
 
 
@@ -65,3 +89,45 @@ def to_floats(metrics: dict[str, torch.Tensor], prefix: str) -> dict[str, float]
     keys = list(metrics)
     values = torch.stack([metrics[key].detach().float() for key in keys]).cpu().tolist()
     return {f"{prefix}/{key}": value for key, value in zip(keys, values)}
+
+
+def bootstrap_intervals(logits: torch.Tensor, labels: torch.Tensor, resamples: int = 1000,
+                        seed: int = 0, level: float = LEVEL, bins: int = CALIBRATION_BINS,
+                        chunk: int = 100) -> dict[str, float]:
+    """Percentile-bootstrap intervals of test accuracy and ECE: resample the test examples with
+    replacement ``resamples`` times and take the (1-level)/2 and (1+level)/2 quantiles.
+
+    Vectorized on the logits' device: resample indices come from a ``torch.Generator`` with a
+    fixed seed (same inputs, same interval), ``chunk`` resamples at a time to bound memory (the
+    draws do not depend on it). ECE uses the bins of ``calibration_errors``. Per resample,
+    ECE = Σ_b |B_b|/n · |acc_b − conf_b| = (1/n) · Σ_b |Σ_{i∈b} (correct_i − conf_i)|, so one
+    weighted ``bincount`` over (resample, bin) keys gives all resamples' ECE at once.
+
+    ECE is biased upward on finite samples, so for a well-calibrated model the interval can lie
+    above the point estimate; it still shows how much the test split alone moves the number.
+    """
+    if logits.ndim != 2 or labels.shape != logits.shape[:1] or len(labels) == 0:
+        raise ValueError(f"expected logits (n, classes) and labels (n,), n > 0; got "
+                         f"{tuple(logits.shape)} and {tuple(labels.shape)}")
+    device = logits.device
+    probabilities = torch.softmax(logits.detach().float(), dim=1)
+    confidence, prediction = probabilities.max(dim=1)
+    correct = (prediction == labels.to(device)).float()
+    example_bin = equal_width_bins(confidence, bins)
+    gap = correct - confidence  # per example: what its bin's |Σ correct − Σ conf| adds up
+
+    n = len(labels)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    accuracy, ece = [], []
+    for start in range(0, resamples, chunk):
+        size = min(chunk, resamples - start)
+        index = torch.randint(n, (size, n), generator=generator, device=device)
+        accuracy.append(correct[index].mean(dim=1))
+        keys = (torch.arange(size, device=device)[:, None] * bins + example_bin[index]).flatten()
+        per_bin = torch.bincount(keys, weights=gap[index].flatten(), minlength=size * bins)
+        ece.append(per_bin.view(size, bins).abs().sum(dim=1) / n)
+    quantiles = torch.tensor([(1 - level) / 2, (1 + level) / 2], device=device)
+    acc_low, acc_high = torch.quantile(torch.cat(accuracy), quantiles).tolist()
+    ece_low, ece_high = torch.quantile(torch.cat(ece), quantiles).tolist()
+    return {"acc_ci_low": acc_low, "acc_ci_high": acc_high,
+            "ece_ci_low": ece_low, "ece_ci_high": ece_high}

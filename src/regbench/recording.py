@@ -7,6 +7,7 @@ history by whole-line appends with flush + fsync.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -16,7 +17,9 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
 from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboard.compat.proto.tensor_pb2 import TensorProto
 from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
@@ -238,8 +241,7 @@ class RunRecorder:
             "confidence_hist": confidence_histogram(logits, labels, title=split),
         }
         for name, figure in figures.items():
-            figure.savefig(self.run_dir / f"{split}_{name}.png")
-            self.writer.add_figure(f"{split}/{name}", figure, step, close=False)
+            self.log_figure(f"{split}/{name}", figure, f"{split}_{name}.png", step)
         atomic_write_json(self.run_dir / CALIBRATION_FILE,
                           calibration_summary(logits, labels))
 
@@ -247,8 +249,23 @@ class RunRecorder:
                               eces: Mapping[str, float], step: int) -> None:
         """One reliability diagram per calibrator (raw first), in TensorBoard and as a PNG file."""
         figure = reliability_panel(dict(probabilities), labels, dict(eces))
-        figure.savefig(self.run_dir / "test_reliability_panel.png")
-        self.writer.add_figure("test/reliability_panel", figure, step, close=False)
+        self.log_figure("test/reliability_panel", figure, "test_reliability_panel.png", step)
+
+    def log_figure(self, tag: str, figure: Figure, file_name: str, step: int) -> None:
+        """One figure as a TensorBoard image and a PNG file in the run folder, from ONE rendering
+        (savefig and SummaryWriter.add_figure would each draw it, layout included, again)."""
+        canvas = FigureCanvasAgg(figure)
+        canvas.draw()
+        pixels = np.asarray(canvas.buffer_rgba())[..., :3]
+        png = io.BytesIO()
+        Image.fromarray(pixels).save(png, format="PNG")
+        atomic_write_bytes(self.run_dir / file_name, png.getvalue())
+        # The same PNG bytes as TensorBoard's image summary (add_image would encode it again).
+        height, width, channels = pixels.shape
+        image = Summary.Image(height=height, width=width, colorspace=channels,
+                              encoded_image_string=png.getvalue())
+        self.writer._get_file_writer().add_summary(
+            Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
     def log_hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float], step: int) -> None:
         """The run's settings and final metrics for TensorBoard's HParams tab, in this run's own
@@ -284,8 +301,7 @@ class RunRecorder:
         which is where TensorBoard's projector looks for each run, so a sweep shows every job."""
         matrix = class_probability_matrix(logits, labels, len(classes))
         figure = class_probability_heatmap(matrix, classes, title="test: mean predicted probability")
-        figure.savefig(self.run_dir / "test_class_probabilities.png")
-        self.writer.add_figure(CLASS_PROBABILITIES, figure, step, close=False)
+        self.log_figure(CLASS_PROBABILITIES, figure, "test_class_probabilities.png", step)
         points, metadata = projector_sample(features, labels, logits, classes)
         self.writer.add_embedding(points, metadata=metadata, metadata_header=PROJECTOR_COLUMNS,
                                   global_step=step, tag="test_penultimate")

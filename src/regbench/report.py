@@ -62,6 +62,7 @@ from regbench.spec import (
     Status,
     canonical,
     experiment_settings,
+    lower_is_better,
 )
 from regbench.report_calibration import calibration_table_markdown, ranking_flips
 from regbench.report_probes import probe_sections, write_probe_plots
@@ -611,13 +612,6 @@ def comparison_method_text(comparisons: Sequence[Comparison], selectors: Sequenc
 
 
 # --- ranks across settings (datasets, models, ...) -------------------------------------------------
-
-LOWER_IS_BETTER_WORDS = ("nll", "ece", "mce", "loss", "brier", "gap", "entropy", "seconds")
-
-
-def lower_is_better(metric: str) -> bool:
-    return any(word in metric.lower() for word in LOWER_IS_BETTER_WORDS)
-
 
 def present(settings: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in settings.items() if value is not ABSENT}

@@ -27,6 +27,7 @@ RESULT_NEUTRAL_KEYS = frozenset({
     "trainer.num_threads",  # CPU threads (set per machine for parallel sweeps)
     "trainer.device",       # where the same computation runs
     "trainer.checkpoint",   # whether last.pt is written
+    "trainer.checkpoint_interval_s",  # how often
     "trainer.keep_checkpoint",  # which checkpoint stays after the run
     "objective",            # what a sweeper reads from the finished run
 })
@@ -67,6 +68,14 @@ GAP_ACC = "gap/acc"
 EPOCHS = "epochs"
 SECONDS = "seconds"
 STATUS = "status"
+LOWER_IS_BETTER_WORDS = ("nll", "ece", "mce", "loss", "brier", "gap", "entropy", "seconds")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of ``metric`` (a metric key) is the better one."""
+    return any(word in metric.lower() for word in LOWER_IS_BETTER_WORDS)
+
+
 # Probes of published claims (probes.py, report_probes.py).
 FIT_EPOCH = "fit/epoch"  # Zhang et al. 2017's time to fit
 VARIANCE_SHIFT_MAX = "test/variance_shift_max"  # Li et al. 2019

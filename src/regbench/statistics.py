@@ -6,7 +6,6 @@
   precipice"): P(X > Y) over all run pairs, ties counting half.
 - Seeds needed to detect a difference (normal approximation of the paired t-test's power).
 - Ranks across data sets: Friedman test and Nemenyi's critical difference (Demšar 2006, JMLR 7).
-- Test-set sampling uncertainty of one run: percentile bootstrap of accuracy and ECE, in torch.
 
 The module is named ``statistics`` but lives inside the ``regbench`` package, so it never shadows
 the standard library's ``statistics`` (absolute imports: ``import statistics`` is still stdlib's).
@@ -19,13 +18,12 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 from scipy import stats
 
+from regbench.metrics import LEVEL
+
 ALPHA = 0.05
-LEVEL = 0.95
 POWER = 0.8
-ECE_BINS = 15  # Guo et al. 2017
 
 HIGHER = "higher"
 LOWER = "lower"
@@ -221,59 +219,3 @@ def cliques(average_ranks: Sequence[float], cd: float) -> list[tuple[int, int]]:
         if last > first and not any(a <= first and last <= b for a, b in runs):
             runs.append((first, last))
     return runs
-
-
-# --- test-set sampling uncertainty of one run ----------------------------------------------------
-
-def bootstrap_intervals(logits: torch.Tensor, labels: torch.Tensor, resamples: int = 1000,
-                        seed: int = 0, level: float = LEVEL, bins: int = ECE_BINS,
-                        chunk: int = 100) -> dict[str, float]:
-    """Percentile-bootstrap intervals of test accuracy and ECE: resample the test examples with
-    replacement ``resamples`` times and take the (1-level)/2 and (1+level)/2 quantiles.
-
-    Vectorized on the logits' device: resample indices come from a ``torch.Generator`` with a
-    fixed seed (same inputs, same interval), ``chunk`` resamples at a time to bound memory (the
-    draws do not depend on it). ECE uses ``bins`` equal-width bins of the max-softmax
-    confidence, [lo, hi) with a confidence of 1.0 in the last bin (as torchmetrics'
-    ``CalibrationError``). Per resample, ECE = Σ_b |B_b|/n · |acc_b − conf_b| =
-    (1/n) · Σ_b |Σ_{i∈b} (correct_i − conf_i)|, so one weighted ``bincount`` over
-    (resample, bin) keys gives all resamples' ECE at once.
-
-    ECE is biased upward on finite samples, so for a well-calibrated model the interval can lie
-    above the point estimate; it still shows how much the test split alone moves the number.
-    """
-    if logits.ndim != 2 or labels.shape != logits.shape[:1] or len(labels) == 0:
-        raise ValueError(f"expected logits (n, classes) and labels (n,), n > 0; got "
-                         f"{tuple(logits.shape)} and {tuple(labels.shape)}")
-    device = logits.device
-    probabilities = torch.softmax(logits.detach().float(), dim=1)
-    confidence, prediction = probabilities.max(dim=1)
-    correct = (prediction == labels.to(device)).float()
-    example_bin = (confidence * bins).long().clamp_(0, bins - 1)
-    gap = correct - confidence  # per example: what its bin's |Σ correct − Σ conf| adds up
-
-    n = len(labels)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    accuracy, ece = [], []
-    for start in range(0, resamples, chunk):
-        size = min(chunk, resamples - start)
-        index = torch.randint(n, (size, n), generator=generator, device=device)
-        accuracy.append(correct[index].mean(dim=1))
-        keys = (torch.arange(size, device=device)[:, None] * bins + example_bin[index]).flatten()
-        per_bin = torch.bincount(keys, weights=gap[index].flatten(), minlength=size * bins)
-        ece.append(per_bin.view(size, bins).abs().sum(dim=1) / n)
-    quantiles = torch.tensor([(1 - level) / 2, (1 + level) / 2], device=device)
-    acc_low, acc_high = torch.quantile(torch.cat(accuracy), quantiles).tolist()
-    ece_low, ece_high = torch.quantile(torch.cat(ece), quantiles).tolist()
-    return {"acc_ci_low": acc_low, "acc_ci_high": acc_high,
-            "ece_ci_low": ece_low, "ece_ci_high": ece_high}
-
-
-def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor,
-                               bins: int = ECE_BINS) -> float:
-    """The point estimate with the same bins as ``bootstrap_intervals``."""
-    confidence, prediction = torch.softmax(logits.float(), dim=1).max(dim=1)
-    correct = (prediction == labels).float()
-    example_bin = (confidence * bins).long().clamp_(0, bins - 1)
-    per_bin = torch.bincount(example_bin, weights=correct - confidence, minlength=bins)
-    return float(per_bin.abs().sum() / len(labels))

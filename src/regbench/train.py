@@ -9,6 +9,7 @@ user sees: a summary, or one line and an exit status.
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import signal
@@ -22,13 +23,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from regbench.checkpoint import load_checkpoint, save_checkpoint
+from regbench.checkpoint import IntervalCheckpoint, load_checkpoint, save_checkpoint
 from regbench.config import Config, ConfigError, KeepCheckpoint, check, one_line
 from regbench.engine import DivergedError, InterruptedRun, Run, stop_on_signals
 from regbench.paths import config_dir
 import regbench.hydra_hooks  # noqa: F401  resolvers and log filter named in configs/config.yaml
 from regbench.recording import RunRecorder, hparams_values
-from regbench.report import lower_is_better
 from regbench.run_folder import RunFolder
 from regbench.schemas import register_schemas
 from regbench.spec import (
@@ -44,6 +44,7 @@ from regbench.spec import (
     TEST_MEAN_CONFIDENCE,
     TEST_NLL,
     RunSpec,
+    lower_is_better,
     Status,
 )
 from regbench.validate import exit_on_bad_command_line
@@ -181,14 +182,20 @@ def train_and_test(settings: Config, spec: RunSpec, folder: RunFolder,
     recorder = RunRecorder(folder.path, purge_step=run.epochs_done + 1)
     recorder.rewrite_history(run.history)
 
+    checkpoints = IntervalCheckpoint(folder.checkpoint, spec.identity,
+                                     settings.trainer.checkpoint_interval_s)
+
     def checkpoint(finished: Run) -> None:
-        save_checkpoint(folder.checkpoint, finished.state_dict(), spec.identity)
+        checkpoints.after_epoch(finished.state_dict(), last=finished.training_finished)
         if settings.trainer.keep_checkpoint == KeepCheckpoint.best:
             save_best_weights(folder, finished, spec, settings.objective)
 
     try:
         with stop_on_signals(run):
-            run.fit(recorder, on_epoch=checkpoint if settings.trainer.checkpoint else None)
+            try:
+                run.fit(recorder, on_epoch=checkpoint if settings.trainer.checkpoint else None)
+            finally:
+                checkpoints.flush()  # stopped by a signal, a divergence or an error: keep every finished epoch
             metrics = run.test(recorder)
     except (DivergedError, InterruptedRun) as error:
         status = Status.diverged if isinstance(error, DivergedError) else Status.interrupted
@@ -304,6 +311,10 @@ def hydra_main(cfg: DictConfig) -> float:
 
 def main() -> None:
     """``python -m regbench`` and the ``regbench`` script: check the command line, then run Hydra."""
+    # The ~270,000 objects the imports made live as long as the process: out of the cyclic garbage
+    # collector's way, so its full collections stop rescanning them (measured: the default job
+    # 1.2 s faster, scripts/bench_startup.py).
+    gc.freeze()
     exit_on_bad_command_line(sys.argv[1:])
     hydra_main()
 

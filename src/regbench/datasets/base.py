@@ -16,7 +16,6 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision.transforms.v2 import functional as TF
 
 from regbench.config import ConfigError, Corruption, DatasetConfig, check, one_line
 
@@ -282,6 +281,8 @@ def input_shape(split: Split) -> tuple[int, int, int]:
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 [B, C, H, W] -> float32 normalized, on the images' device."""
+    from torchvision.transforms.v2 import functional as TF  # see DEVELOPERS.md, "Start-up"
+
     converted = TF.to_dtype(images, torch.float32, scale=True)
     # In place when the conversion made a new tensor: one buffer per batch instead of two.
     return TF.normalize(converted, list(mean), list(std), inplace=converted is not images)

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from torchvision.datasets import CIFAR10, CIFAR100
-from torchvision.datasets.utils import check_integrity
 
 from regbench.config import DatasetConfig, one_line
 from regbench.datasets import DATASETS
 from regbench.datasets.base import CorruptDatasetError, ImageTensors, RawSplits, require_files
+
+if TYPE_CHECKING:  # torchvision is imported where it is used: DEVELOPERS.md, "Start-up"
+    from torchvision.datasets import CIFAR10
 
 REDO = "delete it and rerun with dataset.download=true"
 # What unpickling a truncated or garbled batch raises, besides UnpicklingError.
@@ -49,6 +51,8 @@ def read_cifar_split(name: str, dataset_class: type[CIFAR10], root: Path, train:
         return dataset_class(root, train=train, download=False)
     except RuntimeError as error:
         # torchvision's integrity check: the files exist (require_files saw them), so an md5 differs.
+        from torchvision.datasets.utils import check_integrity
+
         modified = [file for file, md5 in checksums(dataset_class).items()
                     if not check_integrity(directory / file, md5)]
         if not modified:
@@ -94,9 +98,13 @@ def load_cifar(cfg: DatasetConfig, dataset_class: type[CIFAR10]) -> RawSplits:
 
 @DATASETS.register("cifar10")
 def load_cifar10(cfg: DatasetConfig) -> RawSplits:
+    from torchvision.datasets import CIFAR10
+
     return load_cifar(cfg, CIFAR10)
 
 
 @DATASETS.register("cifar100")
 def load_cifar100(cfg: DatasetConfig) -> RawSplits:
+    from torchvision.datasets import CIFAR100
+
     return load_cifar(cfg, CIFAR100)

@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 
 def random_square_crops(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -49,6 +48,8 @@ class CroppedBatches:
         return getattr(self.batches, name)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from torchvision.transforms.v2 import functional as TF  # see DEVELOPERS.md, "Start-up"
+
         for images, labels in self.batches:
             if self.random:
                 yield random_square_crops(images, self.size), labels

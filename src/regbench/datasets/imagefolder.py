@@ -25,15 +25,12 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import find_classes
-from torchvision.transforms import v2
 
 from regbench.config import ConfigError, DatasetConfig, check
 from regbench.datasets import DATASETS
@@ -54,6 +51,10 @@ from regbench.datasets.cache import (
     read_cache,
     timed_build,
 )
+
+if TYPE_CHECKING:  # torchvision is imported where it is used: DEVELOPERS.md, "Start-up"
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import v2
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ def corrupt_image_error(path: str, error: BaseException) -> CorruptDatasetError:
 def image_transform(size: Optional[int]) -> v2.Compose:
     """PIL image (RGB) -> uint8 [3, H, W]: at its own size (``size`` None), or the shorter side
     resized to ``size`` and the centre cropped to ``size`` x ``size``."""
+    from torchvision.transforms import v2
+
     resize = [] if size is None else [v2.Resize(size), v2.CenterCrop(size)]
     return v2.Compose([v2.ToImage(), *resize, v2.ToPureTensor()])
 
@@ -239,21 +242,9 @@ def load_image_files(cfg: DatasetConfig, listing: dict[str, tuple[list[str], lis
     return RawSplits(splits["train"], splits["test"], classes, crop_size=sizing.crop)
 
 
-class FolderWithClasses(ImageFolder):
-    """An ImageFolder whose class indices are given: the test split uses the training split's.
-
-    ``find_classes`` is the hook torchvision documents for changing how classes are found.
-    """
-
-    def __init__(self, root: Path, class_to_idx: dict[str, int], **kwargs: Any) -> None:
-        self.given_class_to_idx = class_to_idx
-        super().__init__(root, **kwargs)
-
-    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
-        return list(self.given_class_to_idx), self.given_class_to_idx
-
-
 def read_train_folder(root: Path) -> ImageFolder:
+    from torchvision.datasets import ImageFolder
+
     try:
         # Every training class needs images (allow_empty=False).
         return ImageFolder(root / "train", loader=load_rgb)
@@ -262,7 +253,10 @@ def read_train_folder(root: Path) -> ImageFolder:
                                f"{LAYOUT})") from None
 
 
-def read_test_folder(root: Path, train: ImageFolder) -> ImageFolder:
+def read_test_folder(root: Path, train: ImageFolder) -> list[tuple[str, int]]:
+    """(path, class index) of every test image, with the training split's class indices."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
     folder = root / "test"
     try:
         test_classes, _ = find_classes(folder)
@@ -276,12 +270,12 @@ def read_test_folder(root: Path, train: ImageFolder) -> ImageFolder:
             f"dataset.root={root}; every test class needs training images (train/ has "
             f"{', '.join(train.classes)})"
         )
-    # A test split may lack some training classes.
-    test = FolderWithClasses(folder, train.class_to_idx, allow_empty=True, loader=load_rgb)
-    if not len(test):
+    # A test split may lack some training classes (allow_empty).
+    samples = make_dataset(folder, train.class_to_idx, IMG_EXTENSIONS, allow_empty=True)
+    if not samples:
         raise ImageFolderError(f"dataset 'imagefolder': no images in {folder} (extensions "
-                               f"{', '.join(test.extensions)})")
-    return test
+                               f"{', '.join(IMG_EXTENSIONS)})")
+    return samples
 
 
 @DATASETS.register("imagefolder")
@@ -295,6 +289,6 @@ def load_imagefolder(cfg: DatasetConfig) -> RawSplits:
         raise missing_files_error(cfg.name, root, expected, how)
     train = read_train_folder(root)
     test = read_test_folder(root, train)
-    listing = {split: ([path for path, _ in folder.samples], [label for _, label in folder.samples])
-               for split, folder in (("train", train), ("test", test))}
+    listing = {split: ([path for path, _ in samples], [label for _, label in samples])
+               for split, samples in (("train", train.samples), ("test", test))}
     return load_image_files(cfg, listing, list(train.classes), root, how)

@@ -10,14 +10,14 @@ memory as one uint8 tensor.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
-
-from torchvision.datasets import MNIST, FashionMNIST
-from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+from typing import TYPE_CHECKING, Sequence
 
 from regbench.config import DatasetConfig, one_line
 from regbench.datasets import DATASETS
 from regbench.datasets.base import CorruptDatasetError, ImageTensors, RawSplits, require_files
+
+if TYPE_CHECKING:  # torchvision is imported where it is used: DEVELOPERS.md, "Start-up"
+    from torchvision.datasets import MNIST
 
 # What torchvision's IDX parser raises on a truncated or garbled file: it asserts the header and the
 # size (AssertionError), checks dtype/dimensions (TypeError/ValueError), and under ``python -O`` a
@@ -27,6 +27,8 @@ IDX_ERRORS = (AssertionError, ValueError, TypeError, RuntimeError, KeyError)
 
 def unreadable_idx_file(paths: Sequence[Path]) -> Path | None:
     """The first file torchvision's IDX parser rejects (used only to name it in the error)."""
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+
     for path in paths:
         try:
             read_sn3_pascalvincent_tensor(str(path), strict=True)
@@ -77,9 +79,13 @@ def load_idx_dataset(cfg: DatasetConfig, dataset_class: type[MNIST]) -> RawSplit
 
 @DATASETS.register("mnist")
 def load_mnist(cfg: DatasetConfig) -> RawSplits:
+    from torchvision.datasets import MNIST
+
     return load_idx_dataset(cfg, MNIST)
 
 
 @DATASETS.register("fashion_mnist")
 def load_fashion_mnist(cfg: DatasetConfig) -> RawSplits:
+    from torchvision.datasets import FashionMNIST
+
     return load_idx_dataset(cfg, FashionMNIST)

@@ -12,19 +12,23 @@ centre crop in evaluation; the decoded splits (about 1.4 GB) are kept in memory 
 from __future__ import annotations
 
 from pathlib import Path
-
-from torchvision.datasets import OxfordIIITPet
+from typing import TYPE_CHECKING
 
 from regbench.config import DatasetConfig, one_line
 from regbench.datasets import DATASETS
 from regbench.datasets.base import CorruptDatasetError, RawSplits, require_files
 from regbench.datasets.imagefolder import load_image_files
 
+if TYPE_CHECKING:  # torchvision is imported where it is used: DEVELOPERS.md, "Start-up"
+    from torchvision.datasets import OxfordIIITPet
+
 HOW = ("download images.tar.gz and annotations.tar.gz from "
        "https://www.robots.ox.ac.uk/~vgg/data/pets/ and extract both there")
 
 
 def read_pets_split(cfg: DatasetConfig, split: str) -> OxfordIIITPet:
+    from torchvision.datasets import OxfordIIITPet
+
     annotations = Path(cfg.root) / "oxford-iiit-pet" / "annotations" / f"{split}.txt"
     try:
         pets = OxfordIIITPet(cfg.root, split=split, target_types="category")
@@ -42,6 +46,8 @@ def read_pets_split(cfg: DatasetConfig, split: str) -> OxfordIIITPet:
 
 @DATASETS.register("pets")
 def load_pets(cfg: DatasetConfig) -> RawSplits:
+    from torchvision.datasets import OxfordIIITPet
+
     directory = Path(cfg.root) / "oxford-iiit-pet"
     require_files(cfg, directory, ["images", "annotations/trainval.txt", "annotations/test.txt"],
                   lambda: OxfordIIITPet(cfg.root, download=True), HOW)

@@ -13,7 +13,8 @@ from regbench.registry import Registry, import_submodules
 ModelBuilder = Callable[[object, tuple, int, ModelOptions], Classifier]
 MODELS: Registry[ModelBuilder] = Registry("model")
 
-import_submodules(__name__, __path__)
+# blocks.py is imported by the builders that use it (it needs torchvision).
+import_submodules(__name__, __path__, skip=("base", "blocks"))
 
 
 def build_model(cfg, input_shape: tuple, num_classes: int, options: ModelOptions) -> Classifier:

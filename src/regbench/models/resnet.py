@@ -4,7 +4,7 @@ blocks with 16, 32 and 64 channels (the first block of stages 2 and 3 halves the
 56, 110).
 
 Blocks are torchvision's ``BasicBlock`` (conv-BN-ReLU-conv-BN, add, ReLU), subclassed to hold a
-dropout layer. Shortcuts across stages follow the paper's option A by default: identity on every
+dropout layer (blocks.py). Shortcuts across stages follow the paper's option A by default: identity on every
 second pixel, zero-padded with the new channels, so the parameter counts match He et al.'s table
 (ResNet-20: 0.27M); option B (1x1 projection + BN, torchvision's downsample) is
 ``shortcut=projection``. Initialization as torchvision's ResNet (He-normal convs, BN 1 and 0).
@@ -36,8 +36,6 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.resnet import BasicBlock, conv1x1, conv3x3
-from torchvision.ops import StochasticDepth
 
 from regbench.config import ModelConfig, check, register_schema
 from regbench.models import MODELS
@@ -78,26 +76,6 @@ register_schema("model", "resnet", ResNetConfig)
 NormFactory = Callable[[int], nn.Module]
 
 
-class DropoutBasicBlock(BasicBlock):
-    """torchvision's BasicBlock with a dropout layer between its two convolutions and a stochastic
-    depth layer on the residual branch (Identities unless given). Same parameters and state-dict
-    keys as BasicBlock."""
-
-    def __init__(self, *args, dropout: Optional[nn.Module] = None,
-                 stochastic_depth: Optional[nn.Module] = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.dropout = dropout if dropout is not None else nn.Identity()
-        self.stochastic_depth = stochastic_depth if stochastic_depth is not None else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # BasicBlock.forward with self.dropout after the first ReLU and self.stochastic_depth on
-        # the branch before the addition; torchvision has no hook for either.
-        out = self.dropout(self.relu(self.bn1(self.conv1(x))))
-        out = self.stochastic_depth(self.bn2(self.conv2(out)))
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + identity)
-
-
 class ZeroPadShortcut(nn.Module):
     """He et al.'s option A: keep every ``stride``-th pixel, append zero channels."""
 
@@ -117,6 +95,8 @@ def shortcut(kind: Shortcut, in_channels: int, out_channels: int, stride: int,
         return None  # identity
     if kind == Shortcut.zero_pad:
         return ZeroPadShortcut(stride, out_channels - in_channels)
+    from torchvision.models.resnet import conv1x1  # see DEVELOPERS.md, "Start-up"
+
     return nn.Sequential(conv1x1(in_channels, out_channels, stride), norm(out_channels))
 
 
@@ -138,6 +118,8 @@ def residual_drop(options: ModelOptions, block: int, blocks: int) -> Optional[nn
     block / blocks * (1 - p_L), Huang et al. 2016's linear decay rule; None when off."""
     if options.stochastic_depth_survival is None:
         return None
+    from torchvision.ops import StochasticDepth  # see DEVELOPERS.md, "Start-up"
+
     return StochasticDepth(block / blocks * (1 - options.stochastic_depth_survival), mode="row")
 
 
@@ -149,6 +131,8 @@ def feature_dropout(options: ModelOptions) -> nn.Module:
 
 def init_weights(model: nn.Module, zero_init_residual: bool) -> None:
     """As torchvision's ResNet: He-normal convs (fan_out), norm scale 1 and shift 0."""
+    from torchvision.models.resnet import BasicBlock  # see DEVELOPERS.md, "Start-up"
+
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -164,6 +148,10 @@ def init_weights(model: nn.Module, zero_init_residual: bool) -> None:
 class CifarResNet(Classifier):
     def __init__(self, cfg: ResNetConfig, in_channels: int, num_classes: int,
                  options: ModelOptions) -> None:
+        from torchvision.models.resnet import conv3x3  # see DEVELOPERS.md, "Start-up"
+
+        from regbench.models.blocks import DropoutBasicBlock
+
         super().__init__()
         norm = norm_factory(options)
         blocks_per_stage = (cfg.depth - 2) // 6

@@ -26,23 +26,23 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import nn
-from torchvision.models import ResNet
-from torchvision.models.resnet import BasicBlock
 
 from regbench.config import ConfigError, ModelConfig, register_schema
 from regbench.models import MODELS
 from regbench.models.base import Classifier, ModelOptions, input_block, last_conv_dropout
 from regbench.models.resnet import (
-    DropoutBasicBlock,
     block_dropout,
     feature_dropout,
     norm_factory,
     residual_drop,
 )
+
+if TYPE_CHECKING:  # see DEVELOPERS.md, "Start-up"
+    from torchvision.models import ResNet
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,11 @@ def build_torchvision_resnet(name: str, in_channels: int, num_classes: int, opti
     # torchvision's resnet18/34 build ResNet(BasicBlock, LAYERS[name]) in just this way; the block
     # class is chosen here because only DropoutBasicBlock has a place for dropout and stochastic
     # depth.
+    from torchvision.models import ResNet
+    from torchvision.models.resnet import BasicBlock
+
+    from regbench.models.blocks import DropoutBasicBlock
+
     with_dropout = options.wants_dropout(feeds_norm=True)
     with_stochastic_depth = options.stochastic_depth_survival is not None
     custom_block = with_dropout or with_stochastic_depth

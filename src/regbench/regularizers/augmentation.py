@@ -19,7 +19,6 @@ from enum import Enum
 from typing import Optional
 
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 from regbench.config import ConfigError, check
 from regbench.regularizers.base import Regularizer, RunContext, register_regularizer
@@ -68,6 +67,8 @@ class AugmentationConfig:
 def random_crops(images: torch.Tensor, padding: int) -> torch.Tensor:
     """Each image of a [B, C, H, W] batch zero-padded by ``padding`` and cropped back to H x W at
     its own uniformly random offset."""
+    from torchvision.transforms.v2 import functional as TF  # see DEVELOPERS.md, "Start-up"
+
     if padding == 0:
         return images
     batch, channels, height, width = images.shape

@@ -16,12 +16,15 @@ runs, 1.0 on ImageNet); here it is every batch, the ImageNet setting.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from torchvision.transforms import v2
 
 from regbench.config import check
 from regbench.regularizers.base import Regularizer, RunContext, register_regularizer
+
+if TYPE_CHECKING:  # see DEVELOPERS.md, "Start-up"
+    from torchvision.transforms import v2
 
 
 @dataclass
@@ -41,6 +44,8 @@ class CutMix(Regularizer):
         self.mix: v2.CutMix | None = None  # needs the class count, known in setup()
 
     def setup(self, context: RunContext) -> None:
+        from torchvision.transforms import v2
+
         self.mix = v2.CutMix(alpha=self.cfg.alpha, num_classes=context.num_classes)
 
     def transform_batch(self, images: torch.Tensor,

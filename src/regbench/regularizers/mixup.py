@@ -15,13 +15,15 @@ batch is converted to float in [0, 1] first, which the training loop normalizes 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
 
 from regbench.config import check
 from regbench.regularizers.base import Regularizer, RunContext, register_regularizer
+
+if TYPE_CHECKING:  # see DEVELOPERS.md, "Start-up"
+    from torchvision.transforms import v2
 
 
 @dataclass
@@ -37,6 +39,8 @@ class MixupConfig:
 
 def to_float_images(images: torch.Tensor) -> torch.Tensor:
     """uint8 images -> float32 in [0, 1]; float images as they are."""
+    from torchvision.transforms.v2 import functional as TF
+
     return images if images.is_floating_point() else TF.to_dtype(images, torch.float32, scale=True)
 
 
@@ -47,6 +51,8 @@ class Mixup(Regularizer):
         self.mix: v2.MixUp | None = None  # needs the class count, known in setup()
 
     def setup(self, context: RunContext) -> None:
+        from torchvision.transforms import v2
+
         self.mix = v2.MixUp(alpha=self.cfg.alpha, num_classes=context.num_classes)
 
     def transform_batch(self, images: torch.Tensor,

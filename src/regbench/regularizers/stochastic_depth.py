@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torch import nn
-from torchvision.ops import StochasticDepth
 
 from regbench.config import ConfigError, check
 from regbench.models.base import ModelOptions
@@ -46,6 +45,8 @@ class StochasticDepthRegularizer(Regularizer):
         options.stochastic_depth_survival = self.cfg.p_last
 
     def on_model_built(self, model: nn.Module) -> None:
+        from torchvision.ops import StochasticDepth  # see DEVELOPERS.md, "Start-up"
+
         if not any(isinstance(module, StochasticDepth) for module in model.modules()):
             raise ConfigError(f"regularizer=stochastic_depth is not allowed with "
                               f"model={self.model_name}: it drops residual blocks, which only "
