@@ -6,7 +6,8 @@ history.jsonl of ``train_seconds`` + ``eval_seconds``: every epoch's training an
 
   default  ``python -m regbench`` (digits, the MLP, 30 epochs), issue 13's target: ratio <= 2.5;
   sweep    ``python -m regbench -m regularizer=none,dropout seed=0,1,2 trainer.epochs=10`` with
-           Hydra's basic launcher (the 6 jobs one after another in one process), target <= 1.5.
+           Hydra's basic launcher (the 6 jobs one after another in one process), target <= 1.5;
+  sweep_no_figures  the same with ``evaluation.figures=false`` (no test-phase figures).
 
 The cases are interleaved over ``--repeats`` rounds; medians and their ratios are reported.
 ``--profile`` runs each case once more under cProfile and prints where the time outside training
@@ -31,11 +32,13 @@ from pathlib import Path
 
 from bench import cpu_model  # scripts/bench.py
 
+SWEEP = ["-m", "regularizer=none,dropout", "seed=0,1,2", "trainer.epochs=10"]
 CASES = {
     "default": [],
-    "sweep": ["-m", "regularizer=none,dropout", "seed=0,1,2", "trainer.epochs=10"],
+    "sweep": SWEEP,
+    "sweep_no_figures": [*SWEEP, "evaluation.figures=false"],
 }
-TARGETS = {"default": 2.5, "sweep": 1.5}
+TARGETS = {"default": 2.5, "sweep": 1.5, "sweep_no_figures": 1.5}
 # The phases of a run outside its epochs whose cumulative time the profile reports.
 FUNCTIONS = {
     "import regbench.train": ("train.py", "<module>"),
@@ -102,7 +105,7 @@ def main() -> None:
         for case in options.cases:
             result = run_case(CASES[case], options.threads)
             samples[case].append(result)
-            print(f"round {round_index + 1}: {case:8s} wall {result['wall_seconds']:6.2f} s, "
+            print(f"round {round_index + 1}: {case:16s} wall {result['wall_seconds']:6.2f} s, "
                   f"training+evaluation {result['train_eval_seconds']:6.2f} s ({result['jobs']} jobs)",
                   flush=True)
 
@@ -111,7 +114,7 @@ def main() -> None:
     results: dict = {"machine": machine, "cases": {}}
     print(f"\n{machine['cpu']}, {machine['cores']} cores, trainer.num_threads={options.threads}, "
           f"{options.repeats} rounds, medians")
-    print(f"{'case':8s} {'jobs':>4s} {'wall s':>8s} {'train+eval s':>13s} {'ratio':>6s} {'target':>7s}")
+    print(f"{'case':16s} {'jobs':>4s} {'wall s':>8s} {'train+eval s':>13s} {'ratio':>6s} {'target':>7s}")
     for case, runs in samples.items():
         if not runs:
             continue
@@ -123,7 +126,7 @@ def main() -> None:
                                   "jobs": runs[0]["jobs"], "wall_seconds": wall,
                                   "train_eval_seconds": trained, "ratio": ratio, "ratios": ratios,
                                   "target": TARGETS[case], "runs": runs}
-        print(f"{case:8s} {runs[0]['jobs']:4d} {wall:8.2f} {trained:13.2f} {ratio:6.2f} "
+        print(f"{case:16s} {runs[0]['jobs']:4d} {wall:8.2f} {trained:13.2f} {ratio:6.2f} "
               f"{TARGETS[case]:7.1f}")
 
     if options.profile:

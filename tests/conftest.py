@@ -14,8 +14,9 @@ import pytest
 from regbench.composition import compose_config
 from regbench.train import train
 
-# Small, fast settings for runs inside tests; tests add their own overrides after these.
-FAST = ["trainer.epochs=3", "trainer.progress=false", "trainer.num_threads=1"]
+# Small, fast settings for runs inside tests; tests add their own overrides after these. No test-phase
+# figures (they cost more than 3 epochs of training): the tests of figures turn them on.
+FAST = ["trainer.epochs=3", "trainer.progress=false", "trainer.num_threads=1", "evaluation.figures=false"]
 
 
 def train_in_process(run_dir: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -62,7 +63,8 @@ def train_with_cli(tmp_path: Path, overrides: Sequence[str],
     checks that it completed and returns (metrics.json, history.jsonl) of its run folder."""
     run_dir = tmp_path / "run"
     result = run_cli([*overrides, f"trainer.epochs={epochs}", "trainer.progress=false",
-                      "trainer.num_threads=1", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+                      "trainer.num_threads=1", "evaluation.figures=false", f"hydra.run.dir={run_dir}"],
+                     cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     metrics = read_metrics(run_dir)
     assert metrics["status"] == "completed"

@@ -304,7 +304,8 @@ def test_ranking_flips():
 def test_every_calibrator_lowers_label_smoothings_raw_ece_on_a_real_digits_run(tmp_path):
     run_dir = tmp_path / "run"
     # Label smoothing leaves this MLP under-confident on digits (mean confidence ~0.85, ECE ~0.13).
-    metrics = train_in_process(run_dir, ["regularizer=label_smoothing", "trainer.epochs=15"])
+    metrics = train_in_process(run_dir, ["regularizer=label_smoothing", "trainer.epochs=15",
+                                         "evaluation.figures=true"])
     assert metrics["test/ece"] > 0.08
     for calibrator in DEFAULT_CALIBRATORS:
         assert metrics[f"test/ece@{calibrator}"] < metrics["test/ece"], calibrator

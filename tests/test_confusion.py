@@ -69,7 +69,8 @@ def test_label_smoothing_spreads_the_wrong_class_mass_on_digits(tmp_path):
     common = ["trainer.epochs=10", "model.hidden_sizes=[64]", "seed=0"]
     baseline = train_in_process(tmp_path / "none", [*common, "regularizer=none"])
     smoothed = train_in_process(tmp_path / "ls", [*common, "regularizer=label_smoothing",
-                                                  "regularizer.label_smoothing.epsilon=0.3"])
+                                                  "regularizer.label_smoothing.epsilon=0.3",
+                                                  "evaluation.figures=true"])
     uniform = math.log(9)  # ten digit classes: nine wrong ones
     assert baseline[WRONG_CLASS_ENTROPY] < smoothed[WRONG_CLASS_ENTROPY] <= uniform
     # Label smoothing's targets are uniform over the wrong classes: closer to ln 9 by a margin.

@@ -84,3 +84,25 @@ def test_panel_draws_each_calibrator_like_the_single_diagram():
     colours = lambda axes: [to_hex(p.get_facecolor()) for p in axes.patches]
     assert colours(figure.axes[0]) == colours(figure.axes[2]) == colours(single.axes[0])
     assert figure.axes[0].get_title() == "raw: ECE 0.3864"
+
+
+FIGURE_FILES = ("test_reliability.png", "test_confidence_hist.png", "test_reliability_panel.png",
+                "test_class_probabilities.png")
+
+
+def test_figures_off_skips_the_figures_and_changes_no_number(tmp_path):
+    """evaluation.figures=false: no PNGs, TensorBoard images or projector files; every metric the
+    same as with figures (same seed), and test_calibration.json, the report's source, still there."""
+    from conftest import train_in_process
+
+    drawn = train_in_process(tmp_path / "on", ["evaluation.figures=true"])
+    skipped = train_in_process(tmp_path / "off", ["evaluation.figures=false"])
+    timings = {"seconds"}
+    assert {k: v for k, v in skipped.items() if k not in timings} == \
+        {k: v for k, v in drawn.items() if k not in timings}
+    for name in FIGURE_FILES:
+        assert (tmp_path / "on" / name).stat().st_size > 0
+        assert not (tmp_path / "off" / name).exists()
+    assert not (tmp_path / "off" / "projector_config.pbtxt").exists()
+    assert (tmp_path / "off" / "test_calibration.json").stat().st_size > 0
+

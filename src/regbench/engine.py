@@ -456,6 +456,8 @@ class Run:
             metrics.update({key: value for key, value in calibrated.items() if key not in metrics})
         self.check_stop()
         if recorder is not None:
+            recorder.write_calibration_summary(test.logits, test.labels)
+        if recorder is not None and self.settings.evaluation.figures:
             recorder.log_figures("test", test.logits, test.labels, metrics[TEST_ECE], self.epochs_done)
             if panel:
                 eces = {name: metrics[metric_key("ece", name)] for name in panel}

@@ -242,8 +242,10 @@ class RunRecorder:
         }
         for name, figure in figures.items():
             self.log_figure(f"{split}/{name}", figure, f"{split}_{name}.png", step)
-        atomic_write_json(self.run_dir / CALIBRATION_FILE,
-                          calibration_summary(logits, labels))
+
+    def write_calibration_summary(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """test_calibration.json: the reliability bins and confidence histograms the report draws."""
+        atomic_write_json(self.run_dir / CALIBRATION_FILE, calibration_summary(logits, labels))
 
     def log_reliability_panel(self, probabilities: Mapping[str, torch.Tensor], labels: torch.Tensor,
                               eces: Mapping[str, float], step: int) -> None:

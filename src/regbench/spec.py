@@ -29,6 +29,7 @@ RESULT_NEUTRAL_KEYS = frozenset({
     "trainer.checkpoint",   # whether last.pt is written
     "trainer.checkpoint_interval_s",  # how often
     "trainer.keep_checkpoint",  # which checkpoint stays after the run
+    "evaluation.figures",   # whether the test phase draws figures
     "objective",            # what a sweeper reads from the finished run
 })
 RESULT_NEUTRAL_PREFIXES = ("hydra.",)
