@@ -82,5 +82,11 @@ def test_label_smoothing_spreads_the_wrong_class_mass_on_digits(tmp_path):
     assert 'tensor_name: "test_penultimate:00010"' in config
     metadata = (run_dir / "00010" / "test_penultimate" / "metadata.tsv").read_text().splitlines()
     assert metadata[0] == "label\tpredicted\tcorrect" and len(metadata) == 1 + 360  # digits' test split
+    # What TensorBoard's projector parses: the config proto, and one row of floats per example.
+    from google.protobuf import text_format
+    from tensorboard.plugins.projector import ProjectorConfig
+    (embedding,) = text_format.Parse(config, ProjectorConfig()).embeddings
+    tensors = np.loadtxt(run_dir / embedding.tensor_path, delimiter="\t", ndmin=2)
+    assert tensors.shape == (360, 64) and np.isfinite(tensors).all()  # model.hidden_sizes=[64]
     events = EventAccumulator(str(run_dir), size_guidance={"images": 0}).Reload()
     assert "test/class_probabilities" in events.Tags()["images"]
