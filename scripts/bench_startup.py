@@ -14,7 +14,8 @@ The cases are interleaved over ``--repeats`` rounds; medians and their ratios ar
 goes (cumulative seconds of the run's phases; profiling inflates Python-heavy parts, so read these
 as shares, not as timings).
 
-    python scripts/bench_startup.py [--repeats 5] [--threads 1] [--profile] [--out startup.json]
+    python scripts/bench_startup.py [--repeats 5] [--threads 1] [--cases default sweep ...]
+                                    [--overrides key=value ...] [--profile] [--out startup.json]
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ def trained_seconds(cwd: Path) -> tuple[int, float]:
 
 
 def run_case(args: list[str], threads: int, profile: Path | None = None) -> dict:
+    """One command in a fresh process from an empty temporary folder: wall time and its jobs'
+    recorded training + evaluation time."""
     with tempfile.TemporaryDirectory(prefix="regbench-startup-") as folder:
         cwd = Path(folder)
         command = [sys.executable, *(["-m", "cProfile", "-o", str(profile)] if profile else []),
@@ -96,6 +99,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="trainer.num_threads (1: comparable on a busy machine)")
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--overrides", nargs="*", default=[],
+                        help="extra overrides for every case (e.g. a shorter default job)")
     parser.add_argument("--profile", action="store_true", help="one more cProfile'd run per case")
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     options = parser.parse_args()
@@ -103,7 +108,7 @@ def main() -> None:
     samples: dict[str, list[dict]] = {case: [] for case in options.cases}
     for round_index in range(options.repeats):
         for case in options.cases:
-            result = run_case(CASES[case], options.threads)
+            result = run_case([*CASES[case], *options.overrides], options.threads)
             samples[case].append(result)
             print(f"round {round_index + 1}: {case:16s} wall {result['wall_seconds']:6.2f} s, "
                   f"training+evaluation {result['train_eval_seconds']:6.2f} s ({result['jobs']} jobs)",
@@ -122,7 +127,7 @@ def main() -> None:
         trained = statistics.median(r["train_eval_seconds"] for r in runs)
         ratios = [r["wall_seconds"] / r["train_eval_seconds"] for r in runs]
         ratio = statistics.median(ratios)
-        results["cases"][case] = {"command": ["python", "-m", "regbench", *CASES[case]],
+        results["cases"][case] = {"command": ["python", "-m", "regbench", *CASES[case], *options.overrides],
                                   "jobs": runs[0]["jobs"], "wall_seconds": wall,
                                   "train_eval_seconds": trained, "ratio": ratio, "ratios": ratios,
                                   "target": TARGETS[case], "runs": runs}
@@ -133,7 +138,7 @@ def main() -> None:
         for case in options.cases:
             with tempfile.TemporaryDirectory() as folder:
                 path = Path(folder) / "profile.out"
-                run_case(CASES[case], options.threads, profile=path)
+                run_case([*CASES[case], *options.overrides], options.threads, profile=path)
                 phases = profile_phases(path)
             results["cases"].setdefault(case, {})["profile_seconds"] = phases
             print(f"\n{case}: cumulative seconds under cProfile")

@@ -56,3 +56,21 @@ def test_bench_writes_medians_and_ratios(tmp_path: Path) -> None:
     assert report["imagefolder_cache_build_seconds"] == folder["cache_build_seconds"] > 0
     assert folder["cached_build_seconds"] > 0
     assert "imgfold A regbench Run" in result.stdout and "cache build" in result.stdout
+
+
+@pytest.mark.slow
+def test_bench_startup_compares_wall_time_with_the_jobs_training(tmp_path: Path) -> None:
+    script = SCRIPT.parent / "bench_startup.py"
+    out = tmp_path / "startup.json"
+    result = subprocess.run(
+        [sys.executable, str(script), "--repeats", "1", "--cases", "default", "--overrides",
+         "trainer.epochs=2", "evaluation.figures=false", "--out", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["startup.json"]
+    case = json.loads(out.read_text())["cases"]["default"]
+    assert case["jobs"] == 1 and case["command"][-2:] == ["trainer.epochs=2", "evaluation.figures=false"]
+    assert 0 < case["train_eval_seconds"] < case["wall_seconds"]
+    assert case["ratio"] == pytest.approx(case["wall_seconds"] / case["train_eval_seconds"])
+    assert "default" in result.stdout and "ratio" in result.stdout
+

@@ -22,7 +22,7 @@ from conftest import read_history, read_metrics, run_cli
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = ["trainer.progress=false", "trainer.num_threads=1"]
+FAST = ["trainer.progress=false", "trainer.num_threads=1", "evaluation.figures=false"]
 # The command: 1 CPU, 1 GB, no GPU per job, on the one-node cluster's partition.
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.gpus_per_node=0",
          "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1"]

@@ -121,7 +121,8 @@ def test_corrupt_checkpoint_is_refused_in_one_line(tmp_path):
 def test_divergence_in_a_sweep_does_not_stop_the_other_job(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(["-m", "optimizer.lr=1e9,0.05", "trainer.epochs=2", "trainer.progress=false",
-                      "trainer.num_threads=1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+                      "trainer.num_threads=1", "evaluation.figures=false", f"hydra.sweep.dir={sweep}"],
+                     cwd=tmp_path)
     assert result.returncode != 0  # the sweep says that something failed
     diverged, completed = read_metrics(sweep / "0_optimizer.lr=1000000000.0"), read_metrics(sweep / "1_optimizer.lr=0.05")
     assert diverged["status"] == "diverged"

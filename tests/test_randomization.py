@@ -122,7 +122,7 @@ def test_an_mlp_memorizes_random_pixels_and_ignores_a_fixed_shuffle(tmp_path):
 def test_randomization_preset_and_report_overlay_training_loss(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(["experiment=randomization", "seed=0", "trainer.epochs=2",
-                      "model.hidden_sizes=[32]", "trainer.progress=false",
+                      "model.hidden_sizes=[32]", "trainer.progress=false", "evaluation.figures=false",
                       f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert len(list(sweep.glob("*/metrics.json"))) == 5

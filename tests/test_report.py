@@ -60,7 +60,7 @@ def sweep(tmp_path_factory):
     folder = cwd / "sweep"
     env = {"REGBENCH_DATA": str(cwd / "data")}
     result = run_cli(["-m", "seed=0,1", "regularizer=none,label_smoothing", "trainer.epochs=1",
-                      "trainer.num_threads=1", "trainer.progress=false",
+                      "trainer.num_threads=1", "trainer.progress=false", "evaluation.figures=false",
                       f"hydra.sweep.dir={folder}"], cwd=cwd, env=env)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == [*SWEEP_JOBS, "report"]
@@ -510,7 +510,8 @@ def test_bootstrap_interval_widths_next_to_the_seed_spread(tmp_path):
 def test_confidence_penalty_lowers_mean_confidence_on_digits(tmp_path):
     folder = tmp_path / "sweep"
     result = run_cli(["-m", "regularizer=none,confidence_penalty", "seed=0,1,2", "trainer.epochs=3",
-                      "trainer.num_threads=1", "trainer.progress=false", f"hydra.sweep.dir={folder}"],
+                      "trainer.num_threads=1", "trainer.progress=false", "evaluation.figures=false",
+                      f"hydra.sweep.dir={folder}"],
                      cwd=tmp_path, env={"REGBENCH_DATA": str(tmp_path / "data")})
     assert result.returncode == 0, result.stderr
     report = run_cli([str(folder)], cwd=tmp_path, module="regbench.report", timeout=120)

@@ -17,7 +17,7 @@ from conftest import read_history, read_metrics, run_cli
 pytestmark = pytest.mark.slow
 
 ARGS = ["trainer.epochs=12", "trainer.progress=false", "trainer.num_threads=1",
-        "model.hidden_sizes=[256,256]"]
+        "model.hidden_sizes=[256,256]", "evaluation.figures=false"]
 TIMING_KEYS = {"seconds", "train_seconds", "eval_seconds"}
 
 

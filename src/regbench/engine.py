@@ -457,18 +457,24 @@ class Run:
         self.check_stop()
         if recorder is not None:
             recorder.write_calibration_summary(test.logits, test.labels)
-        if recorder is not None and self.settings.evaluation.figures:
-            recorder.log_figures("test", test.logits, test.labels, metrics[TEST_ECE], self.epochs_done)
-            if panel:
-                eces = {name: metrics[metric_key("ece", name)] for name in panel}
-                recorder.log_reliability_panel(panel, test.labels, eces, self.epochs_done)
-            recorder.log_wrong_class_views(test.logits, test.labels, test.features,
-                                           self.data.classes, self.epochs_done)
+            if self.settings.evaluation.figures:
+                self.draw_figures(recorder, test, panel, metrics)
         metrics.update(variance_shift_metrics(self.model, self.data.test, self.device, self.prepare))
         metrics.update(fit_metrics(self.history, self.settings.trainer.fit_threshold))
         metrics.update(extra)
         metrics[EPOCHS] = self.epochs_done
         return metrics
+
+    def draw_figures(self, recorder: RunRecorder, test: Evaluation, panel: dict[str, torch.Tensor],
+                     metrics: dict[str, Any]) -> None:
+        """The test phase's figures (evaluation.figures): reliability diagram, confidence
+        histogram, the calibration panel's diagrams, the wrong-class views."""
+        recorder.log_figures("test", test.logits, test.labels, metrics[TEST_ECE], self.epochs_done)
+        if panel:
+            eces = {name: metrics[metric_key("ece", name)] for name in panel}
+            recorder.log_reliability_panel(panel, test.labels, eces, self.epochs_done)
+        recorder.log_wrong_class_views(test.logits, test.labels, test.features, self.data.classes,
+                                       self.epochs_done)
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)

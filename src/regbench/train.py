@@ -44,8 +44,8 @@ from regbench.spec import (
     TEST_MEAN_CONFIDENCE,
     TEST_NLL,
     RunSpec,
-    lower_is_better,
     Status,
+    lower_is_better,
 )
 from regbench.validate import exit_on_bad_command_line
 
