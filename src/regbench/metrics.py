@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
 CALIBRATION_BINS = 15  # Guo et al. 2017
 LEVEL = 0.95  # of every interval regbench reports (statistics.py, the bootstrap below)
 
@@ -40,22 +41,18 @@ def equal_width_bins(values: torch.Tensor, bins: int = CALIBRATION_BINS) -> torc
     return (torch.bucketize(values, edges, right=True) - 1).clamp(0, bins - 1)
 
 
-def binned_residuals(index: torch.Tensor, score: torch.Tensor, outcome: torch.Tensor,
-                     bins: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum over each bin of outcome - score, count of each bin), in float64."""
-    residual = torch.zeros(bins, dtype=torch.float64, device=index.device)
-    residual.index_add_(0, index, outcome.double() - score.double())
-    counts = torch.bincount(index, minlength=bins)
-    return residual, counts
-
-
 def calibration_errors(probabilities: torch.Tensor, labels: torch.Tensor,
                        bins: int = CALIBRATION_BINS) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ECE, MCE) of the top-label confidence, as float64 tensors on the probabilities' device."""
+    """(ECE, MCE) of the top-label confidence, as tensors on the probabilities' device (float64,
+    float32 on Apple's MPS, which has no float64)."""
+    dtype = torch.float32 if probabilities.device.type == "mps" else torch.float64
     confidence, prediction = probabilities.max(dim=1)
-    correct = (prediction == labels).double()
+    correct = (prediction == labels).to(dtype)
     index = equal_width_bins(confidence, bins)
-    residual, counts = binned_residuals(index, confidence, correct, bins)
+    # Per bin: sum of (correct - confidence) = |B| (acc(B) - conf(B)), and |B|.
+    residual = torch.zeros(bins, dtype=dtype, device=index.device)
+    residual.index_add_(0, index, correct - confidence.to(dtype))
+    counts = torch.bincount(index, minlength=bins)
     ece = residual.abs().sum() / len(index)
     mce = (residual.abs() / counts.clamp(min=1)).max()  # empty bins: residual 0, so gap 0
     return ece, mce
