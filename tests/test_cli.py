@@ -152,3 +152,23 @@ def test_the_entrypoint_imports_no_library_the_default_job_does_not_use():
     assert "torch" in imported and "hydra" in imported
     assert imported.isdisjoint({"torchvision", "torchmetrics", "scipy", "sklearn"}), \
         imported & {"torchvision", "torchmetrics", "scipy", "sklearn"}
+
+
+def run_exit(body: str) -> subprocess.CompletedProcess:
+    """A process that ends through train.exit_without_teardown after ``body``; stdout is a pipe,
+    so what it printed is still in the buffer when it exits."""
+    script = "\n".join(["import atexit, threading, time", "from regbench.train import exit_without_teardown",
+                        body, "exit_without_teardown()", "print('after the exit')"])
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+
+
+def test_exit_without_teardown_runs_the_exit_handlers_and_flushes_output():
+    result = run_exit("atexit.register(lambda: print('exit handler ran'))\nprint('buffered', end=' ')")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "buffered exit handler ran\n"
+
+
+def test_exit_without_teardown_waits_for_a_running_thread():
+    result = run_exit("threading.Thread(target=lambda: (time.sleep(0.5), print('thread finished'))).start()")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "thread finished\n"

@@ -46,10 +46,10 @@ def test_diagram_draws_those_bars_counts_and_a_legend_outside_the_axes():
     assert axes.get_title() == "test: ECE 0.3864 (15 bins, 40 predictions)"
     bars = [(round(p.get_x() + p.get_width() / 2, 4), round(p.get_y(), 4), round(p.get_height(), 4),
              to_hex(p.get_facecolor())) for p in axes.patches]
-    # Per bin: the grey accuracy bar from 0, then the gap from the accuracy to the mean confidence.
+    # Per bin the grey accuracy bar from 0, then per bin the gap from the accuracy to the mean confidence.
     assert bars == [
-        (0.5667, 0.0, 1.0, ACCURACY_COLOR.lower()), (0.5667, 1.0, -0.45, UNDERCONFIDENT_COLOR.lower()),
-        (0.8333, 0.0, 0.5, ACCURACY_COLOR.lower()), (0.8333, 0.5, 0.32, OVERCONFIDENT_COLOR.lower()),
+        (0.5667, 0.0, 1.0, ACCURACY_COLOR.lower()), (0.8333, 0.0, 0.5, ACCURACY_COLOR.lower()),
+        (0.5667, 1.0, -0.45, UNDERCONFIDENT_COLOR.lower()), (0.8333, 0.5, 0.32, OVERCONFIDENT_COLOR.lower()),
     ]
     assert [round(p.get_height()) for p in counts_axes.patches] == [20, 20]
     assert counts_axes.get_yscale() == "log"
@@ -58,6 +58,16 @@ def test_diagram_draws_those_bars_counts_and_a_legend_outside_the_axes():
     names = [t.get_text() for t in legend.get_texts()]
     assert any("over-confident" in n for n in names) and any("under-confident" in n for n in names)
     assert not axes.get_legend()
+
+
+def test_diagram_fades_the_bars_of_bins_with_few_predictions():
+    confidence = [0.82] * 20 + [0.95] * 3
+    labels = torch.tensor([0] * 23)
+    axes = reliability_diagram(logits_with_confidence(confidence), labels, ece=0.1, title="test").axes[0]
+    accuracy_bars, gap_bars = axes.patches[:2], axes.patches[2:]
+    assert [p.get_facecolor()[3] for p in accuracy_bars] == [1.0, 0.35]
+    assert [p.get_edgecolor()[3] for p in accuracy_bars] == [1.0, 0.35]
+    assert [round(p.get_facecolor()[3], 4) for p in gap_bars] == [0.85, round(0.85 * 0.35, 4)]
 
 
 def test_confidence_histogram_puts_a_few_mistakes_on_their_own_axis():

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -80,9 +81,11 @@ def draw_reliability(axes, counts_axes, drawing: ReliabilityDrawing, bins: int =
     bin of 3 predictions is not read like one of 300."""
     width = 1 / bins
     d = drawing
-    for x, a, c, alpha, color in zip(d.centers, d.accuracy, d.confidence, d.alphas, d.gap_colors):
-        axes.bar(x, a, width=width, color=ACCURACY_COLOR, edgecolor="black", linewidth=0.6, alpha=alpha)
-        axes.bar(x, c - a, bottom=a, width=width * 0.9, color=color, alpha=0.85 * alpha, linewidth=0)
+    # One call per kind of bar, each bar's opacity in its colours (bar takes one alpha per call).
+    axes.bar(d.centers, d.accuracy, width=width, color=[to_rgba(ACCURACY_COLOR, a) for a in d.alphas],
+             edgecolor=[to_rgba("black", a) for a in d.alphas], linewidth=0.6)
+    axes.bar(d.centers, d.confidence - d.accuracy, bottom=d.accuracy, width=width * 0.9, linewidth=0,
+             color=[to_rgba(color, 0.85 * a) for color, a in zip(d.gap_colors, d.alphas)])
     axes.plot([0, 1], [0, 1], "--", color="black", linewidth=0.8)
     axes.set(xlim=(0, 1), ylim=(0, 1))
     axes.tick_params(labelbottom=False)
@@ -103,9 +106,37 @@ def reliability_legend_handles() -> list:
                   label=f"faded: fewer than {FEW_PREDICTIONS} predictions")]
 
 
-def reliability_axes(figure: Figure, columns: int):
-    """A row of (diagram, count strip) pairs sharing x; the strip a quarter of the height."""
-    grid = figure.add_gridspec(2, columns, height_ratios=(4, 1), hspace=0.05)
+def margins(figure: Figure, left: float, right: float, top: float, bottom: float) -> dict[str, float]:
+    """Subplot margins given in inches, as the figure fractions a gridspec takes. A run's figures
+    have fixed content, so fixed margins place them: constrained layout measures every text of the
+    figure before drawing it, half of each figure's rendering time (a sweep draws four per job)."""
+    width, height = figure.get_size_inches()
+    return {"left": left / width, "right": 1 - right / width, "top": 1 - top / height,
+            "bottom": bottom / height}
+
+
+# Room, in inches, for what surrounds a diagram: tick labels and an axis label on the left, a title
+# above, tick labels, an axis label and the figure legend below.
+LEFT_MARGIN, RIGHT_MARGIN, TITLE_MARGIN, XLABEL_MARGIN = 0.75, 0.15, 0.35, 0.5
+LEGEND_ROW = 0.19  # one row of the x-small legend
+# Titles at a fixed height above the axes (nothing is drawn over the axes' top edge): matplotlib
+# otherwise measures the tick labels under each title at every draw to place it.
+TITLE_Y = 1.0
+STRIP_GAP = 0.22   # between a diagram and its count strip (the strip's top tick label)
+COLUMN_GAP = 0.45  # between diagrams side by side (the next strip's tick labels)
+
+
+def reliability_axes(figure: Figure, columns: int, legend_rows: int):
+    """A row of (diagram, count strip) pairs sharing x; the strip a quarter of the height; below,
+    room for the axis label and ``legend_rows`` rows of legend."""
+    width, height = figure.get_size_inches()
+    bottom = XLABEL_MARGIN + 0.1 + LEGEND_ROW * legend_rows
+    # Gaps in inches, as gridspec wants them: fractions of the mean axes width and height.
+    column_width = (width - LEFT_MARGIN - RIGHT_MARGIN) / columns
+    row_height = (height - TITLE_MARGIN - bottom - STRIP_GAP) / 2
+    grid = figure.add_gridspec(2, columns, height_ratios=(4, 1), hspace=STRIP_GAP / row_height,
+                               wspace=COLUMN_GAP / column_width,
+                               **margins(figure, LEFT_MARGIN, RIGHT_MARGIN, TITLE_MARGIN, bottom))
     pairs = []
     for column in range(columns):
         main = figure.add_subplot(grid[0, column], sharey=pairs[0][0] if pairs else None)
@@ -122,14 +153,15 @@ def reliability_diagram(logits: torch.Tensor, labels: torch.Tensor, ece: float, 
     """Accuracy per confidence bin against the diagonal; over- and under-confidence gaps in two
     colours; predictions per bin in a strip below; the legend under the axes."""
     confidence, correct = split_confidence(logits, labels)
-    figure = Figure(figsize=(5.2, 6.2), dpi=100, layout="constrained")
-    ((axes, counts_axes),) = reliability_axes(figure, 1)
+    figure = Figure(figsize=(5.2, 6.2), dpi=100)
+    handles = reliability_legend_handles()
+    ((axes, counts_axes),) = reliability_axes(figure, 1, legend_rows=-(-len(handles) // 2))
     draw_reliability(axes, counts_axes, reliability_drawing(confidence, correct))
-    axes.set(ylabel="accuracy", title=f"{title}: {ece_text(ece)} ({CALIBRATION_BINS} bins, "
-                                       f"{len(confidence)} predictions)")
+    axes.set_ylabel("accuracy")
+    axes.set_title(f"{title}: {ece_text(ece)} ({CALIBRATION_BINS} bins, {len(confidence)} predictions)",
+                   y=TITLE_Y)
     counts_axes.set_ylabel("predictions")
-    figure.legend(handles=reliability_legend_handles(), loc="outside lower center", ncols=2,
-                  fontsize="x-small", frameon=False)
+    figure.legend(handles=handles, loc="lower center", ncols=2, fontsize="x-small", frameon=False)
     return figure
 
 
@@ -157,19 +189,22 @@ def confidence_histogram(logits: torch.Tensor, labels: torch.Tensor, title: str)
     its own count axis, so a handful of mistakes is as visible as hundreds of right answers."""
     confidence, correct = split_confidence(logits, labels)
     panels = confidence_panels(confidence, correct)
-    figure = Figure(figsize=(5.2, 4.4), dpi=100, layout="constrained")
-    top, bottom = figure.subplots(2, 1, sharex=True)
+    figure = Figure(figsize=(5.2, 4.4), dpi=100)
+    # Above each panel its title, above the first the figure's title too.
+    placement = margins(figure, LEFT_MARGIN, RIGHT_MARGIN, 1.7 * TITLE_MARGIN, XLABEL_MARGIN)
+    top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"hspace": 0.3, **placement})
     widths = np.diff(panels.edges)
     for axes, counts, color, name, mask in ((top, panels.correct, CORRECT_COLOR, "correct", correct),
                                             (bottom, panels.incorrect, INCORRECT_COLOR, "incorrect", ~correct)):
         axes.bar(panels.edges[:-1], counts, width=widths, align="edge", color=color)
         mean = f", mean confidence {confidence[mask].mean():.3f}" if mask.any() else ""
-        axes.set_title(f"{name}: {int(mask.sum())} predictions{mean}", fontsize="small", loc="left")
+        axes.set_title(f"{name}: {int(mask.sum())} predictions{mean}", fontsize="small", loc="left",
+                       y=TITLE_Y)
         axes.set_ylabel("predictions")
         axes.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=4))
     bottom.set(xlim=(0, 1), xlabel="confidence (max softmax probability)")
     figure.suptitle(f"{title}: mean confidence {confidence.mean():.3f}, accuracy {correct.mean():.3f}",
-                    fontsize="medium")
+                    fontsize="medium", x=(placement["left"] + placement["right"]) / 2)  # over the axes
     return figure
 
 
@@ -179,20 +214,23 @@ def reliability_panel(probabilities_by_name: dict[str, torch.Tensor], labels: to
     first, then the calibrators in the given order), side by side on a shared y axis, the entry's ECE
     (``eces[name]``, left out when missing) in its title; drawn as ``reliability_diagram``."""
     names = sorted(probabilities_by_name, key=lambda name: name != "raw")  # stable: raw first
-    figure = Figure(figsize=(3.2 * max(len(names), 1), 4.6), dpi=100, layout="constrained")
-    pairs = reliability_axes(figure, max(len(names), 1))
+    figure = Figure(figsize=(3.2 * max(len(names), 1), 4.6), dpi=100)
+    handles = reliability_legend_handles()
+    legend_columns = min(5, max(2, len(names)))
+    pairs = reliability_axes(figure, max(len(names), 1), legend_rows=-(-len(handles) // legend_columns))
     labels_np = labels.detach().cpu().numpy()
     for (axes, counts_axes), name in zip(pairs, names):
         confidence, prediction = probabilities_by_name[name].detach().float().max(dim=1)
         drawing = reliability_drawing(confidence.cpu().numpy(), prediction.cpu().numpy() == labels_np)
         draw_reliability(axes, counts_axes, drawing)
-        axes.set_title(name if name not in eces else f"{name}: {ece_text(eces[name])}", fontsize="medium")
+        axes.set_title(name if name not in eces else f"{name}: {ece_text(eces[name])}", fontsize="medium",
+                       y=TITLE_Y)
         if axes is not pairs[0][0]:
             axes.tick_params(labelleft=False)
     pairs[0][0].set_ylabel("accuracy")
     pairs[0][1].set_ylabel("predictions")
-    figure.legend(handles=reliability_legend_handles(), loc="outside lower center",
-                  ncols=min(5, max(2, len(names))), fontsize="x-small", frameon=False)
+    figure.legend(handles=handles, loc="lower center", ncols=legend_columns, fontsize="x-small",
+                  frameon=False)
     return figure
 
 
