@@ -291,6 +291,8 @@ def fail(message: str, exit_code: int, stop_sweep: bool = False) -> float:
 def hydra_main(cfg: DictConfig) -> float:
     """Returns the objective (``objective``, a validation metric) for sweepers such as Optuna."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if in_multirun():
+        freeze_long_lived_objects()
     try:
         metrics = train(cfg, run_dir)
     except ConfigError as error:
@@ -309,6 +311,16 @@ def hydra_main(cfg: DictConfig) -> float:
     return float(metrics[cfg.objective]) if cfg.objective in metrics else fail(
         f"regbench: error: objective={cfg.objective!r} is not a metric of this run; choose one "
         f"of: {', '.join(k for k, v in metrics.items() if isinstance(v, float))}", exit_code=2)
+
+
+def freeze_long_lived_objects() -> None:
+    """Before each job of a sweep: the previous job's garbage collected, then what is left (the
+    modules the first job imported lazily, such as scikit-learn and torch._dynamo, and the caches
+    it filled, such as matplotlib's fonts) frozen like the start-up imports in ``main``, so that
+    the collector's full collections stop rescanning it (measured: 0.5 s of a 6-job sweep's
+    1.4 s of full collections)."""
+    gc.collect()
+    gc.freeze()
 
 
 def main() -> None:
