@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from regbench.calibration import fit_temperature
-from regbench.figures import reliability_bins
+from regbench.calibration_bins import reliability_bins
 from regbench.metrics import (
     bootstrap_intervals,
     brier_score,

@@ -12,27 +12,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from regbench.calibration_bins import CONFIDENCE_HISTOGRAM_EDGES, reliability_bins, split_confidence
 from regbench.metrics import CALIBRATION_BINS
-
-# Confidence histograms use bins half as wide as the calibration bins.
-CONFIDENCE_HISTOGRAM_EDGES = np.linspace(0, 1, 2 * CALIBRATION_BINS + 1)
-
-
-def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS):
-    """Per equal-width bin: (mean confidence, accuracy, count); [lo, hi) bins, 1.0 in the last one,
-    as torchmetrics counts them."""
-    index = np.minimum((confidence * bins).astype(int), bins - 1)
-    counts = np.bincount(index, minlength=bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_confidence = np.bincount(index, weights=confidence, minlength=bins) / counts
-        accuracy = np.bincount(index, weights=correct.astype(float), minlength=bins) / counts
-    return mean_confidence, accuracy, counts
-
-
-def split_confidence(logits: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    confidence, prediction = logits.float().softmax(dim=1).max(dim=1)
-    return confidence.cpu().numpy(), (prediction == labels).cpu().numpy()
-
 
 # Okabe & Ito's colour-blind-safe palette: the two gap directions must never be confused.
 OVERCONFIDENT_COLOR = "#D55E00"   # vermillion: confidence above accuracy

@@ -13,12 +13,10 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from PIL import Image
 from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboard.compat.proto.tensor_pb2 import TensorProto
@@ -30,15 +28,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-from regbench.figures import (
-    CONFIDENCE_HISTOGRAM_EDGES,
-    class_probability_heatmap,
-    confidence_histogram,
-    reliability_bins,
-    reliability_diagram,
-    reliability_panel,
-    split_confidence,
-)
+from regbench.calibration_bins import CONFIDENCE_HISTOGRAM_EDGES, reliability_bins, split_confidence
 from regbench.confusion import (
     CLASS_PROBABILITIES,
     PROJECTOR_COLUMNS,
@@ -57,6 +47,11 @@ from regbench.spec import (
     TEST_MEAN_CONFIDENCE,
     TEST_NLL,
 )
+
+# matplotlib (about 0.5 s to import) is imported by the methods that draw: a run with
+# evaluation.figures=false never loads it.
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # --- TensorBoard: HParams and the Custom Scalars layout ------------------------------------------
 
@@ -237,6 +232,8 @@ class RunRecorder:
     def log_figures(self, split: str, logits: torch.Tensor, labels: torch.Tensor, ece: float,
                     step: int) -> None:
         """Reliability diagram and confidence histogram, in TensorBoard and as PNG files."""
+        from regbench.figures import confidence_histogram, reliability_diagram
+
         figures: dict[str, Figure] = {
             "reliability": reliability_diagram(logits, labels, ece, title=split),
             "confidence_hist": confidence_histogram(logits, labels, title=split),
@@ -251,12 +248,16 @@ class RunRecorder:
     def log_reliability_panel(self, probabilities: Mapping[str, torch.Tensor], labels: torch.Tensor,
                               eces: Mapping[str, float], step: int) -> None:
         """One reliability diagram per calibrator (raw first), in TensorBoard and as a PNG file."""
+        from regbench.figures import reliability_panel
+
         figure = reliability_panel(dict(probabilities), labels, dict(eces))
         self.log_figure("test/reliability_panel", figure, "test_reliability_panel.png", step)
 
     def log_figure(self, tag: str, figure: Figure, file_name: str, step: int) -> None:
         """One figure as a TensorBoard image and a PNG file in the run folder, from ONE rendering
         (savefig and SummaryWriter.add_figure would each draw it, layout included, again)."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
         canvas = FigureCanvasAgg(figure)
         canvas.draw()
         pixels = np.asarray(canvas.buffer_rgba())[..., :3]
@@ -300,6 +301,8 @@ class RunRecorder:
         """Where the wrong-class probability goes (confusion.py): the mean probability per (true,
         predicted) class as a heat-map, in TensorBoard and as test_class_probabilities.png, and
         the penultimate features of up to 2,000 test examples for TensorBoard's projector."""
+        from regbench.figures import class_probability_heatmap
+
         matrix = class_probability_matrix(logits, labels, len(classes))
         figure = class_probability_heatmap(matrix, classes, title="test: mean predicted probability")
         self.log_figure(CLASS_PROBABILITIES, figure, "test_class_probabilities.png", step)
