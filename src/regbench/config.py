@@ -317,7 +317,7 @@ class EvaluationConfig:
     # and class-probability heat-map (PNG files and TensorBoard images) and the projector's
     # features. false skips them (metrics, curves, histograms and test_calibration.json, from which
     # the report draws its own figures, stay): for sweeps of many short runs, where they cost more
-    # than training (about 1.0 s of a 10-epoch default job's 1.6 s of training, README).
+    # than training (about 1.2 s of a 10-epoch default job's 1.7 s of training, README).
     figures: bool = True
 
 
