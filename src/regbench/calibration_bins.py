@@ -1,5 +1,5 @@
 """The numbers behind reliability diagrams and confidence histograms, per bin (numpy): drawn by
-figures.py, written to test_calibration.json by recording.py, pooled over seeds by the report.
+figures.py, written by recording.py to test_calibration.json (which the report pools over seeds).
 Apart from figures.py so that a run that draws nothing never imports matplotlib."""
 
 from __future__ import annotations
