@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,7 @@ from regbench.metrics import (
     brier_score,
     calibration_errors,
     classification_metrics,
+    equal_width_bins,
     predictive_entropy,
 )
 
@@ -116,6 +118,16 @@ def test_reliability_bins_match_torchmetrics_ece():
     filled = counts > 0
     ece = (counts[filled] / counts.sum() * abs(accuracy[filled] - mean_confidence[filled])).sum()
     assert ece == pytest.approx(calibration_errors(probabilities, labels)[0].item(), abs=1e-5)
+
+
+def test_reliability_bins_put_bin_edges_where_ece_does():
+    # float32 0.2 and 0.4 times 15 round up to 3 and 6; ECE's bins ([lo, hi) with float32 edges)
+    # hold them in bins 2 and 5.
+    confidence = np.array([0.2, 0.4, 1.0], dtype=np.float32)
+    _, _, counts = reliability_bins(confidence, np.array([True, True, True]))
+    expected = np.bincount(equal_width_bins(torch.from_numpy(confidence)).numpy(), minlength=15)
+    assert counts.tolist() == expected.tolist()
+    assert np.nonzero(counts)[0].tolist() == [2, 5, 14]
 
 
 def test_temperature_scaling_fixes_an_overconfident_model():

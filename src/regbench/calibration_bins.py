@@ -7,16 +7,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from regbench.metrics import CALIBRATION_BINS
+from regbench.metrics import CALIBRATION_BINS, equal_width_bins
 
 # Confidence histograms use bins half as wide as the calibration bins.
 CONFIDENCE_HISTOGRAM_EDGES = np.linspace(0, 1, 2 * CALIBRATION_BINS + 1)
 
 
 def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS):
-    """Per equal-width bin: (mean confidence, accuracy, count); [lo, hi) bins, 1.0 in the last one,
-    as torchmetrics counts them."""
-    index = np.minimum((confidence * bins).astype(int), bins - 1)
+    """Per equal-width bin: (mean confidence, accuracy, count), in the bins ECE is computed in
+    (metrics.equal_width_bins), so a diagram and its ECE agree on confidences at a bin edge too."""
+    index = equal_width_bins(torch.from_numpy(np.asarray(confidence)), bins).numpy()
     counts = np.bincount(index, minlength=bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_confidence = np.bincount(index, weights=confidence, minlength=bins) / counts
