@@ -53,13 +53,14 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
-from PIL import Image
 from torchvision import datasets, transforms
 
-from regbench.composition import compose_settings
-from regbench.engine import Run, resolve_device
+from regbench.cli.compose import compose_settings
+from regbench.machine import resolve_device
+from regbench.run.engine import Run
 
 BATCH_SIZE = 128  # PyTorch's examples/mnist uses 64; 128 is the common choice for LeNet/MLP benchmarks
 # The tutorial's MNIST statistics (also configs/dataset/mnist.yaml).

@@ -20,10 +20,13 @@ import time
 from pathlib import Path
 
 import torch
+from bench import (  # scripts/bench.py: IDX files, CPU name
+    cpu_model,
+    write_synthetic_mnist,
+)
 
-from bench import cpu_model, write_synthetic_mnist  # scripts/bench.py: IDX files, CPU name
-from regbench.composition import compose_settings
-from regbench.engine import Run
+from regbench.cli.compose import compose_settings
+from regbench.run.engine import Run
 
 MODELS = ("lenet", "convnet", "resnet")
 

@@ -20,10 +20,11 @@ import time
 from pathlib import Path
 
 import torch
-from regbench.composition import compose_settings
-from regbench.engine import Run
-from regbench.metrics import classification_metrics
-from regbench.recording import RunRecorder
+
+from regbench.cli.compose import compose_settings
+from regbench.evaluation.metrics import classification_metrics
+from regbench.run.engine import Run
+from regbench.run.recorder import RunRecorder
 
 
 def timed(function) -> float:

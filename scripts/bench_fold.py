@@ -23,10 +23,10 @@ import statistics
 from pathlib import Path
 
 import torch
+from bench import cpu_model  # scripts/bench.py: the machine's CPU name
 from torch import nn
 
-from bench import cpu_model  # scripts/bench.py: the machine's CPU name
-from regbench.composition import compose_settings
+from regbench.cli.compose import compose_settings
 from regbench.fold import fold_batchnorm, interleaved_seconds, no_grad, paired_speedup
 from regbench.models import ModelOptions, build_model
 

@@ -28,8 +28,8 @@ WAIT_POLICIES = ("ACTIVE", "PASSIVE")  # libgomp's: spin while waiting, or sleep
 # The measured child: build a run, time a few epochs, print the median as JSON.
 CHILD = """
 import json, statistics, sys, time
-from regbench.composition import compose_settings
-from regbench.engine import Run
+from regbench.cli.compose import compose_settings
+from regbench.run.engine import Run
 root, model, threads, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 run = Run.build(compose_settings(["dataset=mnist", f"dataset.root={root}", "dataset.download=false",
     "dataset.val_size=0", f"model={model}", "trainer.batch_size=128", f"trainer.num_threads={threads}",

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import pytest
 
-from regbench.composition import compose_config
+from regbench.cli.compose import compose_config
 from regbench.train import train
 
 # Small, fast settings for runs inside tests; tests add their own overrides after these. No test-phase
@@ -27,8 +27,8 @@ def train_in_process(run_dir: Path, overrides: Sequence[str] = ()) -> dict[str, 
 
 def build_model_of(overrides: Sequence[str]):
     """The model a run with these overrides trains, built through ``Run.build`` as the CLI does."""
-    from regbench.composition import compose_settings
-    from regbench.engine import Run
+    from regbench.cli.compose import compose_settings
+    from regbench.run.engine import Run
     return Run.build(compose_settings([*FAST, *overrides])).model
 
 

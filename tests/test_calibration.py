@@ -9,18 +9,30 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import train_in_process
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from regbench.calibration import CALIBRATORS, fit_calibrator, fit_sigmoid
-from regbench.calibration_metrics import (DEFAULT_CALIBRATORS, METRICS, adaptive_calibration_error,
-                                          area_under_risk_coverage, brier_score, calibration_metrics,
-                                          calibration_panel, classwise_calibration_error,
-                                          debiased_l2_calibration_error, expected_calibration_error,
-                                          negative_log_likelihood, smooth_ece, smooth_ece_of)
+from conftest import train_in_process
 from regbench.config import CalibratorName, ConfigError
-from regbench.figures import reliability_panel
-from regbench.report_calibration import calibration_table_markdown, ranking_flips
+from regbench.evaluation.calibration_errors import (
+    adaptive_calibration_error,
+    area_under_risk_coverage,
+    classwise_calibration_error,
+    debiased_l2_calibration_error,
+    expected_calibration_error,
+    smooth_ece,
+    smooth_ece_of,
+)
+from regbench.evaluation.calibrators import CALIBRATORS, fit_calibrator, fit_sigmoid
+from regbench.evaluation.figures import reliability_panel
+from regbench.evaluation.metrics import brier_score
+from regbench.evaluation.panel import (
+    DEFAULT_CALIBRATORS,
+    METRICS,
+    calibration_metrics,
+    calibration_panel,
+    negative_log_likelihood,
+)
+from regbench.report.calibration import calibration_table_markdown, ranking_flips
 
 ALL = [name for name in CALIBRATORS]
 
@@ -188,7 +200,7 @@ def test_nll_and_brier_by_hand():
     probabilities = torch.tensor([[0.8, 0.2], [0.4, 0.6]], dtype=torch.float64)
     labels = torch.tensor([0, 0])
     assert negative_log_likelihood(probabilities, labels) == pytest.approx(-(math.log(0.8) + math.log(0.4)) / 2)
-    assert brier_score(probabilities, labels) == pytest.approx((0.08 + 0.72) / 2)
+    assert brier_score(probabilities, labels).item() == pytest.approx((0.08 + 0.72) / 2)
     # A zero probability for the true class is floored at 1e-12.
     assert negative_log_likelihood(TINY, TINY_LABELS) == pytest.approx((-math.log(1e-12) - math.log(0.62)
                                                                         - math.log(0.3)) / 4)

@@ -8,8 +8,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 from conftest import compose_config
+from regbench.cli.compose import config_dir
 from regbench.config import Config, ConfigError
-from regbench.paths import config_dir
 
 GROUPS = ["dataset", "model", "optimizer", "regularizer"]
 # Options that need a value only the user can give.
@@ -92,7 +92,7 @@ def test_every_experiment_grid_is_valid(experiment):
     """Each value of each preset's sweep composes into a valid config (checked like a command line)."""
     from hydra import compose, initialize_config_dir
 
-    from regbench.validate import check_command_line
+    from regbench.cli.command_line import check_command_line
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("config", overrides=[f"experiment={experiment}"], return_hydra_config=True)

@@ -13,7 +13,7 @@ from scipy.stats import entropy
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import train_in_process
-from regbench.confusion import (
+from regbench.evaluation.wrong_class import (
     WRONG_CLASS_ENTROPY,
     class_probability_matrix,
     projector_sample,

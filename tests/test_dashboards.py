@@ -15,8 +15,7 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from conftest import run_cli, train_in_process
-from regbench.hydra_hooks import MAX_JOB_DIR, job_dir, option_groups_text
-from regbench.recording import HPARAMS_METRICS, RUN_NAME_HPARAM, SCALARS_LAYOUT
+from regbench.cli.hydra_hooks import MAX_JOB_DIR, job_dir, option_groups_text
 from regbench.report import (
     OKABE_ITO,
     Group,
@@ -28,6 +27,7 @@ from regbench.report import (
     reliability,
     repel_offsets,
 )
+from regbench.run.tensorboard import HPARAMS_METRICS, RUN_NAME_HPARAM, SCALARS_LAYOUT
 
 SMALL = ["trainer.epochs=2", "model.hidden_sizes=[16]"]
 

@@ -13,9 +13,9 @@ from regbench.models import build_model
 from regbench.models.base import ModelOptions
 from regbench.models.mlp import MLPConfig
 from regbench.models.resnet import ResNetConfig
-from regbench.probes import layers_feeding_bn, scale_invariance_record
 from regbench.regularizers import REGULARIZERS
 from regbench.regularizers.batchnorm import BatchNormConfig
+from regbench.run.probes import layers_feeding_bn, scale_invariance_record
 
 CPU = torch.device("cpu")
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import read_metrics, run_cli, train_in_process
+from regbench.cli.command_line import check_command_line
 from regbench.config import ConfigError
-from regbench.validate import check_command_line
 
 REGULARIZERS = ("augmentation, batchnorm, confidence_penalty, cutmix, dropout, early_stopping, "
                 "feature_contraction, focal_loss, l1, l2, label_smoothing, logit_norm, mixup, none, "

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from matplotlib.colors import to_hex
 
-from regbench.figures import (
+from regbench.evaluation.figures import (
     ACCURACY_COLOR,
     FEW_PREDICTIONS,
     OVERCONFIDENT_COLOR,

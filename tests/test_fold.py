@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from conftest import run_cli
-from regbench.composition import compose_settings
-from regbench.engine import Run
+from regbench.cli.compose import compose_settings
 from regbench.fold import FOLDED_FILE, fold_batchnorm, foldable_pairs, load_folded
+from regbench.run.engine import Run
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_fold.py"
 

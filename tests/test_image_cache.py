@@ -14,16 +14,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config
 from omegaconf import OmegaConf
 from PIL import Image
 
+from conftest import compose_config
 from regbench.config import ConfigError, DatasetConfig
 from regbench.datasets import DATASETS, build_data
 from regbench.datasets.base import CorruptDatasetError, ImageTensors
-from regbench.datasets.cache import available_cores, lock_file
+from regbench.datasets.cache import lock_file
 from regbench.datasets.crops import CroppedBatches, random_square_crops
 from regbench.datasets.imagefolder import ImageFiles
+from regbench.machine import available_cores
 
 CPU = torch.device("cpu")
 COLOURS = {"cat": (200, 40, 40), "dog": (40, 200, 40)}

@@ -35,8 +35,8 @@ def test_wheel_ships_configs_and_runs_outside_the_checkout(tmp_path):
     pip("install", "--no-deps", "--target", str(site), str(wheel), cwd=tmp_path)
     env = {"PYTHONPATH": str(site)}  # ahead of the editable install's path entry
     where = subprocess.run(
-        [sys.executable, "-c", "import regbench, regbench.paths; "
-         "print(regbench.__file__); print(regbench.paths.config_dir())"],
+        [sys.executable, "-c", "import regbench, regbench.cli.compose; "
+         "print(regbench.__file__); print(regbench.cli.compose.config_dir())"],
         cwd=tmp_path, env={**os.environ, **env}, capture_output=True, text=True, check=True)
     module_file, configs = where.stdout.split()
     assert Path(module_file).is_relative_to(site)

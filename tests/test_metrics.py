@@ -9,14 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from regbench.calibration import fit_temperature
-from regbench.calibration_bins import reliability_bins
-from regbench.metrics import (
+from regbench.evaluation.calibration_errors import (
+    calibration_errors,
+    equal_width_bins,
+    reliability_bins,
+)
+from regbench.evaluation.calibrators import fit_temperature
+from regbench.evaluation.metrics import (
     bootstrap_intervals,
     brier_score,
-    calibration_errors,
     classification_metrics,
-    equal_width_bins,
     predictive_entropy,
 )
 

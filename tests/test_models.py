@@ -333,11 +333,11 @@ def test_training_on_digits_completes(name, tmp_path):
         assert metrics["test/acc"] > 0.8  # chance is 0.1
 
 
-@pytest.mark.skipif(not __import__("regbench.engine", fromlist=["cpu_has_bf16"]).cpu_has_bf16(),
+@pytest.mark.skipif(not __import__("regbench.machine", fromlist=["cpu_has_bf16"]).cpu_has_bf16(),
                     reason="this CPU has no native bf16 (AVX512-BF16/AMX)")
 def test_a_bf16_cpu_step_has_a_finite_loss_and_keeps_fp32_parameters():
-    from regbench.composition import compose_settings
-    from regbench.engine import Run
+    from regbench.cli.compose import compose_settings
+    from regbench.run.engine import Run
     run = Run.build(compose_settings(["model=lenet", "trainer.amp=true", "trainer.epochs=1",
                                       "trainer.num_threads=1", "trainer.progress=false"]))
     assert run.amp_dtype == torch.bfloat16
@@ -351,22 +351,22 @@ def test_a_bf16_cpu_step_has_a_finite_loss_and_keeps_fp32_parameters():
 
 
 def test_amp_stays_off_on_the_cpu_unless_asked_for():
-    from regbench.engine import autocast_dtype
+    from regbench.machine import autocast_dtype
     cpu = torch.device("cpu")
     assert autocast_dtype(cpu, None) is None and autocast_dtype(cpu, False) is None
 
 
 @pytest.mark.parametrize("load,expected", [(0.0, 2), (0.4, 2), (0.8, 1), (2.0, 1), (7.5, 1)])
 def test_automatic_threads_leave_busy_cores_alone(monkeypatch, load, expected):
-    from regbench import engine
-    monkeypatch.setattr(engine, "available_cores", lambda: 2)
-    monkeypatch.setattr(engine.os, "getloadavg", lambda: (load, load, load))
-    assert engine.free_cores() == expected
+    from regbench import machine
+    monkeypatch.setattr(machine, "available_cores", lambda: 2)
+    monkeypatch.setattr(machine.os, "getloadavg", lambda: (load, load, load))
+    assert machine.free_cores() == expected
 
 
 def test_a_run_with_num_threads_0_takes_the_free_cores(monkeypatch):
-    from regbench import engine
-    from regbench.composition import compose_settings
+    from regbench.cli.compose import compose_settings
+    from regbench.run import engine
     monkeypatch.setattr(engine, "free_cores", lambda: 1)
     previous = torch.get_num_threads()
     try:

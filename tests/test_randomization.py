@@ -14,7 +14,7 @@ from conftest import compose_config, read_history, run_cli, train_in_process
 from regbench.config import ConfigError
 from regbench.datasets import build_data
 from regbench.datasets.base import permute_each_image, permute_pixels, pixel_permutation
-from regbench.probes import fit_epoch
+from regbench.run.probes import fit_epoch
 
 
 def splits(*overrides: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -16,14 +16,8 @@ from matplotlib.image import imread
 from omegaconf import OmegaConf
 
 from conftest import read_metrics, run_cli
-from regbench.report import (
-    Job,
-    format_mean_std,
-    group_jobs,
-    main,
-    pool_reliability,
-)
-from regbench.spec import experiment_settings as comparable_settings
+from regbench.report import Job, format_mean_std, group_jobs, main, pool_reliability
+from regbench.run.spec import experiment_settings as comparable_settings
 
 TABLE_METRICS = ("test/acc", "test/nll", "test/ece", "test/ece@temperature", "test/mean_confidence",
                  "gap/acc")

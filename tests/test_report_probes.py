@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-from regbench.report_probes import probe_sections, write_probe_plots
+from regbench.report.probes import probe_sections, write_probe_plots
 
 
 def group(tmp_path, label, settings, runs):

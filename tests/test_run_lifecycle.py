@@ -16,15 +16,15 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import read_history, read_metrics, run_cli, train_in_process
-from regbench import engine
-from regbench import checkpoint as checkpoint_module
-from regbench.checkpoint import IntervalCheckpoint
-from regbench.composition import compose_config, compose_settings
+from regbench.run import checkpoint as checkpoint_module
+from regbench.run import engine
+from regbench.cli.compose import compose_config, compose_settings
 from regbench.config import ConfigError
-from regbench.engine import InterruptedRun, Run
 from regbench.report import read_config
-from regbench.run_folder import RunFolder
-from regbench.spec import experiment_settings, identity
+from regbench.run.checkpoint import IntervalCheckpoint
+from regbench.run.engine import InterruptedRun, Run
+from regbench.run.folder import RunFolder
+from regbench.run.spec import experiment_settings, identity
 
 SMALL = ["model.hidden_sizes=[32]"]
 TIMING_KEYS = {"seconds", "train_seconds", "eval_seconds"}

@@ -1,4 +1,4 @@
-"""regbench.statistics against hand calculations, scipy and Demšar 2006's worked example."""
+"""regbench.report.statistics against hand calculations, scipy and Demšar 2006's worked example."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from regbench.statistics import (
+from regbench.report.statistics import (
     INDISTINGUISHABLE,
     TOO_FEW_SEEDS,
     cliques,

@@ -57,9 +57,10 @@ def test_submitit_local_runs_the_slurm_code_path(tmp_path):
 
 
 def test_slurm_preset_composes():
-    from conftest import compose_config
     from hydra import compose, initialize_config_dir
-    from regbench.paths import config_dir
+
+    from conftest import compose_config
+    from regbench.cli.compose import config_dir
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)

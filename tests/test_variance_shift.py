@@ -13,9 +13,9 @@ from conftest import train_in_process
 from regbench.models import build_model
 from regbench.models.base import ModelOptions
 from regbench.models.resnet import ResNetConfig
-from regbench.probes import bn_after_dropout, variance_shift_metrics
 from regbench.regularizers import REGULARIZERS
 from regbench.regularizers.dropout import DropoutConfig, DropoutPlacement
+from regbench.run.probes import bn_after_dropout, variance_shift_metrics
 
 CPU = torch.device("cpu")
 

@@ -40,8 +40,8 @@ from torch import nn
 from torchmetrics.functional.image import peak_signal_noise_ratio
 from torchvision.transforms.v2 import functional as TF
 
+from regbench.cli.compose import dip_config_dir
 from regbench.config import ConfigError, check, one_line
-from regbench.paths import dip_config_dir
 
 log = logging.getLogger("regbench.dip")
 
@@ -232,8 +232,8 @@ def denoise(cfg: DipConfig, run_dir: Path) -> dict[str, Any]:
     """The whole run: image, noise, fit, then metrics.json and the figures in ``run_dir``."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from regbench.recording import atomic_write_json
-    from regbench.spec import METRICS_FILE
+    from regbench.files import atomic_write_json
+    from regbench.run.spec import METRICS_FILE
 
     torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
     started = time.perf_counter()

@@ -31,9 +31,9 @@ from omegaconf import OmegaConf
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from regbench.checkpoint import load_checkpoint
 from regbench.config import ConfigError, one_line
-from regbench.spec import CHECKPOINT_FILE, HYDRA_SUBDIR, RunSpec
+from regbench.run.checkpoint import load_checkpoint
+from regbench.run.spec import CHECKPOINT_FILE, HYDRA_SUBDIR, RunSpec
 
 FOLDED_FILE = "folded.pt"
 # fp32 folding reorders a handful of multiply-adds; the logits must agree to this (the issue's bar).
@@ -116,8 +116,8 @@ def build_trained_run(run_dir: Path) -> tuple[Any, dict[str, Any]]:
     """The run rebuilt from its own overrides, with the weights of its last checkpoint (refused
     when the checkpoint belongs to another configuration). Returns (engine.Run, checkpoint)."""
     # Imported here: composing configs registers every schema, which `--help` does not need.
-    from regbench.composition import compose_config
-    from regbench.engine import Run
+    from regbench.cli.compose import compose_config
+    from regbench.run.engine import Run
 
     checkpoint_path = run_dir / CHECKPOINT_FILE
     if not checkpoint_path.is_file():
@@ -163,7 +163,7 @@ def paired_speedup(times: dict[str, list[float]]) -> float:
 def save_folded(path: Path, model: nn.Module, pairs: list[tuple[str, str]], identity: dict,
                 difference: float) -> None:
     # Imported here so that importing fold (for fold_batchnorm alone) does not pull in TensorBoard.
-    from regbench.recording import atomic_write_bytes
+    from regbench.files import atomic_write_bytes
 
     buffer = io.BytesIO()
     torch.save({"model": model.state_dict(), "folded_pairs": [list(pair) for pair in pairs],

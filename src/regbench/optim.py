@@ -1,15 +1,103 @@
-"""Optimizer and learning-rate schedule, built from the optimizer config and the regularizers'
+"""Optimizers and the learning-rate schedule: their schemas (``optimizer=sgd|adam|adamw``, registered
+as ``schema/optimizer/<name>`` on import) and the builders that take them with the regularizers'
 parameter-group options."""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Iterable, List
 
 import torch
+from omegaconf import MISSING
 from torch import nn
 
-from regbench.config import OptimizerConfig, OptimizerName, Schedule
+from regbench.config import check, is_finite_positive, register_schema
+
+
+class Schedule(str, Enum):
+    none = "none"
+    step = "step"
+    cosine = "cosine"
+    onecycle = "onecycle"
+
+
+class OptimizerName(str, Enum):
+    sgd = "sgd"
+    adam = "adam"
+    adamw = "adamw"
+
+
+@dataclass
+class OptimizerConfig:
+    """What every optimizer takes; each optimizer's schema below sets its own learning rate."""
+
+    name: OptimizerName = MISSING
+    lr: float = MISSING
+    # Learning-rate schedule over the whole run, stepped every batch.
+    schedule: Schedule = Schedule.cosine
+    # Linear warmup from lr * warmup_start_factor over this many epochs (0: none); not with onecycle,
+    # which has its own warmup.
+    warmup_epochs: float = 0.0
+    warmup_start_factor: float = 0.1
+    # step schedule: multiply the lr by step_gamma every step_epochs epochs (torchvision: 30, 0.1).
+    step_epochs: int = 30
+    step_gamma: float = 0.1
+    # onecycle: share of the run spent increasing the lr (Smith & Topin 2019; torch's default).
+    onecycle_pct_start: float = 0.3
+
+    def __post_init__(self) -> None:
+        check(is_finite_positive(self.lr), "optimizer.lr", self.lr,
+              "a number > 0, finite and below 3.4e+38 (float32's largest value)")
+        check(self.warmup_epochs >= 0, "optimizer.warmup_epochs", self.warmup_epochs, "a number >= 0")
+        check(0 < self.warmup_start_factor <= 1, "optimizer.warmup_start_factor",
+              self.warmup_start_factor, "a number in (0, 1]")
+        check(self.step_epochs >= 1, "optimizer.step_epochs", self.step_epochs, "an integer >= 1")
+        check(0 < self.step_gamma <= 1, "optimizer.step_gamma", self.step_gamma,
+              "a factor in (0, 1] (the lr is multiplied by it every step_epochs)")
+        check(0 < self.onecycle_pct_start < 1, "optimizer.onecycle_pct_start",
+              self.onecycle_pct_start, "a number in (0, 1)")
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    name: OptimizerName = OptimizerName.sgd
+    # regbench's choice for batch 64 on small data, between torchvision's classification reference
+    # (lr 0.1 at batch 256, cosine schedule) and its linear scaling to batch 64 (0.025).
+    lr: float = 0.05
+    # Momentum 0.9 (Nesterov optional), as in torchvision's classification reference.
+    momentum: float = 0.9
+    nesterov: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(0 <= self.momentum < 1, "optimizer.momentum", self.momentum, "a number in [0, 1)")
+
+
+@dataclass
+class AdamConfig(OptimizerConfig):
+    name: OptimizerName = OptimizerName.adam
+    # lr 1e-3 and betas (0.9, 0.999): Kingma & Ba 2015's defaults.
+    lr: float = 1e-3
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optimizer.betas",
+              self.betas, "two numbers in [0, 1)")
+
+
+@dataclass
+class AdamWConfig(AdamConfig):
+    # AdamW (Loshchilov & Hutter 2019): Adam's defaults; its decoupled decay is the l2
+    # regularizer's (regularizer=l2 regularizer.l2.decoupled=true), never hidden here.
+    name: OptimizerName = OptimizerName.adamw
+
+
+OPTIMIZER_SCHEMAS = {"sgd": SGDConfig, "adam": AdamConfig, "adamw": AdamWConfig}
+for _name, _schema in OPTIMIZER_SCHEMAS.items():
+    register_schema("optimizer", _name, _schema)
 
 
 def param_groups(model: nn.Module, regularizers: Iterable) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from regbench.spec import METRICS_FILE, SPEC_FILE, STATUS, Status
+from regbench.run.spec import METRICS_FILE, SPEC_FILE, STATUS, Status
 
 
 def job_statuses(sweep_dir: Path) -> dict[str, str]:

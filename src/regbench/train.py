@@ -25,15 +25,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from regbench.checkpoint import IntervalCheckpoint, load_checkpoint, save_checkpoint
+import regbench.cli.hydra_hooks  # noqa: F401  resolvers and log filter named in configs/config.yaml
+from regbench.cli.command_line import exit_on_bad_command_line
+from regbench.cli.compose import config_dir, register_schemas
 from regbench.config import Config, ConfigError, KeepCheckpoint, check, one_line
-from regbench.engine import DivergedError, InterruptedRun, Run, stop_on_signals
-from regbench.paths import config_dir
-import regbench.hydra_hooks  # noqa: F401  resolvers and log filter named in configs/config.yaml
-from regbench.recording import RunRecorder, hparams_values
-from regbench.run_folder import RunFolder
-from regbench.schemas import register_schemas
-from regbench.spec import (
+from regbench.run.checkpoint import IntervalCheckpoint, load_checkpoint, save_checkpoint
+from regbench.run.engine import DivergedError, InterruptedRun, Run, stop_on_signals
+from regbench.run.folder import RunFolder
+from regbench.run.recorder import RunRecorder
+from regbench.run.spec import (
     EPOCHS,
     HYDRA_SUBDIR,
     METRICS_FILE,
@@ -49,7 +49,7 @@ from regbench.spec import (
     Status,
     lower_is_better,
 )
-from regbench.validate import exit_on_bad_command_line
+from regbench.run.tensorboard import hparams_values
 
 log = logging.getLogger("regbench")
 register_schemas()

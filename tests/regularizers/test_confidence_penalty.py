@@ -18,7 +18,7 @@ from regbench.regularizers.confidence_penalty import ConfidencePenaltyConfig
 # H = 1/2 log 2 + 2 * 1/4 log 4 = 1.5 log 2.
 LOGITS = torch.tensor([[0.0, 0.0, 0.0], [math.log(2), 0.0, 0.0]], dtype=torch.float64)
 ENTROPIES = [math.log(3), 1.5 * math.log(2)]
-# The entropy is computed in float32 (regbench.metrics.predictive_entropy), as in training.
+# The entropy is computed in float32 (regbench.evaluation.metrics.predictive_entropy), as in training.
 VALUE_TOLERANCE = 1e-6
 GRADIENT_TOLERANCE = dict(rtol=1e-5, atol=1e-7)
 

@@ -15,8 +15,8 @@ from regbench.datasets.base import (
     make_batches,
     split_train,
 )
-from regbench.datasets.cache import available_cores
 from regbench.datasets.crops import crop_batches, cropped_shape
+from regbench.machine import available_cores
 from regbench.registry import Registry, import_submodules
 
 DATASETS: Registry[Callable[[DatasetConfig], RawSplits]] = Registry("dataset")

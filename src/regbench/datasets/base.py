@@ -281,7 +281,9 @@ def input_shape(split: Split) -> tuple[int, int, int]:
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 [B, C, H, W] -> float32 normalized, on the images' device."""
-    from torchvision.transforms.v2 import functional as TF  # see DEVELOPERS.md, "Start-up"
+    from torchvision.transforms.v2 import (
+        functional as TF,  # see DEVELOPERS.md, "Start-up"
+    )
 
     converted = TF.to_dtype(images, torch.float32, scale=True)
     # In place when the conversion made a new tensor: one buffer per batch instead of two.

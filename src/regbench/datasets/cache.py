@@ -36,7 +36,8 @@ import torch
 from tqdm import tqdm
 
 from regbench.config import ConfigError, one_line
-from regbench.locking import exclusive_lock
+from regbench.files import exclusive_lock
+from regbench.machine import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +54,6 @@ def cache_dir() -> Path:
         return Path(os.environ["REGBENCH_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "regbench"
-
-
-def available_cores() -> int:
-    """Cores this process may run on (its affinity mask, which is what DataLoader checks before
-    warning that more workers than cores were asked for)."""
-    with contextlib.suppress(AttributeError):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def memory_budget_bytes(budget_gb: float | None) -> int:

@@ -48,7 +48,9 @@ class CroppedBatches:
         return getattr(self.batches, name)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from torchvision.transforms.v2 import functional as TF  # see DEVELOPERS.md, "Start-up"
+        from torchvision.transforms.v2 import (
+            functional as TF,  # see DEVELOPERS.md, "Start-up"
+        )
 
         for images, labels in self.batches:
             if self.random:

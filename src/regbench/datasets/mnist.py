@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING, Sequence
 
 from regbench.config import DatasetConfig, one_line
 from regbench.datasets import DATASETS
-from regbench.datasets.base import CorruptDatasetError, ImageTensors, RawSplits, require_files
+from regbench.datasets.base import (
+    CorruptDatasetError,
+    ImageTensors,
+    RawSplits,
+    require_files,
+)
 
 if TYPE_CHECKING:  # torchvision is imported where it is used: DEVELOPERS.md, "Start-up"
     from torchvision.datasets import MNIST

@@ -39,7 +39,12 @@ from torch import nn
 
 from regbench.config import ModelConfig, check, register_schema
 from regbench.models import MODELS
-from regbench.models.base import Classifier, ModelOptions, input_block, last_conv_dropout
+from regbench.models.base import (
+    Classifier,
+    ModelOptions,
+    input_block,
+    last_conv_dropout,
+)
 
 STAGE_CHANNELS = [16, 32, 64]
 

@@ -33,7 +33,12 @@ from torch import nn
 
 from regbench.config import ConfigError, ModelConfig, register_schema
 from regbench.models import MODELS
-from regbench.models.base import Classifier, ModelOptions, input_block, last_conv_dropout
+from regbench.models.base import (
+    Classifier,
+    ModelOptions,
+    input_block,
+    last_conv_dropout,
+)
 from regbench.models.resnet import (
     block_dropout,
     feature_dropout,

@@ -6,6 +6,7 @@ overriding the hooks it needs), ``configs/regularizer/<name>.yaml`` and a test. 
 
 from __future__ import annotations
 
+from regbench.registry import import_submodules
 from regbench.regularizers.base import (
     REGULARIZERS,
     Regularizer,
@@ -14,8 +15,6 @@ from regbench.regularizers.base import (
     build_regularizers,
     register_regularizer,
 )
-
-from regbench.registry import import_submodules
 
 __all__ = ["REGULARIZERS", "Regularizer", "RunContext", "StepOutput", "build_regularizers",
            "register_regularizer"]

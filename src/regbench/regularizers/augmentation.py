@@ -67,7 +67,9 @@ class AugmentationConfig:
 def random_crops(images: torch.Tensor, padding: int) -> torch.Tensor:
     """Each image of a [B, C, H, W] batch zero-padded by ``padding`` and cropped back to H x W at
     its own uniformly random offset."""
-    from torchvision.transforms.v2 import functional as TF  # see DEVELOPERS.md, "Start-up"
+    from torchvision.transforms.v2 import (
+        functional as TF,  # see DEVELOPERS.md, "Start-up"
+    )
 
     if padding == 0:
         return images

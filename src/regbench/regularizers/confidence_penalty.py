@@ -16,8 +16,13 @@ from typing import Optional
 import torch
 
 from regbench.config import ConfigError, check
-from regbench.metrics import predictive_entropy
-from regbench.regularizers.base import Regularizer, RunContext, StepOutput, register_regularizer
+from regbench.evaluation.metrics import predictive_entropy
+from regbench.regularizers.base import (
+    Regularizer,
+    RunContext,
+    StepOutput,
+    register_regularizer,
+)
 
 PREFIX = "regularizer.confidence_penalty"
 

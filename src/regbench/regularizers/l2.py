@@ -16,7 +16,12 @@ import torch
 from torch import nn
 
 from regbench.config import check
-from regbench.regularizers.base import Regularizer, RunContext, StepOutput, register_regularizer
+from regbench.regularizers.base import (
+    Regularizer,
+    RunContext,
+    StepOutput,
+    register_regularizer,
+)
 
 
 @dataclass

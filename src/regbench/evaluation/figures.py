@@ -12,8 +12,13 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from regbench.calibration_bins import CONFIDENCE_HISTOGRAM_EDGES, reliability_bins, split_confidence
-from regbench.metrics import CALIBRATION_BINS
+from regbench.evaluation.calibration_errors import (
+    CALIBRATION_BINS,
+    CONFIDENCE_HISTOGRAM_EDGES,
+    reliability_bins,
+    split_confidence,
+    top_label,
+)
 
 # Okabe & Ito's colour-blind-safe palette: the two gap directions must never be confused.
 OVERCONFIDENT_COLOR = "#D55E00"   # vermillion: confidence above accuracy
@@ -200,10 +205,10 @@ def reliability_panel(probabilities_by_name: dict[str, torch.Tensor], labels: to
     handles = reliability_legend_handles()
     legend_columns = min(5, max(2, len(names)))
     pairs = reliability_axes(figure, max(len(names), 1), legend_rows=-(-len(handles) // legend_columns))
-    labels_np = labels.detach().cpu().numpy()
+    labels = labels.detach().cpu()
     for (axes, counts_axes), name in zip(pairs, names):
-        confidence, prediction = probabilities_by_name[name].detach().float().max(dim=1)
-        drawing = reliability_drawing(confidence.cpu().numpy(), prediction.cpu().numpy() == labels_np)
+        confidence, correct = top_label(probabilities_by_name[name].detach().float().cpu(), labels)
+        drawing = reliability_drawing(confidence.numpy(), correct.numpy())
         draw_reliability(axes, counts_axes, drawing)
         axes.set_title(name if name not in eces else f"{name}: {ece_text(eces[name])}", fontsize="medium",
                        y=TITLE_Y)

@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence
 
 from matplotlib.figure import Figure
 
-from regbench.spec import (
+from regbench.run.spec import (
     BN_WEIGHT_NORM,
     EFFECTIVE_LR,
     FIT_EPOCH,

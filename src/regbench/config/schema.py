@@ -5,9 +5,9 @@ value of the wrong type is refused by Hydra while the config is composed, before
 Range checks that a type cannot express live in ``__post_init__`` and run when the composed
 config is turned into objects (``OmegaConf.to_object``) at the start of a run.
 
-Model and regularizer schemas are registered under ``schema/model/<name>`` and
-``schema/regularizer/<name>`` by the modules that define them; their YAML options pull them in with
-``- /schema/<group>/<name>@_here_``.
+Model, regularizer and optimizer schemas are registered under ``schema/<group>/<name>`` by the
+modules that define them (``models/``, ``regularizers/``, ``optim.py``); their YAML options pull them
+in with ``- /schema/<group>/<name>@_here_``.
 """
 
 from __future__ import annotations
@@ -22,21 +22,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-
-class ConfigError(ValueError):
-    """A user mistake in the configuration: reported as one line, without a traceback."""
-
-
-def check(condition: bool, key: str, value: Any, allowed: str) -> None:
-    """Refuse ``key=value`` unless ``condition`` holds, naming what is allowed."""
-    if not condition:
-        raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
-
-
-def one_line(error: BaseException | str) -> str:
-    """A message on one line (torchvision's, Hydra's and OSError's messages may span several)."""
-    return " ".join(str(error).split()) or type(error).__name__
-
+from regbench.config.errors import ConfigError, check  # noqa: F401  (ConfigError: re-exported)
 
 # float32's largest value: parameters are float32, so a larger learning rate overflows the update.
 FLOAT32_MAX = 3.4028234663852886e38
@@ -150,85 +136,6 @@ class ModelConfig:
     name: str = MISSING
 
 
-class Schedule(str, Enum):
-    none = "none"
-    step = "step"
-    cosine = "cosine"
-    onecycle = "onecycle"
-
-
-class OptimizerName(str, Enum):
-    sgd = "sgd"
-    adam = "adam"
-    adamw = "adamw"
-
-
-@dataclass
-class OptimizerConfig:
-    """What every optimizer takes; each optimizer's schema below sets its own learning rate."""
-
-    name: OptimizerName = MISSING
-    lr: float = MISSING
-    # Learning-rate schedule over the whole run, stepped every batch.
-    schedule: Schedule = Schedule.cosine
-    # Linear warmup from lr * warmup_start_factor over this many epochs (0: none); not with onecycle,
-    # which has its own warmup.
-    warmup_epochs: float = 0.0
-    warmup_start_factor: float = 0.1
-    # step schedule: multiply the lr by step_gamma every step_epochs epochs (torchvision: 30, 0.1).
-    step_epochs: int = 30
-    step_gamma: float = 0.1
-    # onecycle: share of the run spent increasing the lr (Smith & Topin 2019; torch's default).
-    onecycle_pct_start: float = 0.3
-
-    def __post_init__(self) -> None:
-        check(is_finite_positive(self.lr), "optimizer.lr", self.lr,
-              "a number > 0, finite and below 3.4e+38 (float32's largest value)")
-        check(self.warmup_epochs >= 0, "optimizer.warmup_epochs", self.warmup_epochs, "a number >= 0")
-        check(0 < self.warmup_start_factor <= 1, "optimizer.warmup_start_factor",
-              self.warmup_start_factor, "a number in (0, 1]")
-        check(self.step_epochs >= 1, "optimizer.step_epochs", self.step_epochs, "an integer >= 1")
-        check(0 < self.step_gamma <= 1, "optimizer.step_gamma", self.step_gamma,
-              "a factor in (0, 1] (the lr is multiplied by it every step_epochs)")
-        check(0 < self.onecycle_pct_start < 1, "optimizer.onecycle_pct_start",
-              self.onecycle_pct_start, "a number in (0, 1)")
-
-
-@dataclass
-class SGDConfig(OptimizerConfig):
-    name: OptimizerName = OptimizerName.sgd
-    # regbench's choice for batch 64 on small data, between torchvision's classification reference
-    # (lr 0.1 at batch 256, cosine schedule) and its linear scaling to batch 64 (0.025).
-    lr: float = 0.05
-    # Momentum 0.9 (Nesterov optional), as in torchvision's classification reference.
-    momentum: float = 0.9
-    nesterov: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check(0 <= self.momentum < 1, "optimizer.momentum", self.momentum, "a number in [0, 1)")
-
-
-@dataclass
-class AdamConfig(OptimizerConfig):
-    name: OptimizerName = OptimizerName.adam
-    # lr 1e-3 and betas (0.9, 0.999): Kingma & Ba 2015's defaults.
-    lr: float = 1e-3
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optimizer.betas",
-              self.betas, "two numbers in [0, 1)")
-
-
-@dataclass
-class AdamWConfig(AdamConfig):
-    # AdamW (Loshchilov & Hutter 2019): Adam's defaults; its decoupled decay is the l2
-    # regularizer's (regularizer=l2 regularizer.l2.decoupled=true), never hidden here.
-    name: OptimizerName = OptimizerName.adamw
-
-
 class KeepCheckpoint(str, Enum):
     """trainer.keep_checkpoint: which weights a completed run keeps (train.keep_checkpoints)."""
 
@@ -329,7 +236,7 @@ class Config:
     objective: str = "val/acc"
     dataset: DatasetConfig = MISSING
     model: Any = MISSING
-    # One of the optimizer schemas above, pulled in by configs/optimizer/<name>.yaml.
+    # One of the optimizer schemas of optim.py, pulled in by configs/optimizer/<name>.yaml.
     optimizer: Any = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
@@ -340,14 +247,8 @@ class Config:
         check(0 <= self.seed < SEED_RANGE, "seed", self.seed, "an integer in [0, 2**32)")
 
 
-OPTIMIZER_SCHEMAS = {"sgd": SGDConfig, "adam": AdamConfig, "adamw": AdamWConfig}
-
-
 def register_configs() -> None:
-    cs = ConfigStore.instance()
-    cs.store(name="schema", node=Config)
-    for name, node in OPTIMIZER_SCHEMAS.items():
-        register_schema("optimizer", name, node)
+    ConfigStore.instance().store(name="schema", node=Config)
 
 
 def register_schema(group: str, name: str, node: type) -> None:

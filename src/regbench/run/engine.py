@@ -14,34 +14,44 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import random
 import signal
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from regbench.calibration_metrics import calibration_panel, metric_key
-from regbench.checkpoint import rng_state, set_rng_state
-from regbench.config import Config, ConfigError
-from regbench.confusion import wrong_class_metrics
+from regbench.config import Config
 from regbench.datasets import build_data
 from regbench.datasets.base import DataBundle, normalize
-from regbench.datasets.cache import available_cores
-from regbench.metrics import bootstrap_intervals, classification_metrics, to_floats
+from regbench.evaluation.metrics import (
+    bootstrap_intervals,
+    classification_metrics,
+    to_floats,
+)
+from regbench.evaluation.panel import calibration_panel, metric_key
+from regbench.evaluation.wrong_class import wrong_class_metrics
+from regbench.machine import autocast_dtype, free_cores, resolve_device, seed_everything
 from regbench.models import ModelOptions, build_model
 from regbench.optim import build_optimizer, build_scheduler, param_groups
-from regbench.probes import fit_metrics, scale_invariance_record, variance_shift_metrics
-from regbench.recording import RunRecorder
-from regbench.regularizers import Regularizer, RunContext, StepOutput, build_regularizers
-from regbench.spec import EPOCHS, GAP_ACC, TEST_ACC, TEST_ECE, TEST_NLL
+from regbench.regularizers import (
+    Regularizer,
+    RunContext,
+    StepOutput,
+    build_regularizers,
+)
+from regbench.run.checkpoint import rng_state, set_rng_state
+from regbench.run.probes import (
+    fit_metrics,
+    scale_invariance_record,
+    variance_shift_metrics,
+)
+from regbench.run.recorder import RunRecorder
+from regbench.run.spec import EPOCHS, GAP_ACC, TEST_ACC, TEST_ECE, TEST_NLL
 
 log = logging.getLogger(__name__)
 
@@ -91,74 +101,6 @@ class WithFeatures(nn.Module):
     def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.model.forward_features(inputs)
         return self.model.forward_head(features), features
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when available, else the CPU; an explicit device must exist here."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count or count == 0:
-            raise ConfigError(f"trainer.device={name!r} is not allowed: this machine has "
-                              f"{count} CUDA device(s); use trainer.device=auto or cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"trainer.device={name!r} is not allowed: MPS is not available here; "
-                          f"use trainer.device=auto or cpu")
-    return device
-
-
-def free_cores() -> int:
-    """``trainer.num_threads=0``: the cores other processes leave free when the run starts (cores
-    minus the 1-minute load average), at least 1. scripts/bench_threads.py measured why: with both
-    cores of a 2-core machine busy, 2 OpenMP threads made an epoch 1.8-2.9x slower than 1 thread
-    (spin-waiting threads descheduled at every barrier), while on an idle machine 2 threads are
-    1.6-1.9x faster than 1 (README, Performance: threads)."""
-    cores = available_cores()
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):  # no load average on this platform
-        return cores
-    threads = max(1, min(cores, round(cores - load)))
-    if threads < cores:
-        log.info("trainer.num_threads=0: %d of %d cores (load average %.1f from other work)",
-                 threads, cores, load)
-    return threads
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    else:
-        torch.backends.cudnn.benchmark = True
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere autocast emulates it
-    slowly. torch exposes the check only as a private helper, hence the fallback."""
-    check_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    check_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return any(check() for check in (check_bf16, check_amx) if check is not None)
-
-
-def autocast_dtype(device: torch.device, amp: Optional[bool]) -> Optional[torch.dtype]:
-    """The autocast dtype for ``trainer.amp`` (config.py): on CUDA unless off, bf16 where
-    supported (no loss scaling needed), else fp16; on the CPU only when asked for, bf16."""
-    if amp is False:
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and amp:
-        if cpu_has_bf16():
-            return torch.bfloat16
-        log.warning("trainer.amp=true: this CPU has no native bf16 (AVX512-BF16/AMX); training in fp32")
-    return None
 
 
 def weight_norm(model: nn.Module) -> float:

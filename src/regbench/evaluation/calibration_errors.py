@@ -1,12 +1,16 @@
-"""Calibration metrics of probabilities [N, K] and labels [N], and the calibration panel: every metric
-on the raw test probabilities and after each post-hoc calibrator fitted on the validation split.
+"""The calibration errors of probabilities [N, K] and labels [N], each defined once, and the bins they
+are computed in (also the bins of the reliability diagrams and of test_calibration.json).
 
-Keys: ``test/<metric>`` raw and ``test/<metric>@<calibrator>`` after a calibrator, plus
-``temperature`` (the fitted T). The top-label confidence is the largest probability of a row and the
-prediction its argmax (first index on ties, as torch.max). Metrics (README "What a run records"):
+The top-label confidence is the largest probability of a row and the prediction its argmax (first
+index on ties, as torch.max): ``top_label``. The errors (README "What a run records"):
 
-- ``ece``: 15 equal-width bins [lo, hi) of the confidence, 1.0 in the last one, sum over bins of
-  |B|/N |acc(B) - conf(B)| (Guo et al. 2017); the per-epoch ``ece`` of metrics.py, same bins.
+- ``ece`` / MCE: 15 equal-width bins [lo, hi) of the confidence, 1.0 in the last one; ECE is the sum
+  over bins of |B|/N |acc(B) - conf(B)|, MCE the largest bin gap (Guo et al. 2017). The bins are
+  torchmetrics' ``multiclass_calibration_error`` bins (tests check both values against it) with the
+  top bin closed: confidence 1.0, common in float32 for a confident model, falls in the last bin as
+  in Guo's (lo, hi] bins, where torchmetrics 1.x gives it a 16th bin of its own. Computed here, not
+  imported: ``import torchmetrics`` imports its image and audio metrics (torchvision,
+  torch._dynamo, scipy.signal) into every run's start-up (DEVELOPERS.md, Start-up).
 - ``ece_adaptive``: the same sum over 15 equal-mass bins (Nixon et al. 2019): examples sorted by
   confidence (ties: correct ones after incorrect ones, so the result does not depend on the order of
   the examples) and split into min(15, N) consecutive bins whose sizes differ by at most one.
@@ -16,8 +20,6 @@ prediction its argmax (first index on ties, as torch.max). Metrics (README "What
   acc(B)(1 - acc(B))/(|B| - 1)])), bins with one example counting 0: the plug-in debiased estimator
   of the top-label binned L2 calibration error (Kumar et al. 2019, their ``unbiased_l2_ce``).
 - ``smece``: smooth ECE (Blasiok & Nakkiran 2023) of (confidence, correct), see ``smooth_ece``.
-- ``nll``: mean -log p_y, p_y clamped at 1e-12 (isotonic can give a class probability 0).
-- ``brier``: mean sum_k (p_k - 1[y = k])^2.
 - ``aurc``: area under the risk-coverage curve: examples sorted by confidence descending; risk at
   coverage i/N is the error rate of the top i; AURC = mean over i = 1..N of that risk. Tied
   confidences: the expected risk over all orders of the tied examples (within a tie group the
@@ -27,30 +29,53 @@ prediction its argmax (first index on ties, as torch.max). Metrics (README "What
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from regbench.calibration import Calibrator, fit_calibrator
-from regbench.config import EvaluationConfig
-from regbench.metrics import CALIBRATION_BINS, calibration_errors, equal_width_bins
-
+CALIBRATION_BINS = 15  # Guo et al. 2017
 BINS = CALIBRATION_BINS
-METRICS = ("ece", "ece_adaptive", "ece_classwise", "ece_debiased_l2", "smece", "nll", "brier", "aurc")
-# Every ECE convention: the ones ranking flips are looked for between.
-ECE_METRICS = ("ece", "ece_adaptive", "ece_classwise", "ece_debiased_l2", "smece")
-# All four together cost well under a second on the default job (README "What a run records").
-# The default of evaluation.calibrators (config.py), as names.
-DEFAULT_CALIBRATORS = tuple(name.value for name in EvaluationConfig().calibrators)
-RAW = "raw"
-NLL_FLOOR = 1e-12
+# Confidence histograms use bins half as wide as the calibration bins.
+CONFIDENCE_HISTOGRAM_EDGES = np.linspace(0, 1, 2 * CALIBRATION_BINS + 1)
 
 
 def top_label(probabilities: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(confidence, correct as 0./1.) in float64."""
+    """(confidence, correct): the largest probability of each row and whether its argmax (the first
+    index on ties, as torch.max) is the label, as a bool tensor."""
     confidence, prediction = probabilities.max(dim=1)
-    return confidence.double(), (prediction == labels).double()
+    return confidence, prediction == labels
+
+
+def top_label_float64(probabilities: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``top_label`` in float64 (correct as 0./1.), for the estimators below."""
+    confidence, correct = top_label(probabilities, labels)
+    return confidence.double(), correct.double()
+
+
+def equal_width_bins(values: torch.Tensor, bins: int = CALIBRATION_BINS) -> torch.Tensor:
+    """Bin index in [0, bins) of values in [0, 1]: [lo, hi) bins, 1.0 in the last one; the edges and
+    the comparison are torchmetrics' (linspace edges in the values' dtype, bucketize), the clamp is
+    not."""
+    edges = torch.linspace(0, 1, bins + 1, dtype=values.dtype, device=values.device)
+    return (torch.bucketize(values, edges, right=True) - 1).clamp(0, bins - 1)
+
+
+def calibration_errors(probabilities: torch.Tensor, labels: torch.Tensor,
+                       bins: int = CALIBRATION_BINS) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ECE, MCE) of the top-label confidence, as tensors on the probabilities' device (float64,
+    float32 on Apple's MPS, which has no float64)."""
+    dtype = torch.float32 if probabilities.device.type == "mps" else torch.float64
+    confidence, correct = top_label(probabilities, labels)
+    correct = correct.to(dtype)
+    index = equal_width_bins(confidence, bins)
+    # Per bin: sum of (correct - confidence) = |B| (acc(B) - conf(B)), and |B|.
+    residual = torch.zeros(bins, dtype=dtype, device=index.device)
+    residual.index_add_(0, index, correct - confidence.to(dtype))
+    counts = torch.bincount(index, minlength=bins)
+    ece = residual.abs().sum() / len(index)
+    mce = (residual.abs() / counts.clamp(min=1)).max()  # empty bins: residual 0, so gap 0
+    return ece, mce
 
 
 def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = BINS) -> float:
@@ -66,13 +91,13 @@ def equal_mass_bins(confidence: torch.Tensor, correct: torch.Tensor, bins: int =
 
 
 def adaptive_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = BINS) -> float:
-    confidence, correct = top_label(probabilities, labels)
+    confidence, correct = top_label_float64(probabilities, labels)
     total = sum((correct[part] - confidence[part]).sum().abs() for part in equal_mass_bins(confidence, correct, bins))
     return float(total) / len(labels)
 
 
 def debiased_l2_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = BINS) -> float:
-    confidence, correct = top_label(probabilities, labels)
+    confidence, correct = top_label_float64(probabilities, labels)
     total = 0.0
     for part in equal_mass_bins(confidence, correct, bins):
         size = len(part)
@@ -96,7 +121,7 @@ def classwise_calibration_error(probabilities: torch.Tensor, labels: torch.Tenso
 
 
 def area_under_risk_coverage(probabilities: torch.Tensor, labels: torch.Tensor) -> float:
-    confidence, correct = top_label(probabilities, labels)
+    confidence, correct = top_label_float64(probabilities, labels)
     confidence, error = confidence.cpu().numpy(), 1 - correct.cpu().numpy()
     examples = len(error)
     order = np.argsort(-confidence, kind="stable")
@@ -166,66 +191,43 @@ def smooth_ece_of(confidence: np.ndarray, correct: np.ndarray) -> float:
 
 
 def smooth_ece(probabilities: torch.Tensor, labels: torch.Tensor) -> float:
-    confidence, correct = top_label(probabilities, labels)
+    confidence, correct = top_label_float64(probabilities, labels)
     return smooth_ece_of(confidence.cpu().numpy(), correct.cpu().numpy())
 
 
-def negative_log_likelihood(probabilities: torch.Tensor, labels: torch.Tensor) -> float:
-    true_class = probabilities.double().gather(1, labels[:, None]).squeeze(1)
-    return (-true_class.clamp_min(NLL_FLOOR).log()).mean().item()
+# --- reliability bins: drawn by figures.py, written to test_calibration.json by the recorder ---------
+
+def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS):
+    """Per equal-width bin: (mean confidence, accuracy, count), in the bins ECE is computed in
+    (``equal_width_bins``), so a diagram and its ECE agree on confidences at a bin edge too."""
+    index = equal_width_bins(torch.from_numpy(np.asarray(confidence)), bins).numpy()
+    counts = np.bincount(index, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_confidence = np.bincount(index, weights=confidence, minlength=bins) / counts
+        accuracy = np.bincount(index, weights=correct.astype(float), minlength=bins) / counts
+    return mean_confidence, accuracy, counts
 
 
-def brier_score(probabilities: torch.Tensor, labels: torch.Tensor) -> float:
-    onehot = torch.nn.functional.one_hot(labels, probabilities.shape[1]).double()
-    return (probabilities.double() - onehot).pow(2).sum(dim=1).mean().item()
+def split_confidence(logits: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """``top_label`` of the softmax of ``logits``, as numpy arrays (for the bins and figures)."""
+    confidence, correct = top_label(logits.float().softmax(dim=1), labels)
+    return confidence.cpu().numpy(), correct.cpu().numpy()
 
 
-METRIC_FUNCTIONS = {
-    "ece": expected_calibration_error,
-    "ece_adaptive": adaptive_calibration_error,
-    "ece_classwise": classwise_calibration_error,
-    "ece_debiased_l2": debiased_l2_calibration_error,
-    "smece": smooth_ece,
-    "nll": negative_log_likelihood,
-    "brier": brier_score,
-    "aurc": area_under_risk_coverage,
-}
-
-
-def calibration_metrics(probabilities: torch.Tensor, labels: torch.Tensor,
-                        metrics: Iterable[str] = METRICS) -> dict[str, float]:
-    """Every metric of probabilities [N, K] (rows summing to 1) and labels [N], as Python floats."""
-    if len(labels) == 0:
-        raise ValueError("calibration metrics need at least one example")
-    probabilities, labels = probabilities.detach(), labels.detach().long()
-    return {name: METRIC_FUNCTIONS[name](probabilities, labels) for name in metrics}
-
-
-def metric_key(metric: str, calibrator: str = RAW, split: str = "test") -> str:
-    """``test/ece`` raw, ``test/ece@temperature`` after a calibrator."""
-    return f"{split}/{metric}" if calibrator == RAW else f"{split}/{metric}@{calibrator}"
-
-
-def calibration_panel(val_logits: torch.Tensor, val_labels: torch.Tensor,
-                      test_logits: torch.Tensor, test_labels: torch.Tensor,
-                      calibrators: Sequence[str] = DEFAULT_CALIBRATORS,
-                      ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """Fit each calibrator on the validation logits/labels, apply it to the test logits, and measure.
-
-    Returns (metrics, probabilities): metrics has ``test/<metric>`` for the raw softmax and
-    ``test/<metric>@<calibrator>`` for every calibrator and metric, plus the fitted calibrators'
-    scalars (``temperature``); probabilities maps "raw" and each calibrator name to the test
-    probabilities [N, K] (CPU), for ``figures.reliability_panel``. Matrix scaling on a validation split
-    that is too small raises ConfigError. The test labels are used for measuring only.
-    """
-    test_labels = test_labels.detach().long().cpu()
-    probabilities = {RAW: test_logits.detach().double().softmax(dim=1).cpu()}
-    metrics: dict[str, float] = {}
-    for name in calibrators:
-        calibrator: Calibrator = fit_calibrator(name, val_logits, val_labels.long())
-        probabilities[name] = calibrator(test_logits).double().cpu()
-        metrics.update(calibrator.scalars)
-    for name, probs in probabilities.items():
-        metrics.update({metric_key(metric, name): value
-                        for metric, value in calibration_metrics(probs, test_labels).items()})
-    return metrics, probabilities
+def calibration_summary(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """Reliability bins and confidence histograms as numbers, so a report can overlay runs."""
+    confidence, correct = split_confidence(logits, labels)
+    mean_confidence, accuracy, counts = reliability_bins(confidence, correct)
+    histogram = {
+        name: np.histogram(confidence[mask], bins=CONFIDENCE_HISTOGRAM_EDGES)[0].tolist()
+        for name, mask in (("correct", correct), ("incorrect", ~correct))
+    }
+    return {
+        "bin_edges": np.linspace(0, 1, len(counts) + 1).tolist(),
+        "bin_confidence": [None if c == 0 else float(v) for v, c in zip(mean_confidence, counts)],
+        "bin_accuracy": [None if c == 0 else float(v) for v, c in zip(accuracy, counts)],
+        "bin_count": counts.tolist(),
+        "histogram_edges": CONFIDENCE_HISTOGRAM_EDGES.tolist(),
+        "histogram_correct": histogram["correct"],
+        "histogram_incorrect": histogram["incorrect"],
+    }

@@ -27,14 +27,13 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from regbench.regularizers.dropout import DROPOUT_LAYERS
-from regbench.spec import (
+from regbench.run.spec import (
     BN_WEIGHT_NORM,
     EFFECTIVE_LR,
     FIT_EPOCH,
     VARIANCE_SHIFT_MAX,
     VARIANCE_SHIFT_MEAN,
 )
-
 
 WEIGHTED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 

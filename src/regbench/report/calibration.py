@@ -12,8 +12,8 @@ import math
 import statistics
 from typing import Any, Sequence
 
-from regbench.calibration import CALIBRATORS
-from regbench.calibration_metrics import ECE_METRICS, METRICS, RAW, metric_key
+from regbench.evaluation.calibrators import CALIBRATORS
+from regbench.evaluation.panel import ECE_METRICS, METRICS, RAW, metric_key
 
 CALIBRATOR_COLUMNS = (RAW, *CALIBRATORS)
 SPEC = ".4f"

@@ -15,16 +15,14 @@ from __future__ import annotations
 import sys
 from typing import Iterator, Sequence
 
-from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from regbench.cli.compose import composer, config_dir
 from regbench.config import ConfigError
-from regbench.paths import config_dir
-from regbench.schemas import register_schemas
 
 # The one flag of a plain run or sweep; any other (--help, --cfg, --info, ...) asks Hydra for
 # something else, and Hydra handles that command line itself.
@@ -103,7 +101,6 @@ def check_command_line(args: Sequence[str]) -> None:
     """Raise ConfigError for the first bad override of a command line."""
     if any(arg.startswith("-") and arg not in MULTIRUN_FLAGS for arg in args):
         return
-    register_schemas()
     arguments = [arg for arg in args if arg not in MULTIRUN_FLAGS]
     try:
         overrides = OverridesParser.create().parse_overrides(arguments)
@@ -126,10 +123,10 @@ def check_command_line(args: Sequence[str]) -> None:
             for value in values:
                 check_group_choice(override.key_or_group, value)
         checked.append(override)
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+    with composer() as compose:
         for command_line in candidate_command_lines(checked):
             try:
-                OmegaConf.to_object(compose(config_name="config", overrides=command_line))
+                OmegaConf.to_object(compose(command_line))
             except ConfigError:
                 raise
             except (HydraException, OmegaConfBaseException, ValueError) as error:

@@ -45,14 +45,34 @@ from matplotlib.ticker import MaxNLocator
 from omegaconf import OmegaConf
 
 from regbench.config import one_line
-from regbench.figures import (
+from regbench.evaluation.figures import (
     CORRECT_COLOR,
     INCORRECT_COLOR,
     draw_reliability,
     drawing_from_bins,
     reliability_legend_handles,
 )
-from regbench.spec import (
+from regbench.report.calibration import calibration_table_markdown, ranking_flips
+from regbench.report.probes import probe_sections, write_probe_plots
+from regbench.report.statistics import (
+    ALPHA,
+    INDISTINGUISHABLE,
+    LEVEL,
+    POWER,
+    TOO_FEW_SEEDS,
+    ZERO_VARIANCE_TEST,
+    PairedComparison,
+    RankTest,
+    cliques,
+    holm,
+    paired_comparison,
+    probability_of_improvement,
+    rank_test,
+    seeds_needed,
+    sign_flip_seeds_needed,
+    verdict,
+)
+from regbench.run.spec import (
     CALIBRATION_FILE,
     HISTORY_FILE,
     HYDRA_SUBDIR,
@@ -63,26 +83,6 @@ from regbench.spec import (
     canonical,
     experiment_settings,
     lower_is_better,
-)
-from regbench.report_calibration import calibration_table_markdown, ranking_flips
-from regbench.report_probes import probe_sections, write_probe_plots
-from regbench.statistics import (
-    ALPHA,
-    INDISTINGUISHABLE,
-    LEVEL,
-    POWER,
-    TOO_FEW_SEEDS,
-    PairedComparison,
-    RankTest,
-    cliques,
-    holm,
-    paired_comparison,
-    probability_of_improvement,
-    rank_test,
-    ZERO_VARIANCE_TEST,
-    seeds_needed,
-    sign_flip_seeds_needed,
-    verdict,
 )
 
 PROGRAM = "regbench-report"
@@ -1252,7 +1252,7 @@ REPORT_EVENTS_DIR = "report"
 
 def hparams_rows(jobs: Sequence[Job]) -> list[dict[str, Any]]:
     """Each job's HParams row exactly as its run logged it (recording.hparams_values)."""
-    from regbench.recording import hparams_values
+    from regbench.run.tensorboard import hparams_values
 
     rows = []
     for job in jobs:
@@ -1282,7 +1282,7 @@ def write_report_events(sweep: Path, jobs: Sequence[Job], texts: Mapping[str, st
     the first HParams experiment it finds."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from regbench.recording import hparams_experiment
+    from regbench.run.tensorboard import hparams_experiment
 
     folder = sweep / REPORT_EVENTS_DIR
     folder.mkdir(exist_ok=True)

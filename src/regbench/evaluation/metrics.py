@@ -1,24 +1,20 @@
-"""Classification and calibration metrics of a split, computed on device from its logits and labels,
-and the bootstrap intervals of its accuracy and ECE (how much the test split's sampling alone moves
-them).
-
-Calibration follows Guo et al. 2017: the confidence is the max softmax probability, ECE is the
-bin-weighted mean |accuracy - confidence| over 15 equal-width bins and MCE the largest bin gap.
-The bins are [lo, hi) as in torchmetrics' ``multiclass_calibration_error`` (tests/test_metrics.py
-checks both values against it), with the top bin closed: confidence 1.0, common in float32 for a
-confident model, falls in the last bin as in Guo's (lo, hi] bins, where torchmetrics 1.x gives it a
-16th bin of its own. They are computed here rather than imported also because ``import
-torchmetrics`` runs its package init, which imports its image and audio metrics (torchvision,
-torch._dynamo, scipy.signal): about 2 s of the default job's start-up for two 15-bin sums.
-"""
+"""The classification metrics of a split, computed on device from its logits and labels (accuracy,
+NLL, Brier, ECE/MCE, confidence, entropy), and the bootstrap intervals of its accuracy and ECE (how
+much the test split's sampling alone moves them). The calibration errors and their bins are
+calibration_errors.py's."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-CALIBRATION_BINS = 15  # Guo et al. 2017
-LEVEL = 0.95  # of every interval regbench reports (statistics.py, the bootstrap below)
+from regbench.evaluation import LEVEL
+from regbench.evaluation.calibration_errors import (
+    CALIBRATION_BINS,
+    calibration_errors,
+    equal_width_bins,
+    top_label,
+)
 
 
 def predictive_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -28,45 +24,21 @@ def predictive_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def brier_score(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean over examples of sum_k (p_k - onehot_k)^2 (Brier 1950, multi-class form; range [0, 2])."""
+    """Mean over examples of sum_k (p_k - onehot_k)^2 (Brier 1950, multi-class form; range [0, 2]), in
+    the probabilities' dtype (the calibration panel passes float64)."""
     onehot = F.one_hot(labels, probabilities.shape[1]).to(probabilities.dtype)
     return (probabilities - onehot).pow(2).sum(dim=1).mean()
-
-
-def equal_width_bins(values: torch.Tensor, bins: int = CALIBRATION_BINS) -> torch.Tensor:
-    """Bin index in [0, bins) of values in [0, 1]: [lo, hi) bins, 1.0 in the last one; the edges and
-    the comparison are torchmetrics' (linspace edges in the values' dtype, bucketize), the clamp is
-    not."""
-    edges = torch.linspace(0, 1, bins + 1, dtype=values.dtype, device=values.device)
-    return (torch.bucketize(values, edges, right=True) - 1).clamp(0, bins - 1)
-
-
-def calibration_errors(probabilities: torch.Tensor, labels: torch.Tensor,
-                       bins: int = CALIBRATION_BINS) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ECE, MCE) of the top-label confidence, as tensors on the probabilities' device (float64,
-    float32 on Apple's MPS, which has no float64)."""
-    dtype = torch.float32 if probabilities.device.type == "mps" else torch.float64
-    confidence, prediction = probabilities.max(dim=1)
-    correct = (prediction == labels).to(dtype)
-    index = equal_width_bins(confidence, bins)
-    # Per bin: sum of (correct - confidence) = |B| (acc(B) - conf(B)), and |B|.
-    residual = torch.zeros(bins, dtype=dtype, device=index.device)
-    residual.index_add_(0, index, correct - confidence.to(dtype))
-    counts = torch.bincount(index, minlength=bins)
-    ece = residual.abs().sum() / len(index)
-    mce = (residual.abs() / counts.clamp(min=1)).max()  # empty bins: residual 0, so gap 0
-    return ece, mce
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
     """Scalar tensors (not yet transferred to the host) for one split."""
     logits = logits.float()
     probabilities = logits.softmax(dim=1)
-    confidence, prediction = probabilities.max(dim=1)
+    confidence, correct = top_label(probabilities, labels)
     nll = F.cross_entropy(logits, labels)
     ece, mce = calibration_errors(probabilities, labels)
     metrics = {
-        "acc": (prediction == labels).float().mean(),
+        "acc": correct.float().mean(),
         "nll": nll,
         "brier": brier_score(probabilities, labels),
         "ece": ece,
@@ -108,8 +80,8 @@ def bootstrap_intervals(logits: torch.Tensor, labels: torch.Tensor, resamples: i
                          f"{tuple(logits.shape)} and {tuple(labels.shape)}")
     device = logits.device
     probabilities = torch.softmax(logits.detach().float(), dim=1)
-    confidence, prediction = probabilities.max(dim=1)
-    correct = (prediction == labels.to(device)).float()
+    confidence, correct = top_label(probabilities, labels.to(device))
+    correct = correct.float()
     example_bin = equal_width_bins(confidence, bins)
     gap = correct - confidence  # per example: what its bin's |Σ correct − Σ conf| adds up
 

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from regbench.config import ConfigError
-from regbench.recording import atomic_write_bytes
-from regbench.spec import first_difference
+from regbench.files import atomic_write_bytes
+from regbench.run.spec import first_difference
 
 # What Run.state_dict writes, plus the identity of the run it belongs to.
 REQUIRED_KEYS = frozenset({"identity", "epoch", "model", "optimizer", "scheduler", "scaler",

@@ -14,11 +14,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
-from regbench.checkpoint import different_run_message
 from regbench.config import ConfigError
-from regbench.locking import exclusive_lock
-from regbench.recording import atomic_write_json
-from regbench.spec import (
+from regbench.files import atomic_write_json, exclusive_lock
+from regbench.run.checkpoint import different_run_message
+from regbench.run.spec import (
     CHECKPOINT_FILE,
     LOCK_FILE,
     METRICS_FILE,

@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from regbench.paths import config_dir
+from regbench.cli.compose import config_dir
 
 # Characters every common filesystem and a shell accept unquoted; anything else becomes "_".
 PORTABLE = re.compile(r"[^A-Za-z0-9._=,+-]")

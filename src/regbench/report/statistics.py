@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import stats
 
-from regbench.metrics import LEVEL
+from regbench.evaluation import LEVEL
 
 ALPHA = 0.05
 POWER = 0.8

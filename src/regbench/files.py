@@ -1,0 +1,80 @@
+"""Writing files safely: whole or not at all, and one process at a time.
+
+- ``atomic_write_bytes`` / ``atomic_write_json``: a temporary file in the same folder, fsync, then
+  rename, so a kill at any moment leaves the old or the new version, never a torn one (JSON that a
+  report or a sweep reads while a run goes on).
+- ``exclusive_lock``: one exclusive lock on a file (flock), for what only one process may do at a
+  time: holding a run folder (run/folder.py: a second process is refused) or decoding an image
+  cache (datasets/cache.py: the others wait, then reuse what the first wrote).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+BUSY = (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, when_busy: Callable[[], None]) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) while the block runs. When another
+    process holds it, ``when_busy()`` is called first: it raises to refuse, or returns to wait."""
+    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in BUSY:
+                raise
+            when_busy()
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # closing releases the lock
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all; an OSError names ``path`` (not the temporary file)."""
+    try:
+        write_then_rename(path, data)
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(path)) from None
+
+
+def write_then_rename(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(temporary, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def json_ready(value: Any) -> Any:
+    """Plain JSON: NaN and infinities (a diverged run) become null instead of invalid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item) for item in value]
+    return value
+
+
+def atomic_write_json(path: Path, data: Mapping[str, Any]) -> None:
+    text = json.dumps(json_ready(data), indent=2, sort_keys=False) + "\n"
+    atomic_write_bytes(path, text.encode())

@@ -1,0 +1,3 @@
+from regbench.report import main
+
+main()
