@@ -43,16 +43,16 @@ TARGETS = {"default": 2.5, "sweep": 1.5, "sweep_no_figures": 1.5}
 # The phases of a run outside its epochs whose cumulative time the profile reports.
 FUNCTIONS = {
     "import regbench.train": ("train.py", "<module>"),
-    "check the command line (compose)": ("validate.py", "check_command_line"),
+    "check the command line (compose)": ("command_line.py", "check_command_line"),
     "Run.build (data, model, optimizer)": ("engine.py", "build"),
     "Run.fit (epochs, incl. checkpoints)": ("engine.py", "fit"),
     "  checkpoints": ("checkpoint.py", "after_epoch"),
     "Run.test (test phase)": ("engine.py", "test"),
     "  calibration panel": ("engine.py", "calibrate"),
-    "  figures": ("recording.py", "log_figures"),
-    "  reliability panel": ("recording.py", "log_reliability_panel"),
-    "  wrong-class views (heat-map, projector)": ("recording.py", "log_wrong_class_views"),
-    "RunRecorder (TensorBoard writer)": ("recording.py", "__init__"),
+    "  figures": ("recorder.py", "log_test_figures"),
+    "  reliability panel": ("recorder.py", "log_reliability_panel"),
+    "  wrong-class views (heat-map, projector)": ("recorder.py", "log_wrong_class_views"),
+    "RunRecorder (TensorBoard writer)": ("recorder.py", "__init__"),
 }
 
 

@@ -17,7 +17,8 @@ from torch import nn
 
 from conftest import run_cli
 from regbench.cli.compose import compose_settings
-from regbench.fold import FOLDED_FILE, fold_batchnorm, foldable_pairs, load_folded
+from regbench.fold import fold_batchnorm, foldable_pairs, load_folded
+from regbench.run.spec import FOLDED_FILE
 from regbench.run.engine import Run
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_fold.py"

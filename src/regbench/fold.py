@@ -33,10 +33,10 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from regbench.config import ConfigError, one_line
 from regbench.run.checkpoint import load_checkpoint
-from regbench.run.spec import CHECKPOINT_FILE, HYDRA_SUBDIR, RunSpec
+from regbench.run.folder import RunFolder
+from regbench.run.spec import CHECKPOINT_FILE, FOLDED_FILE, HYDRA_OVERRIDES_FILE, HYDRA_SUBDIR, RunSpec
 
-FOLDED_FILE = "folded.pt"
-# fp32 folding reorders a handful of multiply-adds; the logits must agree to this (the issue's bar).
+# fp32 folding reorders a handful of multiply-adds; the logits must agree to this.
 TOLERANCE = 1e-4
 # torch.fx.experimental.optimization.fuse's patterns: which layer a BN of each kind can fold into.
 FOLDABLE = {nn.BatchNorm1d: (nn.Linear, nn.Conv1d), nn.BatchNorm2d: (nn.Conv2d,),
@@ -104,12 +104,12 @@ def folded_structure(model: nn.Module, pairs: Iterable[Sequence[str]]) -> None:
 
 # --- the run folder ----------------------------------------------------------------------------
 def run_overrides(run_dir: Path) -> list[str]:
-    """The command-line overrides the run was started with (what Hydra saved in .hydra/)."""
-    path = run_dir / HYDRA_SUBDIR / "overrides.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} has no {HYDRA_SUBDIR}/overrides.yaml: not a run folder "
+    """The command-line overrides the run was started with (what regbench saved in .hydra/)."""
+    overrides = RunFolder(run_dir).overrides()
+    if overrides is None:
+        raise ConfigError(f"{run_dir} has no {HYDRA_SUBDIR}/{HYDRA_OVERRIDES_FILE}: not a run folder "
                           f"written by python -m regbench")
-    return [str(override) for override in OmegaConf.load(path)]
+    return overrides
 
 
 def build_trained_run(run_dir: Path) -> tuple[Any, dict[str, Any]]:
@@ -124,7 +124,7 @@ def build_trained_run(run_dir: Path) -> tuple[Any, dict[str, Any]]:
         raise ConfigError(f"{checkpoint_path} does not exist: fold needs a run trained with "
                           f"trainer.checkpoint=true")
     cfg = compose_config(run_overrides(run_dir))
-    spec = RunSpec(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    spec = RunSpec.from_config(cfg)
     state = load_checkpoint(checkpoint_path, spec.identity)
     run = Run.build(OmegaConf.to_object(cfg))
     run.model.load_state_dict(state["model"])

@@ -9,7 +9,6 @@ when any job did not complete.
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from collections import Counter
@@ -19,22 +18,14 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from regbench.run.spec import METRICS_FILE, SPEC_FILE, STATUS, Status
+from regbench.run.folder import RunFolder, find_job_folders
+from regbench.run.spec import Status
 
 
 def job_statuses(sweep_dir: Path) -> dict[str, str]:
-    """Job folder (relative to the sweep) -> status, for every folder a job of regbench claimed."""
-    statuses = {}
-    for spec in sorted(sweep_dir.rglob(SPEC_FILE)):
-        folder = spec.parent
-        try:
-            status = json.loads((folder / METRICS_FILE).read_text()).get(STATUS, Status.unreadable.value)
-        except FileNotFoundError:
-            status = Status.unfinished.value
-        except (OSError, ValueError, AttributeError):
-            status = Status.unreadable.value
-        statuses[str(folder.relative_to(sweep_dir))] = str(status)
-    return statuses
+    """Job folder (relative to the sweep) -> status, for every job folder of the sweep."""
+    return {str(folder.relative_to(sweep_dir)): RunFolder(folder).status()
+            for folder in find_job_folders(sweep_dir)}
 
 
 def summary_lines(sweep_dir: Path, statuses: dict[str, str]) -> list[str]:

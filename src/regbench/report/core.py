@@ -29,7 +29,6 @@ import contextlib
 import csv
 import json
 import math
-import re
 import statistics
 import sys
 import textwrap
@@ -72,10 +71,9 @@ from regbench.report.statistics import (
     sign_flip_seeds_needed,
     verdict,
 )
+from regbench.run.folder import RunFolder, find_job_folders
 from regbench.run.spec import (
     CALIBRATION_FILE,
-    HISTORY_FILE,
-    HYDRA_SUBDIR,
     METRICS_FILE,
     SEED_KEY,
     SPEC_FILE,
@@ -129,21 +127,6 @@ class Job:
         return self.status == Status.completed.value
 
 
-def natural_key(name: str) -> tuple:
-    """Job folders in the order of their job number, the number that starts their name (``2``,
-    ``10_regularizer=none,seed=1``): 2 before 10; names without a number alphabetically after."""
-    def part_key(part: str) -> tuple:
-        number = re.match(r"\d+", part)
-        return (0, int(number.group()), part[number.end():]) if number else (1, 0, part)
-    return tuple(part_key(part) for part in Path(name).parts)
-
-
-def find_job_folders(sweep: Path) -> list[Path]:
-    """Every folder holding ``.hydra/`` (Hydra writes it before the job starts)."""
-    folders = {path.parent for path in sweep.rglob(".hydra") if path.is_dir()}
-    return sorted(folders, key=lambda folder: natural_key(job_name(sweep, folder)))
-
-
 def job_name(sweep: Path, folder: Path) -> str:
     return str(folder.relative_to(sweep))
 
@@ -157,61 +140,46 @@ def resolved_container(config: Any) -> dict[str, Any]:
         return OmegaConf.to_container(config, resolve=False, enum_to_str=True)
 
 
-def read_config(folder: Path) -> tuple[dict[str, Any], Any, list[str]]:
-    """(experiment settings, seed, command-line overrides) of one job. The settings are those the
-    run itself recorded in spec.json; a job that never started has only its .hydra/config.yaml,
-    from which the same function derives them."""
-    spec_path = folder / SPEC_FILE
-    if spec_path.is_file():
-        identity = dict(json.loads(spec_path.read_text())["identity"])
+def read_config(folder: RunFolder) -> tuple[dict[str, Any], Any, list[str]]:
+    """(experiment settings, seed, command-line overrides) of one job: the settings the run itself
+    recorded in spec.json. An older regbench's job that never started has only .hydra/config.yaml,
+    from which the same rule (``spec.experiment_settings``) derives them."""
+    if folder.file(SPEC_FILE).is_file():
+        identity = dict(folder.spec_json()["identity"])
         seed = identity.pop(SEED_KEY, None)
         settings = identity
     else:
-        config = resolved_container(OmegaConf.load(folder / HYDRA_SUBDIR / "config.yaml"))
+        config = resolved_container(folder.hydra_config())
         settings, seed = experiment_settings(config), config.get(SEED_KEY)
-    overrides_path = folder / HYDRA_SUBDIR / "overrides.yaml"
-    overrides = [str(o) for o in OmegaConf.load(overrides_path)] if overrides_path.is_file() else []
-    return settings, seed, overrides
+    return settings, seed, folder.overrides() or []
 
 
-def history_length(folder: Path) -> int:
-    path = folder / HISTORY_FILE
-    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.is_file() else 0
-
-
-def load_job(sweep: Path, folder: Path) -> Job:
+def load_job(sweep: Path, path: Path) -> Job:
     """One job, whatever state it is in; problems become its status, never an exception."""
-    name = job_name(sweep, folder)
-    metrics_path = folder / METRICS_FILE
+    name, folder = job_name(sweep, path), RunFolder(path)
     try:
         settings, seed, overrides = read_config(folder)
     except Exception as error:  # a torn or hand-edited config must not stop the report
-        job = Job(name, folder, Status.unreadable.value, None, detail=f"job settings: {one_line(error)}")
+        job = Job(name, path, Status.unreadable.value, None, detail=f"job settings: {one_line(error)}")
         with contextlib.suppress(OSError, ValueError):  # its metrics still belong in summary.csv
-            job.metrics = read_metrics(metrics_path)
+            job.metrics = folder.metrics() or {}
         return job
-    job = Job(name, folder, Status.unfinished.value, settings, seed, overrides=overrides)
-    if not metrics_path.is_file():
-        epochs = settings.get("trainer.epochs", "?")
-        job.detail = (f"no metrics.json yet (running or interrupted): {history_length(folder)}"
-                      f" of {epochs} epochs in history.jsonl")
-        return job
+    job = Job(name, path, Status.unfinished.value, settings, seed, overrides=overrides)
     try:
-        job.metrics = read_metrics(metrics_path)
+        metrics = folder.metrics()
     except (OSError, ValueError) as error:
         job.status, job.detail = Status.unreadable.value, f"{METRICS_FILE}: {one_line(error)}"
         return job
+    if metrics is None:
+        epochs = settings.get("trainer.epochs", "?")
+        job.detail = (f"no metrics.json yet (running or interrupted): {len(folder.history())}"
+                      f" of {epochs} epochs in history.jsonl")
+        return job
+    job.metrics = metrics
     job.status = str(job.metrics.get("status", "unknown"))
     if not job.completed:
         job.detail = " ".join(str(job.metrics.get("error", "")).split())
     return job
-
-
-def read_metrics(path: Path) -> dict[str, Any]:
-    metrics = json.loads(path.read_text())
-    if not isinstance(metrics, dict):
-        raise ValueError(f"expected a JSON object, found {type(metrics).__name__}")
-    return metrics
 
 
 def load_jobs(sweep: Path) -> list[Job]:
@@ -219,7 +187,7 @@ def load_jobs(sweep: Path) -> list[Job]:
         raise ReportError(f"{sweep} does not exist or is not a folder")
     folders = find_job_folders(sweep)
     if not folders:
-        raise ReportError(f"no job folders (folders holding .hydra/) in {sweep}")
+        raise ReportError(f"no job folders (folders holding {SPEC_FILE}) in {sweep}")
     return [load_job(sweep, folder) for folder in folders]
 
 
@@ -1003,7 +971,7 @@ def calibration_files(group: Group) -> list[dict[str, Any]]:
     summaries = []
     for job in group.completed:
         try:
-            summary = json.loads((job.folder / CALIBRATION_FILE).read_text())
+            summary = RunFolder(job.folder).calibration()
         except (OSError, ValueError):
             continue
         if isinstance(summary, dict) and CALIBRATION_KEYS <= summary.keys():
@@ -1261,7 +1229,7 @@ def hparams_rows(jobs: Sequence[Job]) -> list[dict[str, Any]]:
         name = job.metrics.get("name")
         if not isinstance(name, str):
             try:
-                name = json.loads((job.folder / SPEC_FILE).read_text()).get("name", job.name)
+                name = RunFolder(job.folder).spec_json().get("name", job.name)
             except (OSError, ValueError):
                 name = job.name
         rows.append(hparams_values(job.settings, job.seed, name))

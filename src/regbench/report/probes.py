@@ -16,7 +16,6 @@ Groups are the report's (``.label``, ``.settings``, ``.completed`` jobs with ``.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from pathlib import Path
@@ -24,11 +23,11 @@ from typing import Any, Optional, Sequence
 
 from matplotlib.figure import Figure
 
+from regbench.run.folder import RunFolder
 from regbench.run.spec import (
     BN_WEIGHT_NORM,
     EFFECTIVE_LR,
     FIT_EPOCH,
-    HISTORY_FILE,
     TEST_ACC,
     VARIANCE_SHIFT_MAX,
     VARIANCE_SHIFT_MEAN,
@@ -40,10 +39,7 @@ CORRUPTION_KEY = "dataset.corruption"
 
 
 def read_history(folder: Path) -> list[dict[str, Any]]:
-    path = Path(folder) / HISTORY_FILE
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return RunFolder(folder).history()
 
 
 def numbers(values: Sequence[Any]) -> list[float]:

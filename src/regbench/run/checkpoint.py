@@ -17,7 +17,7 @@ import torch
 
 from regbench.config import ConfigError
 from regbench.files import atomic_write_bytes
-from regbench.run.spec import first_difference
+from regbench.run.spec import different_run_message, first_difference
 
 # What Run.state_dict writes, plus the identity of the run it belongs to.
 REQUIRED_KEYS = frozenset({"identity", "epoch", "model", "optimizer", "scheduler", "scaler",
@@ -119,9 +119,3 @@ def load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
     if difference is not None:
         raise ConfigError(different_run_message(path.parent, *difference))
     return state
-
-
-def different_run_message(folder: Path, key: str, old: Any, new: Any) -> str:
-    """One line for a run folder that holds another experiment."""
-    return (f"{folder} belongs to a different run ({key} was {old!r} there, now {new!r}); "
-            f"use a new hydra.run.dir (or hydra.sweep.dir)")

@@ -411,7 +411,7 @@ class Run:
                      metrics: dict[str, Any]) -> None:
         """The test phase's figures (evaluation.figures): reliability diagram, confidence
         histogram, the calibration panel's diagrams, the wrong-class views."""
-        recorder.log_figures("test", test.logits, test.labels, metrics[TEST_ECE], self.epochs_done)
+        recorder.log_test_figures(test.logits, test.labels, metrics[TEST_ECE], self.epochs_done)
         if panel:
             eces = {name: metrics[metric_key("ece", name)] for name in panel}
             recorder.log_reliability_panel(panel, test.labels, eces, self.epochs_done)

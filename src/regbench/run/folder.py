@@ -1,9 +1,15 @@
-"""A run folder's rules: one process at a time, one experiment per folder, finished work kept.
+"""A run folder, read and written in one place, and its rules: one process at a time, one experiment
+per folder, finished work kept.
 
 ``RunFolder.claim`` takes an exclusive lock (a second process on the same folder is refused, not
 interleaved), removes temporary files a killed process left behind, and checks ``spec.json``: a
 folder is resumed or reported as completed only for the identity it was created with. Until the
 claim succeeds nothing in the folder is written, so a refusal never touches finished results.
+
+The readers (``spec_json``, ``metrics``, ``status``, ``history``, ``overrides``, ``calibration``)
+are what the sweep summary, the report and ``regbench.fold`` use; a **job folder** is a folder a
+run claimed (it holds ``spec.json``), or one an older regbench's Hydra set up before the job
+started (it holds only ``.hydra/``).
 """
 
 from __future__ import annotations
@@ -11,37 +17,68 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
 from regbench.config import ConfigError
 from regbench.files import atomic_write_json, exclusive_lock
-from regbench.run.checkpoint import different_run_message
 from regbench.run.spec import (
+    CALIBRATION_FILE,
     CHECKPOINT_FILE,
+    HISTORY_FILE,
+    HYDRA_CONFIG_FILE,
+    HYDRA_HYDRA_FILE,
+    HYDRA_OVERRIDES_FILE,
+    HYDRA_SUBDIR,
     LOCK_FILE,
     METRICS_FILE,
     SPEC_FILE,
     STATUS,
     RunSpec,
     Status,
+    different_run_message,
     first_difference,
 )
 
 
+def load_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; OSError or ValueError (one line) when it cannot be read."""
+    value = json.loads(path.read_text())
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, found {type(value).__name__}")
+    return value
+
+
 def read_json_file(path: Path, what: str) -> dict[str, Any]:
-    """A JSON object from ``path``, or one line saying why it cannot be read."""
+    """A JSON object from ``path``, or a ConfigError saying in one line why it cannot be read."""
     try:
-        value = json.loads(path.read_text())
+        return load_json_object(path)
     except (OSError, ValueError) as error:
         reason = os.strerror(error.errno) if isinstance(error, OSError) and error.errno else \
             " ".join(str(error).split())
         raise ConfigError(f"{path} cannot be read ({reason}); it is the {what} of this run folder: "
                           f"fix or delete it, or use a new hydra.run.dir") from None
-    if not isinstance(value, dict):
-        raise ConfigError(f"{path} is not a JSON object; it is the {what} of this run folder: fix or "
-                          f"delete it, or use a new hydra.run.dir")
-    return value
+
+
+def is_job_folder(path: Path) -> bool:
+    return (path / SPEC_FILE).is_file() or (path / HYDRA_SUBDIR).is_dir()
+
+
+def natural_key(name: str) -> tuple:
+    """Job folders in the order of their job number, the number that starts their name (``2``,
+    ``10_regularizer=none,seed=1``): 2 before 10; names without a number alphabetically after."""
+    def part_key(part: str) -> tuple:
+        number = re.match(r"\d+", part)
+        return (0, int(number.group()), part[number.end():]) if number else (1, 0, part)
+    return tuple(part_key(part) for part in Path(name).parts)
+
+
+def find_job_folders(root: Path) -> list[Path]:
+    """Every job folder under ``root`` (a sweep folder), in job-number order."""
+    markers = [*root.rglob(SPEC_FILE), *root.rglob(HYDRA_SUBDIR)]
+    folders = {marker.parent for marker in markers if is_job_folder(marker.parent)}
+    return sorted(folders, key=lambda folder: natural_key(str(folder.relative_to(root))))
 
 
 class RunFolder:
@@ -117,3 +154,59 @@ class RunFolder:
         if self.claimed:
             with contextlib.suppress(OSError):
                 atomic_write_json(self.file(METRICS_FILE), metrics)
+
+    def save_hydra_configs(self, cfg: Any, hydra_cfg: Any) -> None:
+        """``.hydra/`` as Hydra writes it; regbench writes it itself (``hydra.output_subdir: null``)
+        once the folder is claimed, so a refused rerun never overwrites a finished run's config."""
+        from omegaconf import OmegaConf
+
+        folder = self.file(HYDRA_SUBDIR)
+        folder.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, folder / HYDRA_CONFIG_FILE)
+        OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), folder / HYDRA_HYDRA_FILE)
+        OmegaConf.save(hydra_cfg.overrides.task, folder / HYDRA_OVERRIDES_FILE)
+
+    # --- readers: OSError or ValueError when a file exists but cannot be read -------------------
+    def spec_json(self) -> dict[str, Any]:
+        return load_json_object(self.file(SPEC_FILE))
+
+    def metrics(self) -> Optional[dict[str, Any]]:
+        """metrics.json, or None before the run wrote one."""
+        path = self.file(METRICS_FILE)
+        return load_json_object(path) if path.is_file() else None
+
+    def status(self) -> str:
+        """The run's status: metrics.json's, else unfinished (none yet) or unreadable."""
+        try:
+            metrics = self.metrics()
+        except (OSError, ValueError):
+            return Status.unreadable.value
+        if metrics is None:
+            return Status.unfinished.value
+        return str(metrics.get(STATUS, Status.unreadable.value))
+
+    def history(self) -> list[dict[str, Any]]:
+        """history.jsonl: one record per finished epoch ([] before the first)."""
+        path = self.file(HISTORY_FILE)
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def overrides(self) -> Optional[list[str]]:
+        """The command-line overrides the run was started with (.hydra/overrides.yaml), or None
+        when the folder has none (a run composed in-process)."""
+        from omegaconf import OmegaConf
+
+        path = self.file(HYDRA_SUBDIR) / HYDRA_OVERRIDES_FILE
+        return [str(override) for override in OmegaConf.load(path)] if path.is_file() else None
+
+    def hydra_config(self) -> Any:
+        """.hydra/config.yaml, the composed config (a DictConfig, interpolations unresolved)."""
+        from omegaconf import OmegaConf
+
+        return OmegaConf.load(self.file(HYDRA_SUBDIR) / HYDRA_CONFIG_FILE)
+
+    def calibration(self) -> Optional[dict[str, Any]]:
+        """test_calibration.json (reliability bins and histograms), or None when absent."""
+        path = self.file(CALIBRATION_FILE)
+        return load_json_object(path) if path.is_file() else None

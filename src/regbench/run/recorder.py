@@ -36,7 +36,15 @@ from regbench.evaluation.wrong_class import (
     projector_sample,
 )
 from regbench.files import atomic_write_bytes, atomic_write_json, json_ready
-from regbench.run.spec import CALIBRATION_FILE, HISTORY_FILE, METRICS_FILE
+from regbench.run.spec import (
+    CALIBRATION_FILE,
+    CLASS_PROBABILITIES_PNG,
+    CONFIDENCE_HIST_PNG,
+    HISTORY_FILE,
+    METRICS_FILE,
+    RELIABILITY_PANEL_PNG,
+    RELIABILITY_PNG,
+)
 from regbench.run.tensorboard import custom_scalars_layout
 
 # matplotlib is imported by the methods that draw: a run with evaluation.figures=false never
@@ -86,20 +94,15 @@ class RunRecorder:
         entropy = predictive_entropy(logits)
         self.writer.add_histogram(f"{split}/entropy", entropy.cpu().numpy(), step, bins="auto")
 
-    def log_figures(self, split: str, logits: torch.Tensor, labels: torch.Tensor, ece: float,
-                    step: int) -> None:
-        """Reliability diagram and confidence histogram, in TensorBoard and as PNG files."""
-        from regbench.evaluation.figures import (
-            confidence_histogram,
-            reliability_diagram,
-        )
+    def log_test_figures(self, logits: torch.Tensor, labels: torch.Tensor, ece: float, step: int) -> None:
+        """The test split's reliability diagram and confidence histogram, in TensorBoard and as PNG
+        files."""
+        from regbench.evaluation.figures import confidence_histogram, reliability_diagram
 
-        figures: dict[str, Figure] = {
-            "reliability": reliability_diagram(logits, labels, ece, title=split),
-            "confidence_hist": confidence_histogram(logits, labels, title=split),
-        }
-        for name, figure in figures.items():
-            self.log_figure(f"{split}/{name}", figure, f"{split}_{name}.png", step)
+        self.log_figure("test/reliability", reliability_diagram(logits, labels, ece, title="test"),
+                        RELIABILITY_PNG, step)
+        self.log_figure("test/confidence_hist", confidence_histogram(logits, labels, title="test"),
+                        CONFIDENCE_HIST_PNG, step)
 
     def write_calibration_summary(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """test_calibration.json: the reliability bins and confidence histograms the report draws."""
@@ -111,7 +114,7 @@ class RunRecorder:
         from regbench.evaluation.figures import reliability_panel
 
         figure = reliability_panel(dict(probabilities), labels, dict(eces))
-        self.log_figure("test/reliability_panel", figure, "test_reliability_panel.png", step)
+        self.log_figure("test/reliability_panel", figure, RELIABILITY_PANEL_PNG, step)
 
     def log_figure(self, tag: str, figure: Figure, file_name: str, step: int) -> None:
         """One figure as a TensorBoard image and a PNG file in the run folder, from ONE rendering
@@ -165,7 +168,7 @@ class RunRecorder:
 
         matrix = class_probability_matrix(logits, labels, len(classes))
         figure = class_probability_heatmap(matrix, classes, title="test: mean predicted probability")
-        self.log_figure(CLASS_PROBABILITIES, figure, "test_class_probabilities.png", step)
+        self.log_figure(CLASS_PROBABILITIES, figure, CLASS_PROBABILITIES_PNG, step)
         points, metadata = projector_sample(features, labels, logits, classes)
         self.write_projector_files(points, metadata, step, tag="test_penultimate")
         self.writer.flush()

@@ -50,14 +50,25 @@ class Status(str, enum.Enum):
     unreadable = "unreadable"
 
 
-# The files of a run folder.
+# The files of a run folder (run/folder.py reads and writes them).
 SPEC_FILE = "spec.json"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.jsonl"
 CHECKPOINT_FILE = "last.pt"
+BEST_CHECKPOINT_FILE = "best.pt"  # trainer.keep_checkpoint=best
+FOLDED_FILE = "folded.pt"  # python -m regbench.fold
 CALIBRATION_FILE = "test_calibration.json"
 LOCK_FILE = ".regbench.lock"
 HYDRA_SUBDIR = ".hydra"
+# Inside HYDRA_SUBDIR, as Hydra names them.
+HYDRA_CONFIG_FILE = "config.yaml"
+HYDRA_HYDRA_FILE = "hydra.yaml"
+HYDRA_OVERRIDES_FILE = "overrides.yaml"
+# The test phase's figures (evaluation.figures), as PNG files.
+RELIABILITY_PNG = "test_reliability.png"
+CONFIDENCE_HIST_PNG = "test_confidence_hist.png"
+RELIABILITY_PANEL_PNG = "test_reliability_panel.png"
+CLASS_PROBABILITIES_PNG = "test_class_probabilities.png"
 
 # Metric keys that several modules read (metrics.json, the summary line, the report).
 TEST_ACC = "test/acc"
@@ -183,3 +194,16 @@ class RunSpec:
     def as_json(self) -> dict[str, Any]:
         """The content of ``spec.json``."""
         return {"name": self.name, "identity": self.identity}
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "RunSpec":
+        """The spec of a composed config (an OmegaConf DictConfig), interpolations resolved."""
+        from omegaconf import OmegaConf
+
+        return cls(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+
+
+def different_run_message(folder: Any, key: str, old: Any, new: Any) -> str:
+    """One line for a run folder that holds another experiment."""
+    return (f"{folder} belongs to a different run ({key} was {old!r} there, now {new!r}); "
+            f"use a new hydra.run.dir (or hydra.sweep.dir)")
