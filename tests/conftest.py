@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from typing import Any, Sequence
 import pytest
 
 from regbench.cli.compose import compose_config
+from regbench.run.folder import RunFolder
 from regbench.train import train
 
 # Small, fast settings for runs inside tests; tests add their own overrides after these. No test-phase
@@ -54,7 +54,10 @@ def run_cli(args: Sequence[str], cwd: Path, module: str = "regbench",
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / "metrics.json").read_text())
+    """metrics.json of a run folder (the run must have written it)."""
+    metrics = RunFolder(run_dir).metrics()
+    assert metrics is not None, f"{run_dir} has no metrics.json"
+    return metrics
 
 
 def train_with_cli(tmp_path: Path, overrides: Sequence[str],
@@ -75,8 +78,7 @@ def train_with_cli(tmp_path: Path, overrides: Sequence[str],
 
 def read_history(run_dir: Path) -> list[dict[str, Any]]:
     """history.jsonl as a list of per-epoch records ([] before the first epoch)."""
-    path = run_dir / "history.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return RunFolder(run_dir).history()
 
 
 @pytest.fixture

@@ -23,10 +23,10 @@ from regbench.report import (
     Job,
     accuracy_vs_ece,
     make_report,
-    natural_key,
     reliability,
     repel_offsets,
 )
+from regbench.run.folder import natural_key
 from regbench.run.tensorboard import HPARAMS_METRICS, RUN_NAME_HPARAM, SCALARS_LAYOUT
 
 SMALL = ["trainer.epochs=2", "model.hidden_sizes=[16]"]

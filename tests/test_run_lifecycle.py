@@ -20,7 +20,7 @@ from regbench.run import checkpoint as checkpoint_module
 from regbench.run import engine
 from regbench.cli.compose import compose_config, compose_settings
 from regbench.config import ConfigError
-from regbench.report import read_config
+from regbench.report import load_job
 from regbench.run.checkpoint import IntervalCheckpoint
 from regbench.run.engine import InterruptedRun, Run
 from regbench.run.folder import RunFolder
@@ -160,11 +160,12 @@ def test_the_report_groups_by_the_identity_the_checkpoint_checks(tmp_path):
         train_in_process(tmp_path / name, overrides)
         config = compose_config(["trainer.progress=false", *overrides])
         container = OmegaConf.to_container(config, resolve=True, enum_to_str=True)
-        settings, seed, _ = read_config(tmp_path / name)
-        assert settings == experiment_settings(container)
-        assert {**settings, "seed": seed} == identity(container)
-        assert json.loads((tmp_path / name / "spec.json").read_text())["identity"] == identity(container)
-    groups = {name: json.dumps(read_config(tmp_path / name)[0], sort_keys=True) for name in cases}
+        job = load_job(tmp_path, tmp_path / name)
+        assert job.settings == experiment_settings(container)
+        assert {**job.settings, "seed": job.seed} == identity(container)
+        assert RunFolder(tmp_path / name).spec_json()["identity"] == identity(container)
+    groups = {name: json.dumps(load_job(tmp_path, tmp_path / name).settings, sort_keys=True)
+              for name in cases}
     assert groups["a"] == groups["b"] != groups["c"]
 
 

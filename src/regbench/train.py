@@ -1,9 +1,11 @@
-"""The one training entrypoint, ``python -m regbench`` / ``regbench``: Hydra glue and error mapping.
+"""The one training entrypoint, ``python -m regbench`` / ``regbench``: the run's lifecycle and what
+the user sees of its outcome.
 
-A run is spec -> build -> fit -> test -> record: ``RunSpec`` (spec.py) says what the run is,
-``RunFolder`` (run_folder.py) holds its folder for it, ``engine.Run`` builds, trains and tests it,
-``RunRecorder`` (recording.py) writes what it produced. This module maps each outcome to what the
-user sees: a summary, or one line and an exit status.
+A run is spec -> claim -> build -> fit -> test -> record (``train`` and ``train_and_test``):
+``RunSpec`` (run/spec.py) says what the run is, ``RunFolder`` (run/folder.py) holds its folder for
+it, ``Run`` (run/engine.py) builds, trains and tests it, ``CheckpointPolicy`` (run/checkpoint.py)
+keeps its checkpoints, ``RunRecorder`` (run/recorder.py) writes what it produced. ``OUTCOMES`` maps
+each way a run can stop to its status, its exit code and its one line.
 """
 
 from __future__ import annotations
@@ -17,25 +19,24 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Callable, NoReturn, Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-import regbench.cli.hydra_hooks  # noqa: F401  resolvers and log filter named in configs/config.yaml
 from regbench.cli.command_line import exit_on_bad_command_line
 from regbench.cli.compose import config_dir, register_schemas
-from regbench.config import Config, ConfigError, KeepCheckpoint, check, one_line
-from regbench.run.checkpoint import IntervalCheckpoint, load_checkpoint, save_checkpoint
+from regbench.cli.hydra_hooks import in_multirun  # also registers what configs/config.yaml names
+from regbench.config import Config, ConfigError, check, one_line
+from regbench.run.checkpoint import CheckpointPolicy, check_keep_checkpoint, load_checkpoint
 from regbench.run.engine import DivergedError, InterruptedRun, Run, stop_on_signals
 from regbench.run.folder import RunFolder
 from regbench.run.recorder import RunRecorder
 from regbench.run.spec import (
     EPOCHS,
-    HYDRA_SUBDIR,
     METRICS_FILE,
     SECONDS,
     SEED_KEY,
@@ -47,7 +48,6 @@ from regbench.run.spec import (
     TEST_NLL,
     RunSpec,
     Status,
-    lower_is_better,
 )
 from regbench.run.tensorboard import hparams_values
 
@@ -55,70 +55,10 @@ log = logging.getLogger("regbench")
 register_schemas()
 
 
-def in_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 def show_progress(setting: bool | None) -> bool:
     if setting is not None:
         return setting
     return sys.stderr.isatty() and not in_multirun()
-
-
-def hparams(spec: RunSpec) -> dict[str, Any]:
-    """The run's HParams row: its readable name (single runs' folders are timestamps), its
-    experiment settings and seed (recording.hparams_values)."""
-    return hparams_values(spec.experiment_settings, spec.identity[SEED_KEY], spec.name)
-
-
-BEST_CHECKPOINT = "best.pt"
-
-
-def objective_improved(history: list[dict[str, Any]], objective: str) -> bool:
-    """Whether the last epoch has the best ``objective`` so far (the report's rule for which
-    metrics are lower-is-better); ties go to the earlier epoch."""
-    values = [record[objective] for record in history if objective in record]
-    if not values or objective not in history[-1]:
-        return False
-    best = min(values) if lower_is_better(objective) else max(values)
-    return history[-1][objective] == best and values.index(best) == len(values) - 1
-
-
-def check_keep_checkpoint(settings: Config) -> None:
-    if settings.trainer.keep_checkpoint == KeepCheckpoint.best:
-        check(settings.objective.startswith("val/") and settings.dataset.val_size > 0,
-              "trainer.keep_checkpoint", "best",
-              f"last or none when objective={settings.objective} is not a val/ metric of a run with "
-              f"a validation split (best.pt is the epoch with the best objective)")
-
-
-def save_best_weights(folder: RunFolder, run: Run, spec: RunSpec, objective: str) -> None:
-    """best.pt: the model weights (weights_only-loadable) of the best epoch so far."""
-    if objective_improved(run.history, objective):
-        record = run.history[-1]
-        save_checkpoint(folder.file(BEST_CHECKPOINT), {
-            "model": run.model.state_dict(), "epoch": record["epoch"], "objective": objective,
-            "value": record[objective]}, spec.identity)
-
-
-def keep_checkpoints(folder: RunFolder, keep: KeepCheckpoint) -> None:
-    """After metrics.json says completed (so nothing can need last.pt to resume): drop what
-    trainer.keep_checkpoint does not keep."""
-    if keep in (KeepCheckpoint.none, KeepCheckpoint.best):
-        folder.checkpoint.unlink(missing_ok=True)
-
-
-def save_hydra_configs(run_dir: Path, cfg: DictConfig) -> None:
-    """``.hydra/`` as Hydra writes it; regbench writes it itself (``hydra.output_subdir: null``)
-    once the folder is claimed, so a refused rerun never overwrites a finished run's config."""
-    if not HydraConfig.initialized():
-        return  # composed in-process (tests, benchmarks): no Hydra run
-    folder = run_dir / HYDRA_SUBDIR
-    folder.mkdir(parents=True, exist_ok=True)
-    hydra_cfg = HydraConfig.get()
-    OmegaConf.save(cfg, folder / "config.yaml")
-    OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), folder / "hydra.yaml")
-    OmegaConf.save(hydra_cfg.overrides.task, folder / "overrides.yaml")
 
 
 def check_objective(settings: Config) -> None:
@@ -144,30 +84,22 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     training finished but whose test did not is tested without training again; a completed
     folder of this run is not trained again; a folder of another run is refused untouched."""
     settings: Config = OmegaConf.to_object(cfg)  # runs the schema's range checks
-    spec = RunSpec(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    spec = RunSpec.from_config(cfg)
     folder = RunFolder(run_dir)
     with folder.claim(spec):
-        save_hydra_configs(run_dir, cfg)
+        if HydraConfig.initialized():  # not when composed in-process (tests, benchmarks)
+            folder.save_hydra_configs(cfg, HydraConfig.get())
         summary = {"dataset": settings.dataset.name, "model": settings.model.name,
                    "regularizer": spec.regularizers, SEED_KEY: settings.seed, "name": spec.name}
+        if folder.completed is not None:
+            log.info("%s is already completed; not training again", run_dir)
+            return folder.completed
         try:
-            if folder.completed is not None:
-                log.info("%s is already completed; not training again", run_dir)
-                return folder.completed
             return train_and_test(settings, spec, folder, summary)
-        except ConfigError as error:
-            folder.write_failure({STATUS: Status.failed.value, "error": error_message(error), **summary})
-            raise
-        except (DivergedError, InterruptedRun):
-            raise  # train_and_test recorded them
-        except OSError as error:
-            if error.errno not in (errno.ENOSPC, errno.EDQUOT):  # a full disk takes no failure file
-                folder.write_failure({STATUS: Status.failed.value, "error": one_line(error), **summary})
-            raise
         except Exception as error:
-            # An unexpected fault: record it for the report, keep the traceback for the bug report.
-            folder.write_failure({STATUS: Status.failed.value,
-                                  "error": f"{type(error).__name__}: {one_line(error)}", **summary})
+            record = failure_record(error)
+            if record is not None:
+                folder.write_failure({**record, **summary})
             raise
 
 
@@ -183,40 +115,90 @@ def train_and_test(settings: Config, spec: RunSpec, folder: RunFolder,
     # Events of epochs after the checkpoint (logged before an interruption) are dropped.
     recorder = RunRecorder(folder.path, purge_step=run.epochs_done + 1)
     recorder.rewrite_history(run.history)
-
-    checkpoints = IntervalCheckpoint(folder.checkpoint, spec.identity,
-                                     settings.trainer.checkpoint_interval_s)
+    checkpoints = CheckpointPolicy(folder.path, spec.identity, settings.trainer, settings.objective)
 
     def checkpoint(finished: Run) -> None:
         checkpoints.after_epoch(finished.state_dict(), last=finished.training_finished)
-        if settings.trainer.keep_checkpoint == KeepCheckpoint.best:
-            save_best_weights(folder, finished, spec, settings.objective)
 
     try:
         with stop_on_signals(run):
             try:
-                run.fit(recorder, on_epoch=checkpoint if settings.trainer.checkpoint else None)
+                run.fit(recorder, on_epoch=checkpoint if checkpoints.enabled else None)
             finally:
-                checkpoints.flush()  # stopped by a signal, a divergence or an error: keep every finished epoch
+                checkpoints.flush()
             metrics = run.test(recorder)
     except (DivergedError, InterruptedRun) as error:
-        status = Status.diverged if isinstance(error, DivergedError) else Status.interrupted
-        recorder.write_metrics({
-            STATUS: status.value, "error": str(error), f"{status.value}_epoch": error.epoch,
-            f"{status.value}_step": error.step, **summary,
-            **(run.history[-1] if run.history else {}), EPOCHS: run.epochs_done,
-            SECONDS: time.perf_counter() - started,
-        })
+        recorder.write_metrics({**stopped_record(error), **summary,
+                                **(run.history[-1] if run.history else {}), EPOCHS: run.epochs_done,
+                                SECONDS: time.perf_counter() - started})
         recorder.close()
         raise
     metrics = {STATUS: Status.completed.value, **metrics,
                SECONDS: sum(record["seconds"] for record in run.history), **summary}
     final = {k: v for k, v in metrics.items() if k.startswith(("test/", "gap/")) or k == "temperature"}
-    recorder.log_hparams(hparams(spec), final, step=run.epochs_done)
+    recorder.log_hparams(hparams_values(spec.experiment_settings, settings.seed, spec.name), final,
+                         step=run.epochs_done)
     recorder.write_metrics(metrics)
     recorder.close()
-    keep_checkpoints(folder, settings.trainer.keep_checkpoint)
+    checkpoints.finish()
     return metrics
+
+
+# --- outcomes: how a run that stops ends, in metrics.json and for the user ------------------------
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run stopped by an error of ``kind`` ends: its status in metrics.json, its exit code,
+    its one line on stderr, and whether it stops a whole sweep (otherwise a sweep's other jobs go on)."""
+
+    kind: type[BaseException]
+    status: Status
+    exit_code: Callable[[Any], int]
+    line: Callable[[Any, DictConfig, Path], str]
+    stops_sweep: bool = False
+
+
+OUTCOMES = (
+    Outcome(ConfigError, Status.failed, lambda error: 2,
+            lambda error, cfg, run_dir: f"regbench: error: {error_message(error)}"),
+    Outcome(DivergedError, Status.diverged, lambda error: 1,
+            lambda error, cfg, run_dir: f"regbench: diverged: {error}; see "
+                                        f"{relative_to_cwd(run_dir / METRICS_FILE)}"),
+    Outcome(InterruptedRun, Status.interrupted,
+            lambda error: 128 + signal.Signals[error.signal_name].value,
+            lambda error, cfg, run_dir: f"regbench: {error}; {resume_hint(cfg, run_dir)}",
+            stops_sweep=True),
+    # A full disk, a read-only folder: the finished epochs' files stay.
+    Outcome(OSError, Status.failed, lambda error: 1,
+            lambda error, cfg, run_dir: f"regbench: error: cannot write"
+                                        f"{f' {error.filename}' if error.filename else ''}: "
+                                        f"{error.strerror or error}"),
+)
+
+
+def outcome_of(error: BaseException) -> Optional[Outcome]:
+    """The outcome of an expected way to stop; None for a bug (its traceback is kept)."""
+    return next((outcome for outcome in OUTCOMES if isinstance(error, outcome.kind)), None)
+
+
+def stopped_record(error: DivergedError | InterruptedRun) -> dict[str, Any]:
+    """metrics.json's status part for a run stopped in training or test: where it stopped."""
+    status = outcome_of(error).status.value
+    return {STATUS: status, "error": str(error), f"{status}_epoch": error.epoch,
+            f"{status}_step": error.step}
+
+
+def failure_record(error: Exception) -> Optional[dict[str, Any]]:
+    """metrics.json's status part for a run that failed outside training, or None: a divergence
+    or an interruption was recorded with the run's state (``stopped_record``), and a full disk
+    takes no file."""
+    if isinstance(error, (DivergedError, InterruptedRun)):
+        return None
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    # An unexpected fault is recorded for the report; its traceback stays for the bug report.
+    text = error_message(error) if outcome_of(error) else f"{type(error).__name__}: {one_line(error)}"
+    return {STATUS: Status.failed.value, "error": text}
 
 
 def tensorboard_logdir(run_dir: Path) -> Path:
@@ -295,18 +277,12 @@ def hydra_main(cfg: DictConfig) -> float:
         freeze_long_lived_objects()
     try:
         metrics = train(cfg, run_dir)
-    except ConfigError as error:
-        return fail(f"regbench: error: {error_message(error)}", exit_code=2)
-    except DivergedError as error:
-        return fail(f"regbench: diverged: {error}; see {relative_to_cwd(run_dir / METRICS_FILE)}",
-                    exit_code=1)
-    except InterruptedRun as error:
-        pass_on_time_limit(error, f"regbench: {error}")
-        return fail(f"regbench: {error}; {resume_hint(cfg, run_dir)}",
-                    exit_code=128 + signal.Signals[error.signal_name].value, stop_sweep=True)
-    except OSError as error:  # a full disk, a read-only folder: the finished epochs' files stay
-        where = f" {error.filename}" if error.filename else ""
-        return fail(f"regbench: error: cannot write{where}: {error.strerror or error}", exit_code=1)
+    except tuple(outcome.kind for outcome in OUTCOMES) as error:
+        outcome = outcome_of(error)
+        if isinstance(error, InterruptedRun):
+            pass_on_time_limit(error, f"regbench: {error}")
+        return fail(outcome.line(error, cfg, run_dir), outcome.exit_code(error),
+                    stop_sweep=outcome.stops_sweep)
     print_summary(metrics, run_dir)
     return float(metrics[cfg.objective]) if cfg.objective in metrics else fail(
         f"regbench: error: objective={cfg.objective!r} is not a metric of this run; choose one "
@@ -325,9 +301,8 @@ def freeze_long_lived_objects() -> None:
 
 def main() -> None:
     """``python -m regbench`` and the ``regbench`` script: check the command line, then run Hydra."""
-    # The ~270,000 objects the imports made live as long as the process: out of the cyclic garbage
-    # collector's way, so its full collections stop rescanning them (measured: the default job
-    # 1.2 s faster, scripts/bench_startup.py).
+    # The objects the imports made live as long as the process: out of the cyclic garbage
+    # collector's way, so its full collections stop rescanning them (scripts/bench_startup.py).
     gc.freeze()
     exit_on_bad_command_line(sys.argv[1:])
     try:
@@ -340,8 +315,8 @@ def main() -> None:
 
 def exit_without_teardown() -> NoReturn:
     """Exit status 0 once everything is written, without the interpreter's teardown: freeing every
-    object of torch, dynamo, scikit-learn and matplotlib one by one takes ~1 s per process here
-    (measured with os._exit against a normal exit, default job). What a normal
+    object of torch, dynamo, scikit-learn and matplotlib one by one (README, Performance: start-up,
+    measures what it costs per process). What a normal
     exit does that matters still happens: the atexit handlers run (logging's flush, Ray's shutdown,
     multiprocessing's child clean-up), then the standard streams are flushed. With another
     non-daemon thread alive, Python's own exit, which waits for it, is used instead."""

@@ -136,16 +136,20 @@ class JobNameFilter(logging.Filter):
         return True
 
 
-def current_job_label() -> str:
+def in_multirun() -> bool:
+    """Whether this process runs a job of a Hydra multirun (a sweep)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if not HydraConfig.initialized():
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def current_job_label() -> str:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not in_multirun():
         return ""
-    hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return ""
-    return f" [{Path(hydra_cfg.runtime.output_dir).name}]"
+    return f" [{Path(HydraConfig.get().runtime.output_dir).name}]"
 
 
 def register_resolvers() -> None:

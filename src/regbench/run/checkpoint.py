@@ -1,4 +1,6 @@
-"""last.pt: everything needed to continue a run exactly where it stopped.
+"""A run's checkpoints: last.pt, everything needed to continue a run exactly where it stopped, and
+best.pt, the weights of its best epoch; ``CheckpointPolicy`` decides when each is written and what a
+completed run keeps (``trainer.checkpoint``, ``checkpoint_interval_s``, ``keep_checkpoint``).
 
 Loaded with ``torch.load(weights_only=True)``, so a checkpoint file cannot run code; everything in
 it is therefore tensors and plain Python values.
@@ -15,9 +17,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from regbench.config import ConfigError
+from regbench.config import Config, ConfigError, KeepCheckpoint, TrainerConfig, check
 from regbench.files import atomic_write_bytes
-from regbench.run.spec import different_run_message, first_difference
+from regbench.run.spec import (
+    BEST_CHECKPOINT_FILE,
+    CHECKPOINT_FILE,
+    different_run_message,
+    first_difference,
+    lower_is_better,
+)
 
 # What Run.state_dict writes, plus the identity of the run it belongs to.
 REQUIRED_KEYS = frozenset({"identity", "epoch", "model", "optimizer", "scheduler", "scaler",
@@ -72,8 +80,8 @@ def host_copy(value: Any) -> Any:
 class IntervalCheckpoint:
     """last.pt on a time interval instead of after every epoch (``trainer.checkpoint_interval_s``).
 
-    After each epoch the run's state is copied to host memory (``host_copy``: 3 ms for the default
-    MLP's 9 MB, against 22 ms to serialize, write and fsync it); the file is written when
+    After each epoch the run's state is copied to host memory (``host_copy``, far cheaper than
+    serializing, writing and fsyncing it: README, Performance); the file is written when
     ``interval_s`` have passed since the last write, after the last epoch (so a test phase cut off
     resumes at the test, without training again), and by ``flush`` when the run stops at a signal,
     diverges or fails. Only a hard kill (SIGKILL, the OOM killer, a power cut) loses finished
@@ -119,3 +127,56 @@ def load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
     if difference is not None:
         raise ConfigError(different_run_message(path.parent, *difference))
     return state
+
+
+def objective_improved(history: list[dict[str, Any]], objective: str) -> bool:
+    """Whether the last epoch has the best ``objective`` so far (the report's rule for which
+    metrics are lower-is-better); ties go to the earlier epoch."""
+    values = [record[objective] for record in history if objective in record]
+    if not values or objective not in history[-1]:
+        return False
+    best = min(values) if lower_is_better(objective) else max(values)
+    return history[-1][objective] == best and values.index(best) == len(values) - 1
+
+
+def check_keep_checkpoint(settings: Config) -> None:
+    if settings.trainer.keep_checkpoint == KeepCheckpoint.best:
+        check(settings.objective.startswith("val/") and settings.dataset.val_size > 0,
+              "trainer.keep_checkpoint", "best",
+              f"last or none when objective={settings.objective} is not a val/ metric of a run with "
+              f"a validation split (best.pt is the epoch with the best objective)")
+
+
+class CheckpointPolicy:
+    """What a run writes of itself, and what a completed run keeps, in its folder ``folder``:
+
+    - last.pt (``trainer.checkpoint``): the whole state after the last finished epoch, on an
+      interval (``IntervalCheckpoint``), flushed when the run stops at a signal or an error;
+    - best.pt (``keep_checkpoint=best``): the model weights of the epoch with the best
+      ``objective`` so far;
+    - once metrics.json says completed, ``finish`` drops what ``keep_checkpoint`` does not keep."""
+
+    def __init__(self, folder: Path, identity: dict[str, Any], trainer: TrainerConfig,
+                 objective: str) -> None:
+        self.last_path, self.best_path = folder / CHECKPOINT_FILE, folder / BEST_CHECKPOINT_FILE
+        self.identity, self.objective = identity, objective
+        self.enabled, self.keep = trainer.checkpoint, trainer.keep_checkpoint
+        self.last = IntervalCheckpoint(self.last_path, identity, trainer.checkpoint_interval_s)
+
+    def after_epoch(self, state: dict[str, Any], last: bool) -> None:
+        """``state``: the run's state dict after a finished epoch (``last``: training is over)."""
+        self.last.after_epoch(state, last=last)
+        if self.keep == KeepCheckpoint.best and objective_improved(state["history"], self.objective):
+            record = state["history"][-1]
+            save_checkpoint(self.best_path, {"model": state["model"], "epoch": record["epoch"],
+                                             "objective": self.objective,
+                                             "value": record[self.objective]}, self.identity)
+
+    def flush(self) -> None:
+        """Stopped by a signal, a divergence or an error: keep every finished epoch."""
+        self.last.flush()
+
+    def finish(self) -> None:
+        """After metrics.json says completed (so nothing can need last.pt to resume)."""
+        if self.keep in (KeepCheckpoint.none, KeepCheckpoint.best):
+            self.last_path.unlink(missing_ok=True)

@@ -51,7 +51,7 @@ from regbench.run.probes import (
     variance_shift_metrics,
 )
 from regbench.run.recorder import RunRecorder
-from regbench.run.spec import EPOCHS, GAP_ACC, TEST_ACC, TEST_ECE, TEST_NLL
+from regbench.run.spec import EPOCHS, GAP_ACC, GAP_NLL, TEST_ACC, TEST_ECE, TEST_NLL
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,8 @@ class Run:
         self.history: list[dict[str, Any]] = []
         # Set by a signal handler (stop_on_signals); checked after every step and test stage.
         self.stop_signal: Optional[str] = None
+        # The test phase's calibration panel: test probabilities per calibrator (validation_metrics).
+        self.panel: dict[str, torch.Tensor] = {}
 
     @classmethod
     def build(cls, settings: Config, show_progress: bool = False) -> "Run":
@@ -369,43 +371,72 @@ class Run:
             raise InterruptedRun(self.stop_signal, self.epochs_done, 0, phase="test")
 
     def test(self, recorder: Optional[RunRecorder] = None) -> dict[str, Any]:
-        """Final metrics: the test split (touched only here) with its bootstrap intervals and
-        wrong-class views, the train split in eval mode, the generalization gaps, the calibration
-        panel (calibrators fitted on the validation split), the probes (variance shift, time to
-        fit) and the regularizers' own end-of-training metrics."""
+        """Final metrics, in named stages with a stop check between them: the regularizers' end of
+        training, the test split (touched only here), the train split in eval mode and the gaps,
+        the validation split and the calibration panel (calibrators fitted on it), what the run
+        records of its test phase, and the probes (variance shift, time to fit)."""
         self.check_stop()
-        extra: dict[str, float] = {}
-        for regularizer in self.regularizers:
-            extra.update(regularizer.on_fit_end(self.model))
+        end_of_training = self.end_of_training()
         test = self.evaluate(self.data.test)
+        metrics = self.test_split_metrics(test)
+        for stage in (self.train_split_metrics, self.validation_metrics):
+            self.check_stop()
+            metrics.update(stage(metrics, test))
+        self.check_stop()
+        if recorder is not None:
+            self.record_test_phase(recorder, test, metrics)
+        metrics.update(self.probe_metrics())
+        metrics.update(end_of_training)
+        metrics[EPOCHS] = self.epochs_done
+        return metrics
+
+    def end_of_training(self) -> dict[str, float]:
+        """The regularizers' own end-of-training metrics (on_fit_end may change the model, e.g.
+        restore the best epoch's weights, so it runs before any evaluation)."""
+        metrics: dict[str, float] = {}
+        for regularizer in self.regularizers:
+            metrics.update(regularizer.on_fit_end(self.model))
+        return metrics
+
+    def test_split_metrics(self, test: Evaluation) -> dict[str, Any]:
+        """test/ metrics, their bootstrap intervals (how much the test split's sampling alone moves
+        accuracy and ECE), the feature and weight norms and the wrong-class views."""
         metrics: dict[str, Any] = test.metrics("test")
-        # How much the test split's sampling alone moves accuracy and ECE (1000 resamples).
         intervals = bootstrap_intervals(test.logits, test.labels, seed=self.settings.seed)
         metrics.update({f"test/{key}": value for key, value in intervals.items()})
         metrics["test/feature_norm"] = test.features.norm(dim=1).mean().item()
         metrics["test/weight_norm"] = weight_norm(self.model)
         metrics.update(wrong_class_metrics(test.logits, test.labels))
-        self.check_stop()
-        metrics.update(self.evaluate(self.data.train_eval).metrics("train"))
-        metrics[GAP_ACC] = metrics["train/acc"] - metrics[TEST_ACC]
-        metrics["gap/nll"] = metrics[TEST_NLL] - metrics["train/nll"]
-        self.check_stop()
-        panel: dict[str, torch.Tensor] = {}
-        if len(self.data.val) > 0:
-            val = self.evaluate(self.data.val)
-            metrics.update(val.metrics("val"))
-            calibrated, panel = self.calibrate(val, test)
-            metrics.update({key: value for key, value in calibrated.items() if key not in metrics})
-        self.check_stop()
-        if recorder is not None:
-            recorder.write_calibration_summary(test.logits, test.labels)
-            if self.settings.evaluation.figures:
-                self.draw_figures(recorder, test, panel, metrics)
-        metrics.update(variance_shift_metrics(self.model, self.data.test, self.device, self.prepare))
-        metrics.update(fit_metrics(self.history, self.settings.trainer.fit_threshold))
-        metrics.update(extra)
-        metrics[EPOCHS] = self.epochs_done
         return metrics
+
+    def train_split_metrics(self, metrics: dict[str, Any], test: Evaluation) -> dict[str, float]:
+        """train/ metrics of a clean eval-mode pass over the training split, and the gaps."""
+        train = self.evaluate(self.data.train_eval).metrics("train")
+        return {**train, GAP_ACC: train["train/acc"] - metrics[TEST_ACC],
+                GAP_NLL: metrics[TEST_NLL] - train["train/nll"]}
+
+    def validation_metrics(self, metrics: dict[str, Any], test: Evaluation) -> dict[str, float]:
+        """val/ metrics and the calibration panel (calibrators fitted on the validation split,
+        measured on the test split); nothing without a validation split."""
+        self.panel = {}
+        if len(self.data.val) == 0:
+            return {}
+        val = self.evaluate(self.data.val)
+        calibrated, self.panel = self.calibrate(val, test)
+        found = val.metrics("val")
+        return {**found, **{key: value for key, value in calibrated.items()
+                            if key not in metrics and key not in found}}
+
+    def record_test_phase(self, recorder: RunRecorder, test: Evaluation, metrics: dict[str, Any]) -> None:
+        """test_calibration.json, and the figures when evaluation.figures is on."""
+        recorder.write_calibration_summary(test.logits, test.labels)
+        if self.settings.evaluation.figures:
+            self.draw_figures(recorder, test, self.panel, metrics)
+
+    def probe_metrics(self) -> dict[str, float]:
+        """The dropout/BatchNorm variance shift at test time and the time to fit (probes.py)."""
+        return {**variance_shift_metrics(self.model, self.data.test, self.device, self.prepare),
+                **fit_metrics(self.history, self.settings.trainer.fit_threshold)}
 
     def draw_figures(self, recorder: RunRecorder, test: Evaluation, panel: dict[str, torch.Tensor],
                      metrics: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from regbench.run.spec import (
     GAP_ACC,
+    GAP_NLL,
     SEED_KEY,
     TEST_ACC,
     TEST_ECE,
@@ -29,7 +30,7 @@ from regbench.run.spec import (
 RUN_NAME_HPARAM = "run"
 # The metric columns of the HParams table, in this order.
 HPARAMS_METRICS = (TEST_ACC, TEST_NLL, TEST_ECE, TEST_ECE_TEMPERATURE, TEST_MEAN_CONFIDENCE, GAP_ACC,
-                   "gap/nll", "val/acc")
+                   GAP_NLL, "val/acc")
 
 
 def hparams_values(experiment_settings: Mapping[str, Any], seed: Any, name: str) -> dict[str, Any]:
