@@ -81,6 +81,19 @@ def read_history(run_dir: Path) -> list[dict[str, Any]]:
     return RunFolder(run_dir).history()
 
 
+def events(folder: Path):
+    """The TensorBoard events of a folder, every tensor and image kept."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(folder), size_guidance={"tensors": 0, "images": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def plugin_tags(accumulator, plugin: str) -> dict:
+    return accumulator.PluginTagToContent(plugin)
+
+
 @pytest.fixture
 def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty dataset root, also exported as REGBENCH_DATA (the default of dataset.root)."""

@@ -74,7 +74,7 @@ class DipConfig:
     snapshot_every: int = 100
     seed: int = 0
     # CPU threads; 0 = every core. One by default: at 64x64 with 32 channels a step is too small to
-    # split, and on a busy 2-core machine two threads were 20x slower per step than one (measured).
+    # split, and on a busy machine more threads spin-wait far longer than they compute.
     num_threads: int = 1
 
     def __post_init__(self) -> None:

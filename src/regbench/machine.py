@@ -42,10 +42,9 @@ def resolve_device(name: str) -> torch.device:
 
 def free_cores() -> int:
     """``trainer.num_threads=0``: the cores other processes leave free when the run starts (cores
-    minus the 1-minute load average), at least 1. scripts/bench_threads.py measured why: with both
-    cores of a 2-core machine busy, 2 OpenMP threads made an epoch 1.8-2.9x slower than 1 thread
-    (spin-waiting threads descheduled at every barrier), while on an idle machine 2 threads are
-    1.6-1.9x faster than 1 (README, Performance: threads)."""
+    minus the 1-minute load average), at least 1: OpenMP threads spin-wait at every barrier, so a
+    thread on a core that other work holds slows the whole step down, while on idle cores more
+    threads are faster (scripts/bench_threads.py measures both; README, Performance: threads)."""
     cores = available_cores()
     try:
         load = os.getloadavg()[0]
@@ -79,7 +78,7 @@ def cpu_has_bf16() -> bool:
 
 
 def autocast_dtype(device: torch.device, amp: Optional[bool]) -> Optional[torch.dtype]:
-    """The autocast dtype for ``trainer.amp`` (config.py): on CUDA unless off, bf16 where
+    """The autocast dtype for ``trainer.amp`` (config/schema.py): on CUDA unless off, bf16 where
     supported (no loss scaling needed), else fp16; on the CPU only when asked for, bf16."""
     if amp is False:
         return None

@@ -293,8 +293,7 @@ def freeze_long_lived_objects() -> None:
     """Before each job of a sweep: the previous job's garbage collected, then what is left (the
     modules the first job imported lazily, such as scikit-learn and torch._dynamo, and the caches
     it filled, such as matplotlib's fonts) frozen like the start-up imports in ``main``, so that
-    the collector's full collections stop rescanning it (measured: 0.5 s of a 6-job sweep's
-    1.4 s of full collections)."""
+    the collector's full collections stop rescanning it (scripts/bench_startup.py measures it)."""
     gc.collect()
     gc.freeze()
 
@@ -315,9 +314,8 @@ def main() -> None:
 
 def exit_without_teardown() -> NoReturn:
     """Exit status 0 once everything is written, without the interpreter's teardown: freeing every
-    object of torch, dynamo, scikit-learn and matplotlib one by one (README, Performance: start-up,
-    measures what it costs per process). What a normal
-    exit does that matters still happens: the atexit handlers run (logging's flush, Ray's shutdown,
+    object of torch, dynamo, scikit-learn and matplotlib one by one is a large share of a short
+    job's wall time (README, Performance). What a normal exit does that matters still happens: the atexit handlers run (logging's flush, Ray's shutdown,
     multiprocessing's child clean-up), then the standard streams are flushed. With another
     non-daemon thread alive, Python's own exit, which waits for it, is used instead."""
     others = [thread for thread in threading.enumerate()

@@ -154,8 +154,8 @@ class TrainerConfig:
     deterministic: bool = False
     # Mixed precision. null: on CUDA (bf16 where supported, else fp16 with a grad scaler), off on
     # the CPU; true: also bf16 autocast on a CPU with bf16 support (AVX512-BF16/AMX); false: fp32.
-    # Opt-in on the CPU: scripts/bench_bf16.py measured 1.7x faster epochs for the convnet and
-    # ResNet-20 but only 1.06x for LeNet, and test accuracy 0.3-0.4 pp lower at 2 seeds (README).
+    # Opt-in on the CPU: faster for convolutional models, less so for small ones, and slightly
+    # less accurate (scripts/bench_bf16.py; README, Performance).
     amp: Optional[bool] = None
     # Progress bar: null = on when stderr is a terminal and the run is not part of a multirun.
     progress: Optional[bool] = None
@@ -170,9 +170,9 @@ class TrainerConfig:
     # ... when this many seconds have passed since the last write, after the last epoch, and when
     # the run stops at a signal or an error (checkpoint.IntervalCheckpoint keeps the last finished
     # epoch in memory in between); 0: after every epoch. Only a hard kill (SIGKILL, the OOM killer)
-    # loses finished epochs, at most this many seconds of them. 60 s: a 10-epoch sweep job of the
-    # default MLP wrote 10 checkpoints of 9 MB (22 ms each, 0.22 s against 1.5 s of training);
-    # now one, and a 3 ms in-memory copy per epoch.
+    # loses finished epochs, at most this many seconds of them. 60 s: a short sweep job writes one
+    # checkpoint instead of one per epoch, and keeps a cheap in-memory copy per epoch (README,
+    # Performance).
     checkpoint_interval_s: float = 60.0
     # fit/epoch in metrics.json is the first epoch whose training accuracy reaches this: Zhang et
     # al. 2017's "time to fit" (Fig. 1b, where fitting means 100 % training accuracy; 0.99 spares
@@ -203,7 +203,7 @@ class TrainerConfig:
 
 
 class CalibratorName(str, Enum):
-    """Post-hoc calibrators (calibration.py), each fitted on the validation split only."""
+    """Post-hoc calibrators (evaluation/calibrators.py), each fitted on the validation split only."""
 
     temperature = "temperature"
     platt = "platt"
@@ -215,7 +215,7 @@ class CalibratorName(str, Enum):
 @dataclass
 class EvaluationConfig:
     # Calibrators fitted on the validation split and measured on the test split, next to the raw
-    # softmax. All four cheap ones by default (together 0.1-0.3 s on the default job); matrix
+    # softmax. All four cheap ones by default (README, "What a run records"); matrix
     # scaling needs 10 validation examples per parameter (K^2 + K), so it is opt-in.
     calibrators: List[CalibratorName] = field(default_factory=lambda: [
         CalibratorName.temperature, CalibratorName.platt, CalibratorName.vector,
@@ -224,7 +224,7 @@ class EvaluationConfig:
     # and class-probability heat-map (PNG files and TensorBoard images) and the projector's
     # features. false skips them (metrics, curves, histograms and test_calibration.json, from which
     # the report draws its own figures, stay): for sweeps of many short runs, where they cost more
-    # than training (about 1.2 s of a 10-epoch default job's 1.7 s of training, README).
+    # than training (README, Performance).
     figures: bool = True
 
 

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from regbench.config import CalibratorName, ConfigError
+
 # Guo et al.'s reference code: T starts at 1.5, LBFGS with lr 0.01 and 50 iterations. A strong-Wolfe
 # line search is added so the fit reaches the NLL minimum however far it is from 1.5.
 INITIAL_TEMPERATURE = 1.5
@@ -108,8 +110,6 @@ def matrix_scaling_minimum(classes: int) -> int:
 
 
 def fit_matrix_scaling(logits: torch.Tensor, labels: torch.Tensor) -> Calibrator:
-    from regbench.config import ConfigError
-
     examples, classes = logits.shape
     minimum = matrix_scaling_minimum(classes)
     if examples < minimum:
@@ -129,8 +129,8 @@ def renormalize(probabilities: np.ndarray) -> np.ndarray:
 
 
 def one_blas_thread():
-    """scikit-learn's fits of these tiny problems on one BLAS/OpenMP thread: with its default threads on
-    a busy machine one Platt fit took 1.8 s instead of 0.06 s (10 classes, 180 examples)."""
+    """scikit-learn's fits of these tiny problems on one BLAS/OpenMP thread: its default threads
+    spin-wait on a busy machine, which costs far more than such a fit computes."""
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=1)
@@ -217,13 +217,15 @@ def fit_isotonic(logits: torch.Tensor, labels: torch.Tensor) -> Calibrator:
     return Calibrator("isotonic", transform)
 
 
-CALIBRATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], Calibrator]] = {
-    "temperature": fit_temperature_scaling,
-    "platt": fit_platt,
-    "vector": fit_vector_scaling,
-    "isotonic": fit_isotonic,
-    "matrix": fit_matrix_scaling,
+# The names are evaluation.calibrators' choices (config/schema.py CalibratorName), in its order.
+FITS: dict[CalibratorName, Callable[[torch.Tensor, torch.Tensor], Calibrator]] = {
+    CalibratorName.temperature: fit_temperature_scaling,
+    CalibratorName.platt: fit_platt,
+    CalibratorName.vector: fit_vector_scaling,
+    CalibratorName.isotonic: fit_isotonic,
+    CalibratorName.matrix: fit_matrix_scaling,
 }
+CALIBRATORS = {name.value: FITS[name] for name in CalibratorName}
 
 
 def fit_calibrator(name: str, val_logits: torch.Tensor, val_labels: torch.Tensor) -> Calibrator:

@@ -95,8 +95,8 @@ def reliability_legend_handles() -> list:
 def margins(figure: Figure, left: float, right: float, top: float, bottom: float) -> dict[str, float]:
     """Subplot margins given in inches, as the figure fractions a gridspec takes. A run's figures
     have fixed content, so fixed margins place them: constrained layout measures every text of the
-    figure before drawing it (with the changes beside it, 0.27 s of the four figures' 1.2 s per
-    sweep job; scripts/bench_startup.py, interleaved)."""
+    figure before drawing it, a cost every sweep job paid (scripts/bench_startup.py measures the
+    figures' share of a job)."""
     width, height = figure.get_size_inches()
     return {"left": left / width, "right": 1 - right / width, "top": 1 - top / height,
             "bottom": bottom / height}

@@ -178,8 +178,8 @@ class RunRecorder:
         """The projector's files in SummaryWriter.add_embedding's layout (``<step>/<tag>/`` with
         tensors.tsv and metadata.tsv, projector_config.pbtxt in the run folder, where TensorBoard's
         projector looks for each run, so a sweep shows every job), written with numpy and
-        TensorBoard's projector API: add_embedding converts every value with ``tensor.item()``
-        (0.29 s for the default job's 360 x 1024 features, against 0.07 s here)."""
+        TensorBoard's projector API: add_embedding converts every value with ``tensor.item()``,
+        several times slower for a run's features (scripts/bench_startup.py profiles it)."""
         subdir = f"{step:05d}/{tag}"
         folder = self.run_dir / subdir
         folder.mkdir(parents=True, exist_ok=True)

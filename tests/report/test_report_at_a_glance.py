@@ -1,5 +1,4 @@
-"""What a person reads at a glance: job folder names, --help, HParams, the Custom Scalars layout,
-the report's plots for many groups and its TensorBoard event file, the checkpoint keep policy."""
+"""The report's plots for many groups and its TensorBoard event file: what a person reads at a glance."""
 
 from __future__ import annotations
 
@@ -10,12 +9,9 @@ from pathlib import Path
 import pytest
 from matplotlib.colors import to_hex
 from matplotlib.text import Text
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-from conftest import run_cli, train_in_process
-from regbench.cli.hydra_hooks import MAX_JOB_DIR, job_dir, option_groups_text
+from conftest import events, plugin_tags, run_cli
 from regbench.report import (
     OKABE_ITO,
     Group,
@@ -26,69 +22,10 @@ from regbench.report import (
     reliability,
     repel_offsets,
 )
-from regbench.run.folder import natural_key
-from regbench.run.tensorboard import HPARAMS_METRICS, RUN_NAME_HPARAM, SCALARS_LAYOUT
+from regbench.run.tensorboard import HPARAMS_METRICS, RUN_NAME_HPARAM
 
 SMALL = ["trainer.epochs=2", "model.hidden_sizes=[16]"]
 
-
-# --- job folder names -----------------------------------------------------------------------------
-
-def test_job_folder_name_is_number_then_portable_overrides():
-    assert job_dir(3, "regularizer=label_smoothing,seed=1") == "3_regularizer=label_smoothing,seed=1"
-    assert job_dir(0, "model.hidden_sizes=[64,64],dataset.root=/a b") == \
-        "0_model.hidden_sizes=64+64,dataset.root=_a_b"
-    assert job_dir(7, "") == "7"
-    long_a, long_b = job_dir(12, "x=" + "a" * 200), job_dir(12, "x=" + "a" * 199 + "b")
-    assert len(long_a) == MAX_JOB_DIR and long_a != long_b and long_a.startswith("12_x=aaa")
-    assert job_dir(12, "x=" + "a" * 200) == long_a  # a rerun finds the same folder
-
-
-def test_job_folders_sort_by_job_number():
-    names = ["10_seed=1", "2_seed=0", "report", "1_regularizer=none"]
-    assert sorted(names, key=natural_key) == ["1_regularizer=none", "2_seed=0", "10_seed=1", "report"]
-
-
-def test_help_lists_every_option_with_a_description_and_no_schema_group(tmp_path):
-    result = run_cli(["--help"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "schema/" not in result.stdout
-    for path in (Path(__file__).parents[1] / "configs").glob("*/*.yaml"):
-        if path.parent.name in ("dataset", "model", "optimizer", "regularizer", "experiment"):
-            line = next(l for l in result.stdout.splitlines() if f"{path.parent.name}={path.stem} " in l)
-            assert len(line.split(maxsplit=1)[1]) > 8, line  # a description follows
-    assert "regularizer=label_smoothing      Label smoothing (Szegedy et al. 2016, §7)" in option_groups_text()
-
-
-# --- a run's TensorBoard file ---------------------------------------------------------------------
-
-def events(folder: Path) -> EventAccumulator:
-    accumulator = EventAccumulator(str(folder), size_guidance={"tensors": 0, "images": 0})
-    accumulator.Reload()
-    return accumulator
-
-
-def plugin_tags(accumulator: EventAccumulator, plugin: str) -> dict:
-    return accumulator.PluginTagToContent(plugin)
-
-
-def test_run_writes_layout_and_hparams_session_without_experiment(tmp_path):
-    train_in_process(tmp_path / "run", [*SMALL, "regularizer=label_smoothing"])
-    run = events(tmp_path / "run")
-    layout = layout_pb2.Layout()
-    layout.ParseFromString(run.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
-    assert [c.title for c in layout.category] == [title for title, _, _ in SCALARS_LAYOUT]
-    assert [c.closed for c in layout.category] == [False, False, True]  # test/, gap/ folded away
-    charts = {chart.title: list(chart.multiline.tag) for chart in layout.category[0].chart}
-    assert charts["accuracy"] == ["val/acc$"] and charts["ECE (fraction)"] == ["val/ece$"]
-    tags = plugin_tags(run, "hparams")
-    assert hparams_metadata.EXPERIMENT_TAG not in tags  # the sweep's own summary defines columns
-    start = hparams_metadata.parse_session_start_info_plugin_data(tags[hparams_metadata.SESSION_START_INFO_TAG])
-    assert start.hparams[RUN_NAME_HPARAM].string_value == "label_smoothing | mlp on digits | seed 0"
-    assert start.hparams["regularizer.label_smoothing.epsilon"].number_value == pytest.approx(0.1)
-
-
-# --- the report for many groups ----------------------------------------------------------------
 
 def fake_group(number: int, folder: Path, acc: float, ece: float) -> Group:
     """A group of two completed seeds with a test_calibration.json (one sparse bin of 2)."""
@@ -153,8 +90,6 @@ def test_reliability_is_one_panel_per_group_with_its_smallest_bin(eleven_groups)
     assert to_hex(titled[0].patches[0].get_facecolor()) == "#bbbbbb"
 
 
-# --- the report's TensorBoard event file ------------------------------------------------------
-
 @pytest.mark.slow
 def test_report_writes_tables_figures_and_hparams_columns_into_the_sweep(tmp_path):
     sweep = tmp_path / "sweep"
@@ -181,27 +116,3 @@ def test_report_writes_tables_figures_and_hparams_columns_into_the_sweep(tmp_pat
     assert differs["regularizer.label_smoothing.epsilon"]  # a column for all, empty for none
     assert not differs["trainer.epochs"] and not differs["dataset.name"]
     assert [m.name.tag for m in experiment.metric_infos] == list(HPARAMS_METRICS)
-
-
-# --- checkpoints ------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("keep, files", [("last", {"last.pt"}), ("none", set()), ("best", {"best.pt"})])
-def test_keep_checkpoint_decides_what_a_completed_run_keeps(tmp_path, keep, files):
-    import torch
-    run_dir = tmp_path / keep
-    metrics = train_in_process(run_dir, [*SMALL, "trainer.epochs=3", f"trainer.keep_checkpoint={keep}"])
-    assert {p.name for p in run_dir.glob("*.pt")} == files
-    if keep == "best":
-        best = torch.load(run_dir / "best.pt", weights_only=True)
-        history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
-        accuracies = [record["val/acc"] for record in history]
-        assert best["epoch"] == accuracies.index(max(accuracies)) + 1
-        assert best["value"] == max(accuracies) and "model" in best
-    # A completed folder is recognized from spec.json + metrics.json, whatever was kept.
-    assert train_in_process(run_dir, [*SMALL, "trainer.epochs=3", f"trainer.keep_checkpoint={keep}"]) == metrics
-
-
-def test_keep_best_needs_a_validation_objective(tmp_path):
-    from regbench.config import ConfigError
-    with pytest.raises(ConfigError, match="trainer.keep_checkpoint='best' is not allowed"):
-        train_in_process(tmp_path / "run", [*SMALL, "trainer.keep_checkpoint=best", "objective=test/acc"])

@@ -16,11 +16,11 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import read_history, read_metrics, run_cli, train_in_process
-from regbench.run import checkpoint as checkpoint_module
-from regbench.run import engine
 from regbench.cli.compose import compose_config, compose_settings
 from regbench.config import ConfigError
 from regbench.report import load_job
+from regbench.run import checkpoint as checkpoint_module
+from regbench.run import engine
 from regbench.run.checkpoint import IntervalCheckpoint
 from regbench.run.engine import InterruptedRun, Run
 from regbench.run.folder import RunFolder

@@ -11,8 +11,8 @@ from torch import nn
 from conftest import read_history, train_in_process
 from regbench.models import build_model
 from regbench.models.base import ModelOptions
+from regbench.models.cifar_resnet import ResNetConfig
 from regbench.models.mlp import MLPConfig
-from regbench.models.resnet import ResNetConfig
 from regbench.regularizers import REGULARIZERS
 from regbench.regularizers.batchnorm import BatchNormConfig
 from regbench.run.probes import layers_feeding_bn, scale_invariance_record
