@@ -7,6 +7,9 @@ import json
 import pytest
 
 from conftest import train_in_process
+from regbench.cli.compose import compose_settings
+from regbench.run.checkpoint import REQUIRED_KEYS
+from regbench.run.engine import Run
 
 SMALL = ["trainer.epochs=2", "model.hidden_sizes=[16]"]
 
@@ -31,3 +34,11 @@ def test_keep_best_needs_a_validation_objective(tmp_path):
     from regbench.config import ConfigError
     with pytest.raises(ConfigError, match="trainer.keep_checkpoint='best' is not allowed"):
         train_in_process(tmp_path / "run", [*SMALL, "trainer.keep_checkpoint=best", "objective=test/acc"])
+
+
+def test_a_checkpoint_requires_exactly_what_a_run_saves_plus_its_identity():
+    """load_checkpoint's REQUIRED_KEYS and Run.state_dict name the same state: a key the run adds
+    but the check does not know goes unchecked; one the check wants but the run drops refuses
+    every checkpoint."""
+    run = Run.build(compose_settings([*SMALL, "trainer.progress=false", "trainer.num_threads=1"]))
+    assert REQUIRED_KEYS == {*run.state_dict(), "identity"}
