@@ -81,6 +81,22 @@ def read_history(run_dir: Path) -> list[dict[str, Any]]:
     return RunFolder(run_dir).history()
 
 
+def calibrated_data(examples: int, classes: int = 5, seed: int = 0):
+    """Random logits and labels drawn from their own softmax: calibrated by construction."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(examples, classes, generator=generator) * 2
+    labels = torch.multinomial(logits.softmax(dim=1), 1, generator=generator).squeeze(1)
+    return logits, labels
+
+
+@pytest.fixture(scope="module")
+def splits():
+    """A validation and a test split of calibrated logits (1,000 and 2,000 examples)."""
+    return calibrated_data(1000, seed=1), calibrated_data(2000, seed=2)
+
+
 def events(folder: Path):
     """The TensorBoard events of a folder, every tensor and image kept."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import calibrated_data
 from regbench.config import CalibratorName, ConfigError
 from regbench.evaluation.calibration_errors import (
     calibration_errors,
@@ -21,19 +22,6 @@ from regbench.evaluation.calibrators import (
 from regbench.evaluation.panel import calibration_panel
 
 ALL = [name for name in CALIBRATORS]
-
-
-def calibrated_data(examples: int, classes: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random logits and labels drawn from their own softmax: calibrated by construction."""
-    generator = torch.Generator().manual_seed(seed)
-    logits = torch.randn(examples, classes, generator=generator) * 2
-    labels = torch.multinomial(logits.softmax(dim=1), 1, generator=generator).squeeze(1)
-    return logits, labels
-
-
-@pytest.fixture(scope="module")
-def splits():
-    return calibrated_data(1000, seed=1), calibrated_data(2000, seed=2)
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -22,20 +22,6 @@ from regbench.evaluation.panel import (
 )
 from regbench.report.calibration import calibration_table_markdown
 
-
-def calibrated_data(examples: int, classes: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random logits and labels drawn from their own softmax: calibrated by construction."""
-    generator = torch.Generator().manual_seed(seed)
-    logits = torch.randn(examples, classes, generator=generator) * 2
-    labels = torch.multinomial(logits.softmax(dim=1), 1, generator=generator).squeeze(1)
-    return logits, labels
-
-
-@pytest.fixture(scope="module")
-def splits():
-    return calibrated_data(1000, seed=1), calibrated_data(2000, seed=2)
-
-
 TINY = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.62, 0.38], [0.3, 0.7]], dtype=torch.float64)
 
 
