@@ -17,9 +17,10 @@ from torchvision.models.resnet import BasicBlock
 from conftest import compose_config, train_in_process
 from regbench.config import ConfigError
 from regbench.models import ModelOptions, build_model
+from regbench.models.base import DropoutPlacement, is_weight_matrix
+from regbench.models.cifar_resnet import ResNetConfig, Shortcut, ZeroPadShortcut
 from regbench.models.convnet import ConvNetConfig
 from regbench.models.lenet import LeNetConfig
-from regbench.models.resnet import ResNetConfig, Shortcut, ZeroPadShortcut
 from regbench.models.torchvision_resnet import ResNet18Config, ResNet34Config
 
 CONFIGS = {"lenet": LeNetConfig, "convnet": ConvNetConfig, "resnet": ResNetConfig,
@@ -160,8 +161,8 @@ CONVNET_CALLS = {
 OPTIONS = {
     "plain": dict(),
     "dropout": dict(dropout=dropout),
-    "after_bn": dict(norm=batch_norm, dropout=dropout, dropout_placement="after_bn"),
-    "before_bn": dict(norm=batch_norm, dropout=dropout, dropout_placement="before_bn"),
+    "after_bn": dict(norm=batch_norm, dropout=dropout, dropout_placement=DropoutPlacement.after_bn),
+    "before_bn": dict(norm=batch_norm, dropout=dropout, dropout_placement=DropoutPlacement.before_bn),
 }
 
 
@@ -200,7 +201,7 @@ def test_resnet_dropout_goes_after_the_pooling_and_between_convs_only_before_bn(
                                                                                   placement):
     for norm in (None, batch_norm):  # ResNets have BatchNorm either way
         model = build(name, options=ModelOptions(norm=norm, dropout=dropout,
-                                                 dropout_placement=placement))
+                                                 dropout_placement=DropoutPlacement(placement)))
         assert count(model, nn.Dropout) == 1
         assert count(model, nn.Dropout2d) == (blocks if placement == "before_bn" else 0)
         assert call_order(model, (1, 8, 8)).endswith(tail)
@@ -375,3 +376,10 @@ def test_a_run_with_num_threads_0_takes_the_free_cores(monkeypatch):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(previous)
+
+
+def test_only_conv_and_linear_weights_are_weight_matrices():
+    # The rule the weight penalties share (regularizers/base.py: is_penalized).
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2, 3))
+    matrices = [name for name, p in model.named_parameters() if is_weight_matrix(name, p)]
+    assert matrices == ["0.weight", "3.weight"]

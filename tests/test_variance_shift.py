@@ -11,10 +11,10 @@ from torch import nn
 
 from conftest import train_in_process
 from regbench.models import build_model
-from regbench.models.base import ModelOptions
-from regbench.models.resnet import ResNetConfig
+from regbench.models.base import DropoutPlacement, ModelOptions
+from regbench.models.cifar_resnet import ResNetConfig
 from regbench.regularizers import REGULARIZERS
-from regbench.regularizers.dropout import DropoutConfig, DropoutPlacement
+from regbench.regularizers.dropout import DropoutConfig
 from regbench.run.probes import bn_after_dropout, variance_shift_metrics
 
 CPU = torch.device("cpu")

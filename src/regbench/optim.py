@@ -1,19 +1,24 @@
-"""Optimizers and the learning-rate schedule: their schemas (``optimizer=sgd|adam|adamw``, registered
-as ``schema/optimizer/<name>`` on import) and the builders that take them with the regularizers'
-parameter-group options."""
+"""Optimizers and the learning-rate schedule: their schemas and the builders that take them with the
+regularizers' parameter-group options.
+
+Each optimizer is a schema (a subclass of ``OptimizerConfig``) next to its builder, registered with
+``@register_optimizer(name, schema)``: the builder goes into ``OPTIMIZERS`` and the schema into
+Hydra's ConfigStore as ``schema/optimizer/<name>``, which ``configs/optimizer/<name>.yaml`` pulls
+in (``optimizer=sgd|adam|adamw``)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Iterable, List
+from typing import Any, Callable, Iterable, List
 
 import torch
 from omegaconf import MISSING
 from torch import nn
 
 from regbench.config import check, is_finite_positive, register_schema
+from regbench.registry import Registry
 
 
 class Schedule(str, Enum):
@@ -60,6 +65,24 @@ class OptimizerConfig:
               self.onecycle_pct_start, "a number in (0, 1)")
 
 
+# builder(its schema, parameter groups) -> optimizer. Weight decay belongs to the l2 regularizer
+# (a loss term, or each group's weight_decay with decoupled=true), so the builders' own is 0.
+OptimizerBuilder = Callable[[Any, list[dict[str, Any]]], torch.optim.Optimizer]
+OPTIMIZERS: Registry[OptimizerBuilder] = Registry("optimizer")
+
+
+def register_optimizer(name: str,
+                       config_class: type) -> Callable[[OptimizerBuilder], OptimizerBuilder]:
+    """Register a builder under ``name`` and its schema as ``schema/optimizer/<name>`` (pulled into
+    ``configs/optimizer/<name>.yaml`` with ``/schema/optimizer/<name>@_here_``)."""
+
+    def add(builder: OptimizerBuilder) -> OptimizerBuilder:
+        register_schema("optimizer", name, config_class)
+        return OPTIMIZERS.register(name)(builder)
+
+    return add
+
+
 @dataclass
 class SGDConfig(OptimizerConfig):
     name: OptimizerName = OptimizerName.sgd
@@ -75,6 +98,12 @@ class SGDConfig(OptimizerConfig):
         check(0 <= self.momentum < 1, "optimizer.momentum", self.momentum, "a number in [0, 1)")
 
 
+@register_optimizer("sgd", SGDConfig)
+def build_sgd(cfg: SGDConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                           weight_decay=0.0)
+
+
 @dataclass
 class AdamConfig(OptimizerConfig):
     name: OptimizerName = OptimizerName.adam
@@ -88,6 +117,11 @@ class AdamConfig(OptimizerConfig):
               self.betas, "two numbers in [0, 1)")
 
 
+@register_optimizer("adam", AdamConfig)
+def build_adam(cfg: AdamConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=0.0)
+
+
 @dataclass
 class AdamWConfig(AdamConfig):
     # AdamW (Loshchilov & Hutter 2019): Adam's defaults; its decoupled decay is the l2
@@ -95,9 +129,9 @@ class AdamWConfig(AdamConfig):
     name: OptimizerName = OptimizerName.adamw
 
 
-OPTIMIZER_SCHEMAS = {"sgd": SGDConfig, "adam": AdamConfig, "adamw": AdamWConfig}
-for _name, _schema in OPTIMIZER_SCHEMAS.items():
-    register_schema("optimizer", _name, _schema)
+@register_optimizer("adamw", AdamWConfig)
+def build_adamw(cfg: AdamWConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=0.0)
 
 
 def param_groups(model: nn.Module, regularizers: Iterable) -> list[dict[str, Any]]:
@@ -115,12 +149,7 @@ def param_groups(model: nn.Module, regularizers: Iterable) -> list[dict[str, Any
 
 
 def build_optimizer(cfg: OptimizerConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
-    # Weight decay belongs to the l2 regularizer, so the optimizers' own default is 0 here.
-    if cfg.name == OptimizerName.sgd:
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=0.0)
-    optimizer_class = torch.optim.AdamW if cfg.name == OptimizerName.adamw else torch.optim.Adam
-    return optimizer_class(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=0.0)
+    return OPTIMIZERS.get(OptimizerName(cfg.name).value)(cfg, groups)
 
 
 def lr_factor(cfg: OptimizerConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:

@@ -10,17 +10,11 @@ from torch import nn
 
 from conftest import build_model_of, compose_config, regularizer_overrides, train_in_process, train_with_cli
 from regbench.config import ConfigError
-from regbench.models.base import ModelOptions, hidden_block
+from regbench.models.base import DropoutPlacement, ModelOptions, hidden_block
+from regbench.models.layers import GaussianDropout, Uout
 from regbench.regularizers import REGULARIZERS, RunContext
 from regbench.regularizers.batchnorm import BatchNormConfig
-from regbench.regularizers.dropout import (
-    DropoutConfig,
-    DropoutKind,
-    DropoutPlacement,
-    GaussianDropout,
-    Uout,
-    hidden_dropout_layer,
-)
+from regbench.regularizers.dropout import DropoutConfig, DropoutKind, hidden_dropout_layer
 
 CONTEXT = RunContext(dataset="digits", model="mlp", num_classes=10, epochs=1, optimizer="sgd", val_size=180)
 LAYER_TYPES = {"standard": nn.Dropout, "gaussian": GaussianDropout, "uout": Uout,

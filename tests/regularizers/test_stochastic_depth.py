@@ -13,7 +13,7 @@ from conftest import compose_config, train_in_process, train_with_cli
 from regbench.config import ConfigError
 from regbench.models import build_model
 from regbench.models.base import ModelOptions
-from regbench.models.resnet import ResNetConfig
+from regbench.models.cifar_resnet import ResNetConfig
 from regbench.models.torchvision_resnet import ResNet18Config
 
 

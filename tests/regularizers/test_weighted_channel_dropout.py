@@ -14,13 +14,14 @@ from conftest import train_in_process
 from regbench.config import ConfigError
 from regbench.models import build_model
 from regbench.models.base import ModelOptions
+from regbench.models.cifar_resnet import ResNetConfig
 from regbench.models.convnet import ConvNetConfig
 from regbench.models.lenet import LeNetConfig
 from regbench.models.mlp import MLPConfig
-from regbench.models.resnet import ResNetConfig
 from regbench.models.torchvision_resnet import ResNet18Config
 from regbench.regularizers import REGULARIZERS, RunContext
-from regbench.regularizers.dropout import DropoutConfig, DropoutKind, WeightedChannelDropout
+from regbench.models.layers import WeightedChannelDropout
+from regbench.regularizers.dropout import DropoutConfig, DropoutKind
 
 
 def exact_keep_probabilities(weights: list[float], kept: int) -> list[float]:

@@ -1,6 +1,8 @@
-"""What every dataset provides, and the batching shared by all of them.
+"""What every dataset provides, the registry of loaders, and the batching shared by all of them.
 
-A dataset loader returns its official train and test splits (``RawSplits``). ``build_data`` then
+A dataset module registers its loader with ``@register_dataset(name)``; every dataset shares the one
+schema ``DatasetConfig`` (config/schema.py), its values set by ``configs/dataset/<name>.yaml``. A
+loader returns its official train and test splits (``RawSplits``). ``build_data`` then
 holds out ``val_size`` training examples, keeps the first ``train_size`` of the rest (both after one
 fixed shuffle) and wraps each split in a batch iterator. Every iterator yields
 ``(uint8 images [B, C, H, W], int64 labels [B])``; conversion to float and normalization happen on
@@ -18,6 +20,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from regbench.config import ConfigError, Corruption, DatasetConfig, check, one_line
+from regbench.datasets.crops import crop_batches, cropped_shape
+from regbench.machine import available_cores
+from regbench.registry import Registry
 
 
 class DatasetNotFoundError(ConfigError):
@@ -54,6 +59,15 @@ class RawSplits:
     classes: list[str]
     # Stored images larger than the model's input: the square it sees (crops.py); None: all of it.
     crop_size: Optional[int] = None
+
+
+Loader = Callable[[DatasetConfig], RawSplits]
+DATASETS: Registry[Loader] = Registry("dataset")
+
+
+def register_dataset(name: str) -> Callable[[Loader], Loader]:
+    """Register a loader under ``name`` (the option ``dataset=<name>``)."""
+    return DATASETS.register(name)
 
 
 def missing_files_error(name: str, root: Path, expected: Sequence[str], how: str) -> DatasetNotFoundError:
@@ -288,3 +302,36 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     converted = TF.to_dtype(images, torch.float32, scale=True)
     # In place when the conversion made a new tensor: one buffer per batch instead of two.
     return TF.normalize(converted, list(mean), list(std), inplace=converted is not images)
+
+
+def build_data(cfg: DatasetConfig, batch_size: int, device: torch.device, seed: int) -> DataBundle:
+    raw = DATASETS.get(cfg.name)(cfg)
+    # A classifier needs two classes at least (and calibration metrics are undefined for one).
+    check(len(raw.classes) >= 2, "dataset", cfg.name,
+          f"a dataset with 2 classes or more; found {len(raw.classes)} ({', '.join(raw.classes)})")
+    train, val = split_train(cfg, raw.train)
+    train, val, test = corrupt_splits(cfg, train, val, raw.test, len(raw.classes), seed)
+    workers = available_cores() if cfg.num_workers is None else cfg.num_workers
+    # Decodes one image for file-based datasets not in memory; stored images may be cropped.
+    shape = cropped_shape(input_shape(raw.test), raw.crop_size)
+    channels = shape[0]
+    for key, values in (("dataset.mean", cfg.mean), ("dataset.std", cfg.std)):
+        allowed = "1 value" if channels == 1 else f"1 or {channels} values"
+        check(len(values) in (1, channels), key, list(values),
+              f"{allowed} ({cfg.name} images have {channels} channel{'s' * (channels > 1)})")
+
+    def batches(split, shuffle: bool):
+        # Random crops of larger stored images for training, the centre crop for evaluation.
+        made = make_batches(split, batch_size, shuffle, device, seed, workers)
+        return crop_batches(made, raw.crop_size, random=shuffle)
+
+    return DataBundle(
+        train=batches(train, shuffle=True),
+        val=batches(val, shuffle=False),
+        test=batches(test, shuffle=False),
+        train_eval=batches(train, shuffle=False),
+        classes=raw.classes,
+        input_shape=shape,
+        mean=list(cfg.mean),
+        std=list(cfg.std),
+    )

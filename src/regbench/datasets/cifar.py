@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from regbench.config import DatasetConfig, one_line
-from regbench.datasets import DATASETS
 from regbench.datasets.base import (
     CorruptDatasetError,
     ImageTensors,
     RawSplits,
+    register_dataset,
     require_files,
 )
 
@@ -101,14 +101,14 @@ def load_cifar(cfg: DatasetConfig, dataset_class: type[CIFAR10]) -> RawSplits:
                      classes=list(train.classes))
 
 
-@DATASETS.register("cifar10")
+@register_dataset("cifar10")
 def load_cifar10(cfg: DatasetConfig) -> RawSplits:
     from torchvision.datasets import CIFAR10
 
     return load_cifar(cfg, CIFAR10)
 
 
-@DATASETS.register("cifar100")
+@register_dataset("cifar100")
 def load_cifar100(cfg: DatasetConfig) -> RawSplits:
     from torchvision.datasets import CIFAR100
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 import torch
 
 from regbench.config import DatasetConfig
-from regbench.datasets import DATASETS
-from regbench.datasets.base import ImageTensors, RawSplits
+from regbench.datasets.base import ImageTensors, RawSplits, register_dataset
 
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0
 
 
-@DATASETS.register("digits")
+@register_dataset("digits")
 def load_digits(cfg: DatasetConfig) -> RawSplits:
     from sklearn.datasets import load_digits as sklearn_digits
     from sklearn.model_selection import train_test_split

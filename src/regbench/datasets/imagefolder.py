@@ -33,12 +33,12 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from regbench.config import ConfigError, DatasetConfig, check
-from regbench.datasets import DATASETS
 from regbench.datasets.base import (
     CorruptDatasetError,
     ImageTensors,
     RawSplits,
     missing_files_error,
+    register_dataset,
 )
 from regbench.datasets.cache import (
     ImageFile,
@@ -278,7 +278,7 @@ def read_test_folder(root: Path, train: ImageFolder) -> list[tuple[str, int]]:
     return samples
 
 
-@DATASETS.register("imagefolder")
+@register_dataset("imagefolder")
 def load_imagefolder(cfg: DatasetConfig) -> RawSplits:
     how = f"point dataset.root at a folder holding {LAYOUT}"
     check(bool(cfg.root), "dataset.root", cfg.root, f"required for dataset=imagefolder: {how}")

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from regbench.config import DatasetConfig, one_line
-from regbench.datasets import DATASETS
 from regbench.datasets.base import (
     CorruptDatasetError,
     ImageTensors,
     RawSplits,
+    register_dataset,
     require_files,
 )
 
@@ -82,14 +82,14 @@ def load_idx_dataset(cfg: DatasetConfig, dataset_class: type[MNIST]) -> RawSplit
     return RawSplits(train=split(True), test=split(False), classes=list(dataset_class.classes))
 
 
-@DATASETS.register("mnist")
+@register_dataset("mnist")
 def load_mnist(cfg: DatasetConfig) -> RawSplits:
     from torchvision.datasets import MNIST
 
     return load_idx_dataset(cfg, MNIST)
 
 
-@DATASETS.register("fashion_mnist")
+@register_dataset("fashion_mnist")
 def load_fashion_mnist(cfg: DatasetConfig) -> RawSplits:
     from torchvision.datasets import FashionMNIST
 

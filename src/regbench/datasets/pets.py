@@ -15,8 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from regbench.config import DatasetConfig, one_line
-from regbench.datasets import DATASETS
-from regbench.datasets.base import CorruptDatasetError, RawSplits, require_files
+from regbench.datasets.base import (
+    CorruptDatasetError,
+    RawSplits,
+    register_dataset,
+    require_files,
+)
 from regbench.datasets.imagefolder import load_image_files
 
 if TYPE_CHECKING:  # torchvision is imported where it is used: DEVELOPERS.md, "Start-up"
@@ -44,7 +48,7 @@ def read_pets_split(cfg: DatasetConfig, split: str) -> OxfordIIITPet:
     return pets
 
 
-@DATASETS.register("pets")
+@register_dataset("pets")
 def load_pets(cfg: DatasetConfig) -> RawSplits:
     from torchvision.datasets import OxfordIIITPet
 

@@ -1,23 +1,22 @@
-"""Models by name. Each module registers a builder and the schema of its config."""
+"""Models by name. Each module registers its builder and the schema of its config with
+``register_model`` (models/base.py); importing this package imports them all."""
 
 from __future__ import annotations
 
-from typing import Callable
+from regbench.models.base import (
+    MODELS,
+    Classifier,
+    DropoutPlacement,
+    ModelBuilder,
+    ModelOptions,
+    build_model,
+    register_model,
+)
+from regbench.registry import import_submodules
 
-from torch import nn
+__all__ = ["MODELS", "Classifier", "DropoutPlacement", "ModelBuilder", "ModelOptions",
+           "build_model", "register_model"]
 
-from regbench.models.base import Classifier, ModelOptions
-from regbench.registry import Registry, import_submodules
-
-# builder(model config, input shape (C, H, W), number of classes, options) -> Classifier
-ModelBuilder = Callable[[object, tuple, int, ModelOptions], Classifier]
-MODELS: Registry[ModelBuilder] = Registry("model")
-
-# blocks.py is imported by the builders that use it (it needs torchvision).
-import_submodules(__name__, __path__, skip=("base", "blocks"))
-
-
-def build_model(cfg, input_shape: tuple, num_classes: int, options: ModelOptions) -> Classifier:
-    model = MODELS.get(cfg.name)(cfg, input_shape, num_classes, options)
-    assert isinstance(model, nn.Module)
-    return model
+# blocks.py is imported by the builders that use it (it needs torchvision); layers.py registers
+# nothing (the dropout regularizer and the probes import it).
+import_submodules(__name__, __path__, skip=("base", "blocks", "layers"))

@@ -1,24 +1,40 @@
-"""The contract every model keeps, and the hidden-layer block that regularizers shape.
+"""The contract every model keeps, the hidden-layer block that regularizers shape, and the registry.
 
 A model returns logits and exposes its penultimate features (``forward_features`` then
 ``forward_head``, as in timm), so the training loop gets both from one forward pass. Where
 normalization and dropout layers go is decided by ``ModelOptions``, which regularizers fill in
 before the model is built (see regularizers/base.py: ``configure_model``); models never hard-code them.
+
+A model module registers its builder with ``@register_model(name, config class)``: the builder goes
+into ``MODELS`` and the config dataclass into Hydra's ConfigStore as ``schema/model/<name>``, which
+``configs/model/<name>.yaml`` pulls in.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from enum import Enum
 from typing import Callable, Literal, Optional, Sequence
 
 import torch
 from torch import nn
 
+from regbench.config import register_schema
+from regbench.registry import Registry
+
 LayerKind = Literal["linear", "conv"]
 # Where a dropout layer can go: a hidden linear or conv block, or once on the feature maps of the
 # last convolutional block ("last_conv": weighted channel dropout's place, Hou & Wang 2019).
 DropoutSite = Literal["linear", "conv", "last_conv"]
+
+
+class DropoutPlacement(str, Enum):
+    """How dropout and normalization are ordered (``ModelOptions.wants_dropout``); the dropout
+    regularizer's ``placement`` option."""
+
+    after_bn = "after_bn"
+    before_bn = "before_bn"
 
 
 @dataclass
@@ -32,16 +48,17 @@ class ModelOptions:
     # after_bn: dropout never feeds a normalization layer, so none sees dropout's train/test
     # variance shift (Li et al. 2019); in an MLP with BatchNorm that leaves the last hidden layer
     # (the penultimate features). before_bn: dropout in every hidden block. See wants_dropout.
-    dropout_placement: Literal["after_bn", "before_bn"] = "after_bn"
+    dropout_placement: DropoutPlacement = DropoutPlacement.after_bn
     # Stochastic depth (Huang et al. 2016): survival probability of the LAST residual block, the
     # others' decaying linearly from 1 at the input to it; None: every block always runs. Only
-    # models with residual blocks use it (see models/resnet.py: residual_drop).
+    # models with residual blocks use it (see models/cifar_resnet.py: residual_drop).
     stochastic_depth_survival: Optional[float] = None
 
     def wants_dropout(self, feeds_norm: bool) -> bool:
         """The placement rule, for every model: dropout goes into a hidden block unless its output
         feeds a normalization layer and the placement is after_bn."""
-        return self.dropout is not None and (not feeds_norm or self.dropout_placement == "before_bn")
+        return self.dropout is not None and (
+            not feeds_norm or self.dropout_placement == DropoutPlacement.before_bn)
 
 
 def hidden_block(layer: nn.Module, width: int, kind: LayerKind, options: ModelOptions,
@@ -121,3 +138,32 @@ class Classifier(nn.Module):
     def feature_layers(self) -> dict[str, nn.Module]:
         """Named layers whose outputs a regularizer may read; ``penultimate`` is always there."""
         return {"penultimate": self.penultimate}
+
+
+def is_weight_matrix(name: str, parameter: nn.Parameter) -> bool:
+    """A conv or linear weight: more than one dimension and not a bias (biases and normalization
+    parameters are 1-D). The parameters weight penalties act on (regularizers/base.py:
+    ``is_penalized``)."""
+    return parameter.ndim > 1 and name.rsplit(".", 1)[-1] != "bias"
+
+
+# builder(model config, input shape (C, H, W), number of classes, options) -> Classifier
+ModelBuilder = Callable[[object, tuple, int, ModelOptions], Classifier]
+MODELS: Registry[ModelBuilder] = Registry("model")
+
+
+def register_model(name: str, config_class: type) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Register a builder under ``name`` and its config dataclass as the schema of
+    ``configs/model/<name>.yaml`` (pulled in there with ``/schema/model/<name>@_here_``)."""
+
+    def add(builder: ModelBuilder) -> ModelBuilder:
+        register_schema("model", name, config_class)
+        return MODELS.register(name)(builder)
+
+    return add
+
+
+def build_model(cfg, input_shape: tuple, num_classes: int, options: ModelOptions) -> Classifier:
+    model = MODELS.get(cfg.name)(cfg, input_shape, num_classes, options)
+    assert isinstance(model, nn.Module)
+    return model

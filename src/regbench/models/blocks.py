@@ -1,6 +1,6 @@
-"""torchvision's BasicBlock with places for dropout and stochastic depth, shared by resnet.py and
-torchvision_resnet.py. A module of its own, imported by the model builders only, because subclassing
-needs torchvision at import time (see DEVELOPERS.md, "Start-up")."""
+"""torchvision's BasicBlock with places for dropout and stochastic depth, shared by cifar_resnet.py
+and torchvision_resnet.py. A module of its own, imported by the model builders only, because
+subclassing needs torchvision at import time (see DEVELOPERS.md, "Start-up")."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """The CIFAR ResNet of He et al. 2016 (§4.2): a 3x3 conv with 16 channels, three stages of n basic
 blocks with 16, 32 and 64 channels (the first block of stages 2 and 3 halves the map with stride
 2), global average pooling and a linear head: depth = 6n + 2 weighted layers (ResNet-20, 32, 44,
-56, 110).
+56, 110). It is ``model=resnet`` (configs/model/resnet.yaml); torchvision_resnet.py holds the
+ImageNet ResNet-18/34.
 
 Blocks are torchvision's ``BasicBlock`` (conv-BN-ReLU-conv-BN, add, ReLU), subclassed to hold a
 dropout layer (blocks.py). Shortcuts across stages follow the paper's option A by default: identity on every
@@ -37,13 +38,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regbench.config import ModelConfig, check, register_schema
-from regbench.models import MODELS
+from regbench.config import ModelConfig, check
 from regbench.models.base import (
     Classifier,
     ModelOptions,
     input_block,
     last_conv_dropout,
+    register_model,
 )
 
 STAGE_CHANNELS = [16, 32, 64]
@@ -74,9 +75,6 @@ class ResNetConfig(ModelConfig):
         check(self.depth >= 8 and (self.depth - 2) % 6 == 0, "model.depth", self.depth,
               "6n + 2 for n >= 1, e.g. 20, 32, 44, 56, 110 (He et al. 2016)")
         check(self.width >= 1, "model.width", self.width, "an integer >= 1")
-
-
-register_schema("model", "resnet", ResNetConfig)
 
 NormFactory = Callable[[int], nn.Module]
 
@@ -198,7 +196,7 @@ class CifarResNet(Classifier):
         return layers
 
 
-@MODELS.register("resnet")
+@register_model("resnet", ResNetConfig)
 def build_resnet(cfg: ResNetConfig, input_shape: tuple, num_classes: int,
                  options: ModelOptions) -> CifarResNet:
     return CifarResNet(cfg, input_shape[0], num_classes, options)

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from regbench.config import ConfigError, ModelConfig, register_schema
-from regbench.models import MODELS
+from regbench.config import ConfigError, ModelConfig
 from regbench.models.base import (
     Classifier,
     ModelOptions,
@@ -28,6 +27,7 @@ from regbench.models.base import (
     input_block,
     last_conv_dropout,
     pooled_block,
+    register_model,
 )
 
 KERNEL = 5
@@ -38,9 +38,6 @@ HIDDEN_SIZE = 1024
 @dataclass
 class ConvNetConfig(ModelConfig):
     name: str = "convnet"
-
-
-register_schema("model", "convnet", ConvNetConfig)
 
 
 class ConvNet(Classifier):
@@ -74,7 +71,7 @@ class ConvNet(Classifier):
         return layers
 
 
-@MODELS.register("convnet")
+@register_model("convnet", ConvNetConfig)
 def build_convnet(cfg: ConvNetConfig, input_shape: tuple, num_classes: int,
                   options: ModelOptions) -> ConvNet:
     return ConvNet(tuple(input_shape), num_classes, options)

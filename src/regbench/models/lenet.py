@@ -19,8 +19,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from regbench.config import ConfigError, ModelConfig, register_schema
-from regbench.models import MODELS
+from regbench.config import ConfigError, ModelConfig
 from regbench.models.base import (
     Classifier,
     ModelOptions,
@@ -29,6 +28,7 @@ from regbench.models.base import (
     input_block,
     last_conv_dropout,
     pooled_block,
+    register_model,
 )
 
 KERNEL = 5
@@ -40,9 +40,6 @@ HIDDEN_SIZES = [120, 84]  # F5 (C5 is a fully connected layer on a 5x5 map) and 
 @dataclass
 class LeNetConfig(ModelConfig):
     name: str = "lenet"
-
-
-register_schema("model", "lenet", LeNetConfig)
 
 
 def same_padding_if_smaller(size: int, lenet_size: int) -> int:
@@ -84,7 +81,7 @@ class LeNet(Classifier):
         return layers
 
 
-@MODELS.register("lenet")
+@register_model("lenet", LeNetConfig)
 def build_lenet(cfg: LeNetConfig, input_shape: tuple, num_classes: int,
                 options: ModelOptions) -> LeNet:
     return LeNet(tuple(input_shape), num_classes, options)

@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from regbench.config import ModelConfig, check, register_schema
-from regbench.models import MODELS
+from regbench.config import ModelConfig, check
 from regbench.models.base import (
     Classifier,
     ModelOptions,
     before_activation,
     fully_connected_blocks,
     input_block,
+    register_model,
 )
 
 
@@ -31,9 +31,6 @@ class MLPConfig(ModelConfig):
     def __post_init__(self) -> None:
         check(all(size >= 1 for size in self.hidden_sizes), "model.hidden_sizes",
               list(self.hidden_sizes), "widths >= 1 (a list of layer widths, e.g. [1024, 1024])")
-
-
-register_schema("model", "mlp", MLPConfig)
 
 
 class MLP(Classifier):
@@ -55,6 +52,6 @@ class MLP(Classifier):
         return layers
 
 
-@MODELS.register("mlp")
+@register_model("mlp", MLPConfig)
 def build_mlp(cfg: MLPConfig, input_shape: tuple, num_classes: int, options: ModelOptions) -> MLP:
     return MLP(math.prod(input_shape), list(cfg.hidden_sizes), num_classes, options)

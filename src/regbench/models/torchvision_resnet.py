@@ -4,9 +4,9 @@ The network is torchvision.models.ResNet with BasicBlocks in the layout of torch
 ``resnet18`` / ``resnet34`` (same parameters and state-dict keys), with ``norm_layer`` set from
 ModelOptions (nn.BatchNorm2d unless a normalization regularizer gives its own) and, only when a
 dropout regularizer asks for dropout_placement=before_bn, dropout between the two convolutions of
-every block (see models/resnet.py). Dropout("linear") acts on the pooled 512-d features. Stochastic
-depth (ModelOptions.stochastic_depth_survival) on every block's residual branch, linear decay over
-all blocks of the four stages, as in models/resnet.py.
+every block (see models/cifar_resnet.py). Dropout("linear") acts on the pooled 512-d features.
+Stochastic depth (ModelOptions.stochastic_depth_survival) on every block's residual branch, linear
+decay over all blocks of the four stages, as in models/cifar_resnet.py.
 
 Inputs: images with other than 3 channels get a first convolution with that many input channels.
 The ImageNet stem (7x7 stride-2 conv, 3x3 stride-2 max-pool) quarters the image before layer1, so
@@ -31,15 +31,15 @@ from typing import TYPE_CHECKING, Optional
 import torch
 from torch import nn
 
-from regbench.config import ConfigError, ModelConfig, register_schema
-from regbench.models import MODELS
+from regbench.config import ConfigError, ModelConfig
 from regbench.models.base import (
     Classifier,
     ModelOptions,
     input_block,
     last_conv_dropout,
+    register_model,
 )
-from regbench.models.resnet import (
+from regbench.models.cifar_resnet import (
     block_dropout,
     feature_dropout,
     norm_factory,
@@ -72,10 +72,6 @@ class ResNet18Config(TorchvisionResNetConfig):
 @dataclass
 class ResNet34Config(TorchvisionResNetConfig):
     name: str = "resnet34"
-
-
-register_schema("model", "resnet18", ResNet18Config)
-register_schema("model", "resnet34", ResNet34Config)
 
 
 def build_torchvision_resnet(name: str, in_channels: int, num_classes: int, options: ModelOptions,
@@ -171,6 +167,8 @@ class TorchvisionResNet(Classifier):
         return layers
 
 
+@register_model("resnet18", ResNet18Config)
+@register_model("resnet34", ResNet34Config)
 def build(cfg: TorchvisionResNetConfig, input_shape: tuple, num_classes: int,
           options: ModelOptions) -> TorchvisionResNet:
     net = build_torchvision_resnet(cfg.name, input_shape[0], num_classes, options,
@@ -178,7 +176,3 @@ def build(cfg: TorchvisionResNetConfig, input_shape: tuple, num_classes: int,
     if cfg.weights_path is not None:
         load_weights(net, Path(cfg.weights_path).expanduser(), cfg.name)
     return TorchvisionResNet(net, options)
-
-
-MODELS.register("resnet18")(build)
-MODELS.register("resnet34")(build)

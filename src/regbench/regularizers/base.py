@@ -26,6 +26,10 @@ is cross-entropy against ``StepOutput.targets`` (logged as ``train/loss_ce``) un
 sets ``owns_base_loss = True`` and returns its replacement from ``base_loss`` (focal loss, logit
 normalization), logged as ``train/loss_<its name>`` and then there is no ``train/loss_ce``. Two
 owners in one run are refused with one line by ``build_regularizers``.
+
+Registration: ``@register_regularizer(name, config class)`` on the class puts it into
+``REGULARIZERS`` and its config dataclass into Hydra's ConfigStore (``schema/regularizer/<name>``).
+The weight penalties (l1, l2) share ``penalized_parameters``: conv/linear weights only by default.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import torch
 from torch import nn
 
 from regbench.config import ConfigError, register_schema
-from regbench.models.base import ModelOptions
+from regbench.models.base import ModelOptions, is_weight_matrix
 from regbench.registry import Registry
 
 
@@ -145,6 +149,18 @@ def register_regularizer(name: str, config_class: type) -> Callable[[type[Regula
         return REGULARIZERS.register(name)(cls)
 
     return add
+
+
+def is_penalized(name: str, parameter: nn.Parameter, exclude_bias_and_norm: bool) -> bool:
+    """Whether a weight penalty (l1, l2) acts on a parameter: every trainable one, or only the
+    conv/linear weights (``is_weight_matrix``) when biases and norm parameters are excluded."""
+    if not parameter.requires_grad:
+        return False
+    return not exclude_bias_and_norm or is_weight_matrix(name, parameter)
+
+
+def penalized_parameters(model: nn.Module, exclude_bias_and_norm: bool) -> list[nn.Parameter]:
+    return [p for n, p in model.named_parameters() if is_penalized(n, p, exclude_bias_and_norm)]
 
 
 def build_regularizers(configs: dict[str, Any], context: RunContext) -> list[Regularizer]:

@@ -8,8 +8,12 @@ import torch
 from torch import nn
 
 from regbench.config import check
-from regbench.regularizers.base import Regularizer, StepOutput, register_regularizer
-from regbench.regularizers.l2 import penalized_parameters
+from regbench.regularizers.base import (
+    Regularizer,
+    StepOutput,
+    penalized_parameters,
+    register_regularizer,
+)
 
 
 @dataclass

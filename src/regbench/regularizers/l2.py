@@ -20,6 +20,8 @@ from regbench.regularizers.base import (
     Regularizer,
     RunContext,
     StepOutput,
+    is_penalized,
+    penalized_parameters,
     register_regularizer,
 )
 
@@ -38,17 +40,6 @@ class L2Config:
 
     def __post_init__(self) -> None:
         check(self.coef >= 0, "regularizer.l2.coef", self.coef, "a number >= 0")
-
-
-def is_penalized(name: str, parameter: nn.Parameter, exclude_bias_and_norm: bool) -> bool:
-    """Weight penalties apply to conv/linear weights; biases and norm parameters are 1-D."""
-    if not parameter.requires_grad:
-        return False
-    return not exclude_bias_and_norm or (parameter.ndim > 1 and name.rsplit(".", 1)[-1] != "bias")
-
-
-def penalized_parameters(model: nn.Module, exclude_bias_and_norm: bool) -> list[nn.Parameter]:
-    return [p for n, p in model.named_parameters() if is_penalized(n, p, exclude_bias_and_norm)]
 
 
 def sum_of_squares(parameters: list[nn.Parameter]) -> torch.Tensor:
