@@ -47,7 +47,8 @@ def summary_lines(sweep_dir: Path, statuses: dict[str, str]) -> list[str]:
 def write_hparams(sweep_dir: Path) -> None:
     """The sweep's HParams columns (report.write_sweep_hparams), so TensorBoard's HParams tab is
     right before any report is made. Never fails the sweep: it is a convenience."""
-    from regbench.report import ReportError, load_jobs, write_sweep_hparams
+    from regbench.report.events import write_sweep_hparams
+    from regbench.report.jobs import ReportError, load_jobs
 
     try:
         write_sweep_hparams(sweep_dir, load_jobs(sweep_dir))

@@ -1,53 +1,33 @@
 """Calibration pieces of the sweep report: the metric x calibrator table and the ranking flips.
 
-A group is anything with ``.label`` (str) and ``.completed`` (its completed jobs); a job anything with
-``.metrics`` (the run's metrics.json). Keys follow calibration_metrics: ``test/<metric>`` raw,
-``test/<metric>@<calibrator>`` after a calibrator. Missing, non-numeric and non-finite values are
-skipped; a metric or calibrator no job has is left out.
+Keys follow evaluation/panel.py: ``test/<metric>`` raw, ``test/<metric>@<calibrator>`` after a
+calibrator. Missing, non-numeric and non-finite values are skipped; a metric or calibrator no job
+has is left out.
 """
 
 from __future__ import annotations
 
-import math
 import statistics
-from typing import Any, Sequence
+from typing import Sequence
 
 from regbench.evaluation.calibrators import CALIBRATORS
 from regbench.evaluation.panel import ECE_METRICS, METRICS, RAW, metric_key
+from regbench.report.groups import Group, finite_values, format_mean_std
 
 CALIBRATOR_COLUMNS = (RAW, *CALIBRATORS)
 SPEC = ".4f"
 
 
-def values_of(jobs: Sequence[Any], key: str) -> list[float]:
-    values = [(getattr(job, "metrics", None) or {}).get(key) for job in jobs]
-    return [float(v) for v in values
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
-
-
-def completed_jobs(group: Any) -> list[Any]:
-    return list(getattr(group, "completed", None) or [])
-
-
-def mean_or_none(group: Any, key: str) -> float | None:
-    values = values_of(completed_jobs(group), key)
+def mean_or_none(group: Group, key: str) -> float | None:
+    values = finite_values(group.completed, key)
     return statistics.fmean(values) if values else None
 
 
-def cell(values: list[float], runs: int) -> str:
-    """"m ± s" (sample std over seeds), "m" for one value, "–" for none, "(n=k)" when some lack it."""
-    if not values:
-        return "–"
-    mean = statistics.fmean(values)
-    text = f"{mean:{SPEC}}" if len(values) == 1 else f"{mean:{SPEC}} ± {statistics.stdev(values):{SPEC}}"
-    return text if len(values) == runs else f"{text} (n={len(values)})"
+def present(groups: Sequence[Group], key: str) -> bool:
+    return any(finite_values(group.completed, key) for group in groups)
 
 
-def present(groups: Sequence[Any], key: str) -> bool:
-    return any(values_of(completed_jobs(group), key) for group in groups)
-
-
-def calibration_table_markdown(groups: Sequence[Any]) -> str:
+def calibration_table_markdown(groups: Sequence[Group]) -> str:
     """One markdown table per metric (lower is better for all): a row per group, a column per
     calibrator (raw first), mean ± std over the group's completed seeds. "" when no job has any."""
     sections = []
@@ -60,15 +40,16 @@ def calibration_table_markdown(groups: Sequence[Any]) -> str:
                  "validation split)", "",
                  "| " + " | ".join(header) + " |", "|---|---:|" + "---:|" * len(columns)]
         for group in groups:
-            done = completed_jobs(group)
-            cells = [str(getattr(group, "label", "?")).replace("|", "\\|"), str(len(done))]
-            cells += [cell(values_of(done, metric_key(metric, name)), len(done)) for name in columns]
+            done = group.completed
+            cells = [str(group.label).replace("|", "\\|"), str(len(done))]
+            cells += [format_mean_std(finite_values(done, metric_key(metric, name)), SPEC, len(done))
+                      for name in columns]
             lines.append("| " + " | ".join(cells) + " |")
         sections.append("\n".join(lines))
     return "\n\n".join(sections)
 
 
-def winners(groups: Sequence[Any], key: str) -> list[str]:
+def winners(groups: Sequence[Group], key: str) -> list[str]:
     """Labels of the groups with the lowest mean of ``key`` (several on an exact tie)."""
     means = {group.label: mean for group in groups if (mean := mean_or_none(group, key)) is not None}
     if not means:
@@ -77,7 +58,7 @@ def winners(groups: Sequence[Any], key: str) -> list[str]:
     return [label for label, mean in means.items() if mean == best]
 
 
-def ranking_flips(groups: Sequence[Any]) -> list[str]:
+def ranking_flips(groups: Sequence[Group]) -> list[str]:
     """A line per ECE convention whose best group (lowest mean over seeds) differs from its
     reference's, e.g. "ranking flip: best by test/ece is label_smoothing, by test/ece_classwise is
     dropout". Compared: every ECE metric against ``ece`` under the same calibrator (raw and each

@@ -1,4 +1,4 @@
-"""Report pieces for the probes of probes.py, each drawn only when the sweep has what it needs.
+"""Report pieces for the probes of run/probes.py, each drawn only when the sweep has what it needs.
 
 - ``train_loss.png``: the training-loss curves (history.jsonl, mean over seeds) of every group in
   one plot, when the groups differ in ``dataset.corruption`` (Zhang et al. 2017, Fig. 1a), with a
@@ -10,19 +10,18 @@
   (test accuracy against mean effective lr), when the runs logged it and the groups differ in lr
   or L2 coefficient (experiment=l2_batchnorm).
 
-Groups are the report's (``.label``, ``.settings``, ``.completed`` jobs with ``.folder`` and
-``.metrics``).
+Their tables show "m ± s" over seeds even for one seed (a std of 0) and "—" where no run has the
+value (the group table's ``format_mean_std`` shows "m" and "–").
 """
 
 from __future__ import annotations
 
-import math
 import statistics
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
-from matplotlib.figure import Figure
-
+from regbench.report.groups import Group, finite, finite_values, mean_std
+from regbench.report.outputs import EFFECTIVE_LR_PNG, TRAIN_LOSS_PNG
 from regbench.run.folder import RunFolder
 from regbench.run.spec import (
     BN_WEIGHT_NORM,
@@ -33,37 +32,29 @@ from regbench.run.spec import (
     VARIANCE_SHIFT_MEAN,
 )
 
-TRAIN_LOSS_PNG = "train_loss.png"
-EFFECTIVE_LR_PNG = "effective_lr.png"
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 CORRUPTION_KEY = "dataset.corruption"
 
 
-def read_history(folder: Path) -> list[dict[str, Any]]:
-    return RunFolder(folder).history()
-
-
-def numbers(values: Sequence[Any]) -> list[float]:
-    return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
-            and math.isfinite(v)]
-
-
-def mean_std_text(values: Sequence[Any], spec: str = ".4f") -> str:
-    found = numbers(values)
-    if not found:
+def mean_std_text(values: Sequence[float], spec: str = ".4f") -> str:
+    """"m ± s" over the (finite) values, "—" for none."""
+    if not values:
         return "—"
-    spread = statistics.stdev(found) if len(found) > 1 else 0.0
-    return f"{statistics.fmean(found):{spec}} ± {spread:{spec}}"
+    mean, spread = mean_std(values)
+    return f"{mean:{spec}} ± {spread:{spec}}"
 
 
-def metric_text(group: Any, key: str, spec: str = ".4f") -> str:
-    return mean_std_text([job.metrics.get(key) for job in group.completed], spec)
+def metric_text(group: Group, key: str, spec: str = ".4f") -> str:
+    return mean_std_text(finite_values(group.completed, key), spec)
 
 
-def mean_curve(group: Any, key: str) -> tuple[list[int], list[float]]:
+def mean_curve(group: Group, key: str) -> tuple[list[int], list[float]]:
     """Epochs and the mean over the group's completed runs of ``key`` at each epoch."""
     by_epoch: dict[int, list[float]] = {}
     for job in group.completed:
-        for record in read_history(job.folder):
+        for record in RunFolder(job.folder).history():
             if key in record:
                 by_epoch.setdefault(int(record["epoch"]), []).append(float(record[key]))
     epochs = sorted(by_epoch)
@@ -72,22 +63,22 @@ def mean_curve(group: Any, key: str) -> tuple[list[int], list[float]]:
 
 # --- randomization tests ------------------------------------------------------------------------
 
-def corruption_groups(groups: Sequence[Any]) -> list[Any]:
+def corruption_groups(groups: Sequence[Group]) -> list[Group]:
     """The groups, when they differ in dataset.corruption (else [])."""
     values = {str(group.settings.get(CORRUPTION_KEY)) for group in groups
               if CORRUPTION_KEY in group.settings}
     return list(groups) if len(values) > 1 else []
 
 
-def fit_text(group: Any) -> str:
-    values = [job.metrics.get(FIT_EPOCH) for job in group.completed]
-    fitted = numbers(values)
-    never = len(values) - len(fitted)
+def fit_text(group: Group) -> str:
+    runs = group.completed
+    fitted = finite_values(runs, FIT_EPOCH)
+    never = len(runs) - len(fitted)
     text = mean_std_text(fitted, ".1f")
-    return text + (f" ({never} of {len(values)} never)" if never else "")
+    return text + (f" ({never} of {len(runs)} never)" if never else "")
 
 
-def randomization_section(groups: Sequence[Any]) -> list[str]:
+def randomization_section(groups: Sequence[Group]) -> list[str]:
     shown = corruption_groups(groups)
     if not shown:
         return []
@@ -101,10 +92,12 @@ def randomization_section(groups: Sequence[Any]) -> list[str]:
             f"![training loss per corruption]({TRAIN_LOSS_PNG})"]
 
 
-def training_loss_figure(groups: Sequence[Any]) -> Optional[Figure]:
+def training_loss_figure(groups: Sequence[Group]) -> Optional[Figure]:
     shown = corruption_groups(groups)
     if not shown:
         return None
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(7, 4.5))
     axes = figure.subplots()
     for group in shown:
@@ -122,7 +115,7 @@ def training_loss_figure(groups: Sequence[Any]) -> Optional[Figure]:
 
 # --- variance shift -----------------------------------------------------------------------------
 
-def variance_shift_section(groups: Sequence[Any]) -> list[str]:
+def variance_shift_section(groups: Sequence[Group]) -> list[str]:
     if not any(VARIANCE_SHIFT_MAX in job.metrics for group in groups for job in group.completed):
         return []
     rows = ["| settings | runs | test acc | variance shift max | variance shift mean |",
@@ -139,20 +132,20 @@ def variance_shift_section(groups: Sequence[Any]) -> list[str]:
 
 # --- effective learning rate under BatchNorm ------------------------------------------------------
 
-def group_effective_lr(group: Any) -> Optional[float]:
+def group_effective_lr(group: Group) -> Optional[float]:
     """Mean over runs of the mean over epochs of train/effective_lr."""
     per_run = []
     for job in group.completed:
-        values = numbers([r.get(EFFECTIVE_LR) for r in read_history(job.folder)])
+        values = finite(r.get(EFFECTIVE_LR) for r in RunFolder(job.folder).history())
         if values:
             per_run.append(statistics.fmean(values))
     return statistics.fmean(per_run) if per_run else None
 
 
-def final_history_value(group: Any, key: str) -> list[float]:
+def final_history_value(group: Group, key: str) -> list[float]:
     finals = []
     for job in group.completed:
-        values = numbers([r.get(key) for r in read_history(job.folder)])
+        values = finite(r.get(key) for r in RunFolder(job.folder).history())
         if values:
             finals.append(values[-1])
     return finals
@@ -163,14 +156,14 @@ def final_history_value(group: Any, key: str) -> list[float]:
 STEP_SIZE_KEYS = ("optimizer.lr", "regularizer.l2.coef")
 
 
-def effective_lr_rows(groups: Sequence[Any]) -> list[tuple[float, Any]]:
+def effective_lr_rows(groups: Sequence[Group]) -> list[tuple[float, Group]]:
     if not any(key in group.settings for group in groups for key in STEP_SIZE_KEYS):
         return []
     rows = [(group_effective_lr(group), group) for group in groups]
     return sorted([(lr, group) for lr, group in rows if lr is not None], key=lambda row: row[0])
 
 
-def effective_lr_section(groups: Sequence[Any]) -> list[str]:
+def effective_lr_section(groups: Sequence[Group]) -> list[str]:
     rows = effective_lr_rows(groups)
     if len(rows) < 2:
         return []
@@ -187,14 +180,16 @@ def effective_lr_section(groups: Sequence[Any]) -> list[str]:
             "coefficient gave it.", "\n".join(table), f"![test accuracy vs effective lr]({EFFECTIVE_LR_PNG})"]
 
 
-def effective_lr_figure(groups: Sequence[Any]) -> Optional[Figure]:
+def effective_lr_figure(groups: Sequence[Group]) -> Optional[Figure]:
     rows = effective_lr_rows(groups)
     if len(rows) < 2:
         return None
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(7, 4.5))
     axes = figure.subplots()
     for lr, group in rows:
-        accuracy = numbers([job.metrics.get(TEST_ACC) for job in group.completed])
+        accuracy = finite_values(group.completed, TEST_ACC)
         if accuracy:
             axes.scatter([lr] * len(accuracy), accuracy, s=18)
             axes.annotate(group.label, (lr, statistics.fmean(accuracy)), fontsize=6,
@@ -207,15 +202,15 @@ def effective_lr_figure(groups: Sequence[Any]) -> Optional[Figure]:
     return figure
 
 
-# --- what report.py calls -----------------------------------------------------------------------
+# --- what the report calls -----------------------------------------------------------------------
 
-def probe_sections(groups: Sequence[Any]) -> list[str]:
+def probe_sections(groups: Sequence[Group]) -> list[str]:
     """Markdown sections for summary.md (none when the sweep has nothing to show)."""
     return [*randomization_section(groups), *variance_shift_section(groups),
             *effective_lr_section(groups)]
 
 
-def write_probe_plots(out: Path, groups: Sequence[Any]) -> list[str]:
+def write_probe_plots(out: Path, groups: Sequence[Group]) -> list[str]:
     """train_loss.png and effective_lr.png where they apply; returns the files written."""
     written = []
     for name, figure in ((TRAIN_LOSS_PNG, training_loss_figure(groups)),

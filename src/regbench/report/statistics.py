@@ -179,13 +179,6 @@ def critical_difference(k: int, n_blocks: int, alpha: float = ALPHA) -> float:
     return nemenyi_q(k, alpha) * math.sqrt(k * (k + 1) / (6 * n_blocks))
 
 
-def friedman_from_ranks(average_ranks: Sequence[float], n_blocks: int) -> float:
-    """Demšar's eq.: χ²_F = 12N / (k(k+1)) · (Σ_j R_j² − k(k+1)²/4), without tie correction."""
-    k = len(average_ranks)
-    ranks = np.asarray(average_ranks, dtype=float)
-    return float(12 * n_blocks / (k * (k + 1)) * ((ranks ** 2).sum() - k * (k + 1) ** 2 / 4))
-
-
 def iman_davenport(chi2: float, k: int, n_blocks: int) -> float:
     """F_F = (N−1)χ²_F / (N(k−1) − χ²_F), F-distributed with k−1 and (k−1)(N−1) df."""
     denominator = n_blocks * (k - 1) - chi2

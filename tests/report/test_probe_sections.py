@@ -1,4 +1,4 @@
-"""report_probes: each section appears only when the sweep has its data, with the right numbers."""
+"""report/probes.py: each section appears only when the sweep has its data, with the right numbers."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 import pytest
@@ -13,7 +14,6 @@ from regbench.report.statistics import (
     TOO_FEW_SEEDS,
     cliques,
     critical_difference,
-    friedman_from_ranks,
     holm,
     iman_davenport,
     nemenyi_q,
@@ -24,6 +24,15 @@ from regbench.report.statistics import (
     sign_flip_seeds_needed,
     verdict,
 )
+
+
+def friedman_from_ranks(average_ranks: Sequence[float], n_blocks: int) -> float:
+    """The oracle for rank_test's Friedman statistic: Demšar's eq.,
+    χ²_F = 12N / (k(k+1)) · (Σ_j R_j² − k(k+1)²/4), without tie correction."""
+    k = len(average_ranks)
+    ranks = np.asarray(average_ranks, dtype=float)
+    return float(12 * n_blocks / (k * (k + 1)) * ((ranks ** 2).sum() - k * (k + 1) ** 2 / 4))
+
 
 # --- paired comparison ---------------------------------------------------------------------------
 

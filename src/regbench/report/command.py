@@ -1,0 +1,85 @@
+"""``python -m regbench.report`` / ``regbench-report``: the command line, and ``make_report``, which
+reads the sweeps, analyses them and writes every output."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from regbench.report.analysis import analyse
+from regbench.report.comparisons import COMPARISON_COLUMNS, comparison_rows
+from regbench.report.events import write_report_events
+from regbench.report.groups import group_jobs
+from regbench.report.jobs import ReportError, load_sweeps
+from regbench.report.outputs import (
+    COMPARISONS_CSV,
+    COMPARISONS_PNG,
+    PLOT_FILES,
+    RANKS_PNG,
+    REPORT_EVENTS_DIR,
+    SUMMARY_CSV,
+    SUMMARY_MD,
+)
+from regbench.report.plots import write_plots
+from regbench.report.probes import write_probe_plots
+from regbench.report.tables import csv_rows, markdown_report, markdown_table, write_csv
+from regbench.run.spec import TEST_ACC
+
+PROGRAM = "regbench-report"
+
+
+def make_report(sweep: Path | Sequence[Path], baseline: Sequence[str] = (),
+                rank_metric: str = TEST_ACC) -> str:
+    """Write every output into ``sweep`` (the first folder, with several); returns summary.md's
+    text. ``baseline``: key=value selectors (default regularizer=none)."""
+    sweeps = [sweep] if isinstance(sweep, Path) else list(sweep)
+    jobs = load_sweeps(sweeps)
+    grouping = group_jobs(jobs)
+    analysis = analyse(jobs, grouping, baseline, rank_metric)
+    out = sweeps[0]
+    header, rows = csv_rows(jobs, grouping)
+    write_csv(out / SUMMARY_CSV, header, rows)
+    write_csv(out / COMPARISONS_CSV, list(COMPARISON_COLUMNS), comparison_rows(analysis.comparisons))
+    text = markdown_report(sweeps, jobs, grouping, analysis)
+    (out / SUMMARY_MD).write_text(text)
+    figures = write_plots(out, grouping, analysis)
+    write_probe_plots(out, grouping.groups)
+    write_report_events(out, jobs, {"report/summary": text, "report/groups": markdown_table(grouping)},
+                        figures)
+    return text
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM,
+        description="Summarize regbench sweeps: tables and plots with seeds grouped, every group "
+                    "compared with a baseline group (paired by seed: t-test, Holm-adjusted p, "
+                    "probability of improvement), and ranks across datasets/models.")
+    parser.add_argument("sweep", type=Path, nargs="+",
+                        help="one or more multirun folders (each holding one folder per job); "
+                             "their jobs are pooled and every output is written to the FIRST folder")
+    # One value per flag (repeat it for several): nargs="+" would swallow the sweep folders after it.
+    parser.add_argument("--baseline", action="append", default=[], metavar="KEY=VALUE",
+                        help="the baseline group, as an override-style selector matched against "
+                             "each group's settings; repeat for several (all must match; default: "
+                             "regularizer=none); settings not named must equal the compared group's")
+    parser.add_argument("--rank-metric", default=TEST_ACC, metavar="KEY",
+                        help="metrics.json key to rank methods on across blocks (default test/acc; "
+                             "nll, ece, loss, gap and similar keys are ranked lower-is-better)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)
+    try:
+        text = make_report(args.sweep, args.baseline, args.rank_metric)
+    except ReportError as error:
+        print(f"{PROGRAM}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(text, end="")
+    outputs = ", ".join([SUMMARY_CSV, SUMMARY_MD, COMPARISONS_CSV, *PLOT_FILES.values(),
+                         COMPARISONS_PNG, RANKS_PNG, f"{REPORT_EVENTS_DIR}/ (TensorBoard)"])
+    print(f"\nwrote {outputs} in {args.sweep[0]}")
+    print(f"see it:       tensorboard --logdir {args.sweep[0]}  (Text, Images, HParams tabs)")

@@ -1,0 +1,214 @@
+"""The report's text: ``summary.csv`` (one row per job) and ``summary.md`` (the verdicts against
+the baseline, one row per group with mean ± standard deviation over its completed seeds, the ranks,
+the calibration and probe sections, the runs that did not complete, the plots)."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+from regbench.report.analysis import Analysis
+from regbench.report.calibration import calibration_table_markdown, ranking_flips
+from regbench.report.comparisons import comparison_method_text, verdict_line
+from regbench.report.groups import (
+    ABSENT,
+    Grouping,
+    finite_values,
+    format_mean_std,
+    is_number,
+    metric_value,
+    show,
+)
+from regbench.report.jobs import Job
+from regbench.report.outputs import COMPARISONS_PNG, PLOT_FILES, RANKS_PNG
+from regbench.report.probes import probe_sections
+from regbench.report.ranks import ranking_lines
+from regbench.run.spec import (
+    EPOCHS,
+    GAP_ACC,
+    REGULARIZER_KEY,
+    SECONDS,
+    SEED_KEY,
+    TEST_ACC,
+    TEST_ECE,
+    TEST_ECE_TEMPERATURE,
+    TEST_MEAN_CONFIDENCE,
+    TEST_NLL,
+)
+
+# The per-group table: metrics.json key, column header, number format.
+TABLE_COLUMNS = (
+    (TEST_ACC, "test acc", ".4f"),
+    (TEST_NLL, "test NLL", ".4f"),
+    (TEST_ECE, "test ECE", ".4f"),
+    (TEST_ECE_TEMPERATURE, "test ECE (TS)", ".4f"),
+    (TEST_MEAN_CONFIDENCE, "mean confidence", ".4f"),
+    (GAP_ACC, "gap acc", ".4f"),
+    (EPOCHS, "epochs", ".1f"),
+    (SECONDS, "seconds", ".1f"),
+)
+# Per-run bootstrap intervals of the test metrics (test-split sampling uncertainty): low key,
+# high key, column header. Shown (as mean width over seeds) only when metrics.json has them.
+BOOTSTRAP_COLUMNS = (
+    ("test/acc_ci_low", "test/acc_ci_high", "test acc CI width"),
+    ("test/ece_ci_low", "test/ece_ci_high", "test ECE CI width"),
+)
+
+
+# --- summary.csv --------------------------------------------------------------------------------
+
+def metric_columns(jobs: Sequence[Job]) -> list[str]:
+    """Every key holding a number in some job's metrics.json, in first-seen order (seed aside)."""
+    columns: dict[str, None] = {}
+    for job in jobs:
+        columns.update({key: None for key, value in job.metrics.items()
+                        if key != SEED_KEY and is_number(value)})
+    return list(columns)
+
+
+def csv_rows(jobs: Sequence[Job], grouping: Grouping) -> tuple[list[str], list[dict[str, Any]]]:
+    settings_keys = [key for key in grouping.varying if key != REGULARIZER_KEY]
+    metrics = metric_columns(jobs)
+    header = ["job", "status", "regularizer", *settings_keys, "seed", *metrics, "detail", "overrides"]
+    rows = []
+    for job in jobs:
+        settings = job.settings or {}
+        regularizer = settings.get(REGULARIZER_KEY) or "+".join(job.metrics.get(REGULARIZER_KEY) or [])
+        seed = job.seed if job.seed is not None else job.metrics.get(SEED_KEY)
+        row = {"job": job.name, "status": job.status, "regularizer": regularizer, "seed": seed,
+               "detail": job.detail, "overrides": " ".join(job.overrides)}
+        row.update({key: show(settings.get(key, ABSENT)) for key in settings_keys})
+        row.update({key: job.metrics.get(key) if is_number(job.metrics.get(key)) else ""
+                    for key in metrics})
+        rows.append(row)
+    return header, rows
+
+
+def write_csv(path: Path, header: list[str], rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+# --- the group table ----------------------------------------------------------------------------
+
+def markdown_cell(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def interval_widths(jobs: Iterable[Job], low: str, high: str) -> list[float]:
+    widths = [(metric_value(job, high), metric_value(job, low)) for job in jobs]
+    return [h - l for h, l in widths if h is not None and l is not None]
+
+
+def bootstrap_columns(jobs: Iterable[Job]) -> list[tuple[str, str, str]]:
+    jobs = list(jobs)
+    return [column for column in BOOTSTRAP_COLUMNS
+            if any(metric_value(job, column[0]) is not None for job in jobs)]
+
+
+def markdown_table(grouping: Grouping) -> str:
+    intervals = bootstrap_columns(job for group in grouping.groups for job in group.completed)
+    header = ["settings", "seeds", *(title for _, title, _ in TABLE_COLUMNS),
+              *(title for _, _, title in intervals)]
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "---|" + "---:|" * (len(header) - 1)]
+    for group in grouping.groups:
+        done = group.completed
+        cells = [markdown_cell(group.label), str(len(done))]
+        cells += [format_mean_std(finite_values(done, key), spec, len(done))
+                  for key, _, spec in TABLE_COLUMNS]
+        for low, high, _ in intervals:
+            widths = interval_widths(done, low, high)
+            cells.append(f"{statistics.fmean(widths):.4f}" if widths else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def table_text(jobs: Sequence[Job], grouping: Grouping) -> str:
+    text = (f"{len(jobs)} jobs: {status_counts(jobs)}. Each row is a group of runs that differ only "
+            "in their seed: mean ± sample standard deviation over its completed seeds. TS: after "
+            "temperature scaling fitted on the validation split; gap acc: train minus test accuracy.")
+    if bootstrap_columns(job for group in grouping.groups for job in group.completed):
+        text += (" CI width: the mean over seeds of each run's 95 % percentile-bootstrap interval "
+                 "of the test metric (test examples resampled): wider than the ± spread over "
+                 "seeds, the small test split dominates the uncertainty; narrower, the seeds do.")
+    return text
+
+
+# --- summary.md ---------------------------------------------------------------------------------
+
+def problem_lines(jobs: Sequence[Job]) -> list[str]:
+    lines = []
+    for job in jobs:
+        if job.completed:
+            continue
+        detail = f": {job.detail}" if job.detail else ""
+        overrides = f" (`{' '.join(job.overrides)}`)" if job.overrides else ""
+        lines.append(f"- `{job.name}` **{job.status}**{detail}{overrides}")
+    return lines
+
+
+def status_counts(jobs: Sequence[Job]) -> str:
+    counts: dict[str, int] = {}
+    for job in jobs:
+        counts[job.status] = counts.get(job.status, 0) + 1
+    return ", ".join(f"{count} {status}" for status, count in counts.items())
+
+
+def comparison_section(analysis: Analysis) -> list[str]:
+    lines = [f"- {verdict_line(c)}" for c in analysis.comparisons]
+    lines += [f"- {note}" for note in analysis.comparison_notes]
+    parts = ["## Verdicts against the baseline"]
+    if analysis.comparisons:
+        parts.append(comparison_method_text(analysis.comparisons, analysis.selectors))
+    parts.append("\n".join(lines) if lines else "No comparisons: only one group.")
+    return parts
+
+
+def ranking_section(analysis: Analysis) -> list[str]:
+    lines = ranking_lines(analysis.ranking) if analysis.ranking else []
+    lines += [f"- {note}" for note in analysis.ranking_notes]
+    return ["## Ranks across settings", "\n".join(lines) or "- No ranking."]
+
+
+def calibration_section(grouping: Grouping) -> list[str]:
+    """Per group, every calibration metric raw and after each calibrator, and the ranking flips
+    between ECE conventions; nothing when no run has the calibration panel's metrics."""
+    table = calibration_table_markdown(grouping.groups)
+    if not table:
+        return []
+    flips = ranking_flips(grouping.groups)
+    flip_text = "\n".join(f"- {line}" for line in flips) if flips else \
+        "No ranking flips: every ECE convention picks the same best-calibrated group."
+    return ["## Calibration", "Mean ± std over seeds; raw is the softmax as trained, the other "
+            "columns after a calibrator fitted on the validation split (README: What a run records).",
+            table, flip_text]
+
+
+def markdown_report(sweep: Path | Sequence[Path], jobs: Sequence[Job], grouping: Grouping,
+                    analysis: Optional[Analysis] = None) -> str:
+    sweeps = [sweep] if isinstance(sweep, Path) else list(sweep)
+    analysis = analysis or Analysis()
+    problems = problem_lines(jobs)
+    title = (f"# Sweep {sweeps[0].resolve().name}" if len(sweeps) == 1 else
+             "# Sweeps " + ", ".join(str(s) for s in sweeps))
+    images = {**PLOT_FILES, "comparisons": COMPARISONS_PNG, "ranks": RANKS_PNG}
+    parts = [
+        title,
+        *comparison_section(analysis),
+        "## Groups",
+        table_text(jobs, grouping),
+        markdown_table(grouping),
+        *ranking_section(analysis),
+        *calibration_section(grouping),
+        *probe_sections(grouping.groups),
+        "## Runs that did not complete",
+        "\n".join(problems) if problems else "None.",
+        "## Plots",
+        "\n".join(f"![{name}]({file})" for name, file in images.items()),
+    ]
+    return "\n\n".join(parts) + "\n"
