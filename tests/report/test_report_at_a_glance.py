@@ -12,16 +12,10 @@ from matplotlib.text import Text
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from conftest import events, plugin_tags, run_cli
-from regbench.report import (
-    OKABE_ITO,
-    Group,
-    Grouping,
-    Job,
-    accuracy_vs_ece,
-    make_report,
-    reliability,
-    repel_offsets,
-)
+from regbench.report.command import make_report
+from regbench.report.groups import Group, Grouping
+from regbench.report.jobs import Job
+from regbench.report.plots import OKABE_ITO, accuracy_vs_ece, reliability, repel_offsets
 from regbench.run.tensorboard import HPARAMS_METRICS, RUN_NAME_HPARAM
 
 SMALL = ["trainer.epochs=2", "model.hidden_sizes=[16]"]

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from conftest import read_history, read_metrics, run_cli, train_in_process
 from regbench.cli.compose import compose_config, compose_settings
 from regbench.config import ConfigError
-from regbench.report import load_job
+from regbench.report.jobs import load_job
 from regbench.run import checkpoint as checkpoint_module
 from regbench.run import engine
 from regbench.run.checkpoint import IntervalCheckpoint

@@ -32,25 +32,12 @@ package imports none of them, so no matplotlib or scipy.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
-# The names imported from the package itself, by the module that defines them: the regbench-report
-# script (pyproject.toml: regbench.report:main) and tests that import through the package
-# (tests/report/test_report_at_a_glance.py, tests/run/test_run_lifecycle.py). Loaded on first use
-# (PEP 562).
-EXPORTS = {
-    "main": "command", "make_report": "command",
-    "Job": "jobs", "load_job": "jobs", "Group": "groups", "Grouping": "groups",
-    "OKABE_ITO": "plots", "accuracy_vs_ece": "plots", "reliability": "plots", "repel_offsets": "plots",
-}
 
+def main(argv: Any = None) -> None:
+    """The ``regbench-report`` script (pyproject.toml: regbench.report:main); the command module is
+    imported only when it runs, so importing the package stays light."""
+    from regbench.report.command import main as report_main
 
-def __getattr__(name: str) -> Any:
-    if name not in EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{EXPORTS[name]}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *EXPORTS])
+    report_main(argv)

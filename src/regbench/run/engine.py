@@ -37,6 +37,7 @@ from regbench.evaluation.panel import calibration_panel, metric_key
 from regbench.evaluation.wrong_class import wrong_class_metrics
 from regbench.machine import autocast_dtype, free_cores, resolve_device, seed_everything
 from regbench.models import ModelOptions, build_model
+from regbench.models.base import is_weight_matrix
 from regbench.optim import build_optimizer, build_scheduler, param_groups
 from regbench.regularizers import (
     Regularizer,
@@ -106,7 +107,7 @@ class WithFeatures(nn.Module):
 def weight_norm(model: nn.Module) -> float:
     """L2 norm of all conv/linear weight matrices (biases and normalization parameters excluded)."""
     squares = [p.detach().float().pow(2).sum() for n, p in model.named_parameters()
-               if n.endswith("weight") and p.ndim > 1]
+               if is_weight_matrix(n, p)]
     return torch.stack(squares).sum().sqrt().item()
 
 

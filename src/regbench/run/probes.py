@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from regbench.regularizers.dropout import DROPOUT_LAYERS
+from regbench.models.layers import DROPOUT_LAYERS
 from regbench.run.spec import (
     BN_WEIGHT_NORM,
     EFFECTIVE_LR,
