@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pytest
+import torch
 
 from regbench.cli.compose import compose_config
 from regbench.run.folder import RunFolder
@@ -81,10 +82,13 @@ def read_history(run_dir: Path) -> list[dict[str, Any]]:
     return RunFolder(run_dir).history()
 
 
+# Four predictions of class 0 whose calibration errors are worked out by hand in the tests.
+TINY = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.62, 0.38], [0.3, 0.7]], dtype=torch.float64)
+TINY_LABELS = torch.tensor([0, 0, 0, 0])
+
+
 def calibrated_data(examples: int, classes: int = 5, seed: int = 0):
     """Random logits and labels drawn from their own softmax: calibrated by construction."""
-    import torch
-
     generator = torch.Generator().manual_seed(seed)
     logits = torch.randn(examples, classes, generator=generator) * 2
     labels = torch.multinomial(logits.softmax(dim=1), 1, generator=generator).squeeze(1)

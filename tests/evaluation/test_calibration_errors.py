@@ -10,6 +10,7 @@ import pytest
 import torch
 from torchmetrics.functional.classification import multiclass_calibration_error
 
+from conftest import TINY, TINY_LABELS
 from regbench.evaluation.calibration_errors import (
     adaptive_calibration_error,
     area_under_risk_coverage,
@@ -27,11 +28,6 @@ from regbench.evaluation.panel import (
     METRICS,
     calibration_metrics,
 )
-
-TINY = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.62, 0.38], [0.3, 0.7]], dtype=torch.float64)
-
-
-TINY_LABELS = torch.tensor([0, 0, 0, 0])
 
 
 def test_ece_by_hand_with_confidence_one_and_empty_bins():

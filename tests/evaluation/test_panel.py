@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import train_in_process
+from conftest import TINY, TINY_LABELS, train_in_process
 from regbench.config import ConfigError
 from regbench.evaluation.calibration_errors import expected_calibration_error
 from regbench.evaluation.figures import reliability_panel
@@ -21,11 +21,6 @@ from regbench.evaluation.panel import (
     negative_log_likelihood,
 )
 from regbench.report.calibration import calibration_table_markdown
-
-TINY = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.62, 0.38], [0.3, 0.7]], dtype=torch.float64)
-
-
-TINY_LABELS = torch.tensor([0, 0, 0, 0])
 
 
 def group(label: str, *metrics: dict) -> SimpleNamespace:

@@ -25,18 +25,8 @@ from regbench.report.jobs import Job
 from regbench.report.outputs import COMPARISONS_PNG, PLOT_FILES, RANKS_PNG
 from regbench.report.probes import probe_sections
 from regbench.report.ranks import ranking_lines
-from regbench.run.spec import (
-    EPOCHS,
-    GAP_ACC,
-    REGULARIZER_KEY,
-    SECONDS,
-    SEED_KEY,
-    TEST_ACC,
-    TEST_ECE,
-    TEST_ECE_TEMPERATURE,
-    TEST_MEAN_CONFIDENCE,
-    TEST_NLL,
-)
+from regbench.run.spec import (EPOCHS, GAP_ACC, REGULARIZER_KEY, SECONDS, SEED_KEY, TEST_ACC,
+                               TEST_ECE, TEST_ECE_TEMPERATURE, TEST_MEAN_CONFIDENCE, TEST_NLL)
 
 # The per-group table: metrics.json key, column header, number format.
 TABLE_COLUMNS = (

@@ -14,16 +14,8 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-from regbench.run.spec import (
-    GAP_ACC,
-    GAP_NLL,
-    SEED_KEY,
-    TEST_ACC,
-    TEST_ECE,
-    TEST_ECE_TEMPERATURE,
-    TEST_MEAN_CONFIDENCE,
-    TEST_NLL,
-)
+from regbench.run.spec import (GAP_ACC, GAP_NLL, SEED_KEY, TEST_ACC, TEST_ECE, TEST_ECE_TEMPERATURE,
+                               TEST_MEAN_CONFIDENCE, TEST_NLL)
 
 # The HParams column holding a run's readable name ("label_smoothing | mlp on digits | seed 0"):
 # TensorBoard's trial id is the run's folder, cut short in its table.
