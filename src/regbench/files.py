@@ -1,7 +1,7 @@
 """Writing files safely: whole or not at all, and one process at a time.
 
-- ``atomic_write_bytes`` / ``atomic_write_json``: a temporary file in the same folder, fsync, then
-  rename, so a kill at any moment leaves the old or the new version, never a torn one (JSON that a
+- ``atomic_write`` (and ``atomic_write_bytes`` / ``atomic_write_json``): a temporary file in the same
+  folder, fsync, then rename, so a kill at any moment leaves the old or the new version, never a torn one (JSON that a
   report or a sweep reads while a run goes on).
 - ``exclusive_lock``: one exclusive lock on a file (flock), for what only one process may do at a
   time: holding a run folder (run/folder.py: a second process is refused) or decoding an image
@@ -18,7 +18,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, BinaryIO, Callable, Iterator, Mapping
 
 BUSY = (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
 
@@ -41,23 +41,43 @@ def exclusive_lock(path: Path, when_busy: Callable[[], None]) -> Iterator[None]:
         os.close(handle)  # closing releases the lock
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``path`` whole or not at all; an OSError names ``path`` (not the temporary file)."""
+# Temporaries are named ``.<file>.regbench-<random>.tmp``: a claimed folder's leftovers of a killed
+# write are found by this pattern, and a user's own ``.*.tmp`` file never matches it.
+TEMPORARY_PREFIX = "regbench-"
+TEMPORARY_GLOB = f".*.{TEMPORARY_PREFIX}*.tmp"
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Write ``path`` whole or not at all: ``write(file)`` fills a temporary file in the same folder,
+    which is fsynced, given the mode the user's umask gives a new file, and renamed over ``path``.
+    An OSError names ``path`` (not the temporary file)."""
     try:
-        write_then_rename(path, data)
+        write_then_rename(path, write)
     except OSError as error:
         raise OSError(error.errno, error.strerror, str(path)) from None
 
 
-def write_then_rename(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda file: file.write(data))
+
+
+def new_file_mode() -> int:
+    """The mode open() gives a new file under this process's umask (mkstemp always makes 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def write_then_rename(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{TEMPORARY_PREFIX}",
+                                         suffix=".tmp")
     try:
-        os.chmod(temporary, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
+        os.chmod(temporary, new_file_mode())
         with os.fdopen(handle, "wb") as file:
-            file.write(data)
+            write(file)
             file.flush()
-            os.fsync(file.fileno())
+            os.fsync(file.fileno())  # the data is on disk before the name points at it
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -184,7 +184,7 @@ def test_a_second_process_on_the_same_folder_is_refused(tmp_path):
 def test_stale_temporaries_of_a_killed_write_are_removed(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    stale = run_dir / ".last.pt.abc123.tmp"
+    stale = run_dir / ".last.pt.regbench-abc123.tmp"
     stale.write_bytes(b"x" * 1000)
     train_in_process(run_dir, SMALL)
     assert not stale.exists()

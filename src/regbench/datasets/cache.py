@@ -36,7 +36,7 @@ import torch
 from tqdm import tqdm
 
 from regbench.config import ConfigError, one_line
-from regbench.files import exclusive_lock
+from regbench.files import atomic_write, exclusive_lock
 from regbench.machine import available_cores
 
 log = logging.getLogger(__name__)
@@ -125,18 +125,6 @@ def read_cache(path: Path, key: str) -> dict[str, Any] | None:
     return content
 
 
-def write_atomically(path: Path, content: dict[str, Any]) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(content, temporary)
-        with open(temporary, "rb") as file:
-            os.fsync(file.fileno())  # the data is on disk before the name points at it
-        os.replace(temporary, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-
-
 def load_or_build(path: Path, key: str, build: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
     """The cache content for ``key``, built by ``build`` (under the lock) when missing.
     Returns (content, whether this process built it)."""
@@ -149,7 +137,7 @@ def load_or_build(path: Path, key: str, build: Callable[[], dict[str, Any]]) -> 
             return content, False
         content = {**build(), "key": key, "version": CACHE_VERSION}
         try:
-            write_atomically(path, content)
+            atomic_write(path, lambda file: torch.save(content, file))
         except OSError as error:  # e.g. the disk filled up: nothing half-written is left
             raise unwritable(path, error) from None
     return read_cache(path, key) or content, True

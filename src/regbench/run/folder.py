@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
 from regbench.config import ConfigError
-from regbench.files import atomic_write_json, exclusive_lock
+from regbench.files import TEMPORARY_GLOB, atomic_write_json, exclusive_lock
 from regbench.run.spec import (
     CALIBRATION_FILE,
     CHECKPOINT_FILE,
@@ -131,8 +131,9 @@ class RunFolder:
                               f"use a new hydra.run.dir")
 
     def remove_stale_temporaries(self) -> None:
-        """Half-written files of a process killed during an atomic write (``.<name>.*.tmp``)."""
-        for temporary in self.path.glob(".*.tmp"):
+        """Half-written files of a process killed during an atomic write (``files.TEMPORARY_GLOB``:
+        only regbench's own temporaries, never a user's ``.*.tmp`` file)."""
+        for temporary in self.path.glob(TEMPORARY_GLOB):
             with contextlib.suppress(OSError):
                 temporary.unlink()
 
