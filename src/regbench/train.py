@@ -15,6 +15,7 @@ import errno
 import gc
 import logging
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -27,7 +28,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from regbench.cli.command_line import exit_on_bad_command_line
+from regbench.cli.command_line import exit_on_bad_command_line, shell_override
 from regbench.cli.compose import config_dir, register_schemas
 from regbench.cli.hydra_hooks import in_multirun  # also registers what configs/config.yaml names
 from regbench.config import Config, ConfigError, check, one_line
@@ -229,7 +230,7 @@ def print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
         f"nll {metrics[TEST_NLL]:.4f}, mean confidence {metrics[TEST_MEAN_CONFIDENCE]:.3f} "
         f"after {metrics[EPOCHS]} epochs in {metrics[SECONDS]:.1f} s\n"
         f"run folder:   {relative_to_cwd(run_dir)}\n"
-        f"see curves:   tensorboard --logdir {relative_to_cwd(logdir)}"
+        f"see curves:   tensorboard --logdir {shlex.quote(str(relative_to_cwd(logdir)))}"
     )
 
 
@@ -242,10 +243,11 @@ def resume_hint(cfg: DictConfig, run_dir: Path) -> str:
                 "otherwise run the same sweep command with the same hydra.sweep.dir")
     if in_multirun():
         sweep_dir = relative_to_cwd(Path(HydraConfig.get().sweep.dir))
-        return (f"run the same sweep command again with hydra.sweep.dir={sweep_dir} to resume: "
-                f"completed jobs are skipped, this one continues after its last finished epoch")
-    return (f"run the same command with hydra.run.dir={relative_to_cwd(run_dir)} to resume "
-            f"from the last finished epoch")
+        return (f"run the same sweep command again with {shell_override('hydra.sweep.dir', sweep_dir)} "
+                f"to resume: completed jobs are skipped, this one continues after its last finished "
+                f"epoch")
+    return (f"run the same command with {shell_override('hydra.run.dir', relative_to_cwd(run_dir))} "
+            f"to resume from the last finished epoch")
 
 
 def pass_on_time_limit(error: InterruptedRun, message: str) -> None:
@@ -315,8 +317,9 @@ def main() -> None:
 def exit_without_teardown() -> NoReturn:
     """Exit status 0 once everything is written, without the interpreter's teardown: freeing every
     object of torch, dynamo, scikit-learn and matplotlib one by one is a large share of a short
-    job's wall time (README, Performance). What a normal exit does that matters still happens: the atexit handlers run (logging's flush, Ray's shutdown,
-    multiprocessing's child clean-up), then the standard streams are flushed. With another
+    job's wall time (README, Performance). What a normal exit does that matters still happens: the
+    atexit handlers run (logging's flush, Ray's shutdown, multiprocessing's child clean-up), then
+    the standard streams are flushed. With another
     non-daemon thread alive, Python's own exit, which waits for it, is used instead."""
     others = [thread for thread in threading.enumerate()
               if thread is not threading.main_thread() and not thread.daemon and thread.is_alive()]

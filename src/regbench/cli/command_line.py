@@ -12,8 +12,10 @@ Hydra's plugin documentation has sweepers use to read ``key=a,b`` sweeps.
 
 from __future__ import annotations
 
+import re
+import shlex
 import sys
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
@@ -27,6 +29,27 @@ from regbench.config import ConfigError
 # The one flag of a plain run or sweep; any other (--help, --cfg, --info, ...) asks Hydra for
 # something else, and Hydra handles that command line itself.
 MULTIRUN_FLAGS = {"-m", "--multirun"}
+
+
+# A value Hydra's override parser and every shell read as written; anything else is quoted.
+PLAIN_VALUE = re.compile(r"[A-Za-z0-9_./:+@-]+")
+
+
+def hydra_value(value: Any) -> str:
+    """``value`` as Hydra's override parser reads it back unchanged: plain, or double-quoted, where
+    a backslash is escaped only before a quote or at the end (Hydra's rule for quoted values)."""
+    text = str(value)
+    if PLAIN_VALUE.fullmatch(text):
+        return text
+    escaped = re.sub(r'(\\*)("|$)', lambda m: m.group(1) * 2 + ("\\" + m.group(2) if m.group(2) else ""),
+                     text)
+    return f'"{escaped}"'
+
+
+def shell_override(key: str, value: Any) -> str:
+    """``key=value`` to paste into a shell: quoted for Hydra, then for the shell, so a folder with
+    spaces, quotes or ``$(...)`` in its name neither breaks the command nor runs anything."""
+    return shlex.quote(f"{key}={hydra_value(value)}")
 
 
 def group_options(group: str) -> list[str]:
