@@ -57,7 +57,8 @@ def run_cli(args: Sequence[str], cwd: Path, module: str = "regbench",
 def read_metrics(run_dir: Path) -> dict[str, Any]:
     """metrics.json of a run folder (the run must have written it)."""
     metrics = RunFolder(run_dir).metrics()
-    assert metrics is not None, f"{run_dir} has no metrics.json"
+    if metrics is None:  # an OSError, as reading a missing file raises: pollers catch it and retry
+        raise FileNotFoundError(f"{run_dir} has no metrics.json")
     return metrics
 
 
