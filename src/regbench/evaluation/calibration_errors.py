@@ -35,7 +35,6 @@ import numpy as np
 import torch
 
 CALIBRATION_BINS = 15  # Guo et al. 2017
-BINS = CALIBRATION_BINS
 # Confidence histograms use bins half as wide as the calibration bins.
 CONFIDENCE_HISTOGRAM_EDGES = np.linspace(0, 1, 2 * CALIBRATION_BINS + 1)
 
@@ -78,11 +77,13 @@ def calibration_errors(probabilities: torch.Tensor, labels: torch.Tensor,
     return ece, mce
 
 
-def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = BINS) -> float:
+def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor,
+                               bins: int = CALIBRATION_BINS) -> float:
     return calibration_errors(probabilities, labels, bins)[0].item()
 
 
-def equal_mass_bins(confidence: torch.Tensor, correct: torch.Tensor, bins: int = BINS) -> list[torch.Tensor]:
+def equal_mass_bins(confidence: torch.Tensor, correct: torch.Tensor,
+                    bins: int = CALIBRATION_BINS) -> list[torch.Tensor]:
     """Indices of min(bins, N) bins of consecutive examples by confidence (ties: incorrect first),
     sizes differing by at most one."""
     order = np.lexsort((correct.cpu().numpy(), confidence.cpu().numpy()))
@@ -90,13 +91,15 @@ def equal_mass_bins(confidence: torch.Tensor, correct: torch.Tensor, bins: int =
     return [torch.from_numpy(part).to(confidence.device) for part in np.array_split(order, count)] if count else []
 
 
-def adaptive_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = BINS) -> float:
+def adaptive_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor,
+                               bins: int = CALIBRATION_BINS) -> float:
     confidence, correct = top_label_float64(probabilities, labels)
     total = sum((correct[part] - confidence[part]).sum().abs() for part in equal_mass_bins(confidence, correct, bins))
     return float(total) / len(labels)
 
 
-def debiased_l2_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = BINS) -> float:
+def debiased_l2_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor,
+                                  bins: int = CALIBRATION_BINS) -> float:
     confidence, correct = top_label_float64(probabilities, labels)
     total = 0.0
     for part in equal_mass_bins(confidence, correct, bins):
@@ -109,7 +112,8 @@ def debiased_l2_calibration_error(probabilities: torch.Tensor, labels: torch.Ten
     return math.sqrt(max(total, 0.0))
 
 
-def classwise_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = BINS) -> float:
+def classwise_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor,
+                                bins: int = CALIBRATION_BINS) -> float:
     examples, classes = probabilities.shape
     onehot = torch.nn.functional.one_hot(labels, classes).double()
     index = equal_width_bins(probabilities, bins)  # [N, K]
