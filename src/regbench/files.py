@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -98,3 +99,34 @@ def json_ready(value: Any) -> Any:
 def atomic_write_json(path: Path, data: Mapping[str, Any]) -> None:
     text = json.dumps(json_ready(data), indent=2, sort_keys=False) + "\n"
     atomic_write_bytes(path, text.encode())
+
+
+def state_digest(value: Any) -> str:
+    """A SHA-256 of a nested state (dicts, lists, tuples, tensors, plain values): keys, types,
+    every tensor's dtype, shape and bytes. Written with a checkpoint or a cache file and compared
+    on load, because ``torch.load`` does not check the zip's CRCs: a flipped bit would otherwise be
+    read as a valid value."""
+    digest = hashlib.sha256()
+    update_digest(digest, value)
+    return digest.hexdigest()
+
+
+def update_digest(digest: "hashlib._Hash", value: Any) -> None:
+    import torch  # here: the report and the sweep summary import this module without torch
+
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+        if tensor.numel():  # bytes of any dtype (bfloat16 has no numpy twin): viewed as uint8
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
+    elif isinstance(value, Mapping):
+        digest.update(f"D{len(value)}".encode())
+        for key, item in value.items():
+            digest.update(f"K{key!r}".encode())
+            update_digest(digest, item)
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"L{len(value)}".encode())
+        for item in value:
+            update_digest(digest, item)
+    else:
+        digest.update(f"V{type(value).__name__}{value!r}".encode())

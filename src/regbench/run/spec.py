@@ -81,6 +81,8 @@ GAP_NLL = "gap/nll"
 EPOCHS = "epochs"
 SECONDS = "seconds"
 STATUS = "status"
+# metrics.json: true when the final training accuracy stayed near chance (run/engine.py decides).
+DID_NOT_LEARN = "did_not_learn"
 LOWER_IS_BETTER_WORDS = ("nll", "ece", "mce", "loss", "brier", "gap", "entropy", "seconds")
 
 
