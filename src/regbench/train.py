@@ -305,7 +305,7 @@ def main() -> None:
     # The objects the imports made live as long as the process: out of the cyclic garbage
     # collector's way, so its full collections stop rescanning them (scripts/bench_startup.py).
     gc.freeze()
-    exit_on_bad_command_line(sys.argv[1:])
+    sys.argv[1:] = exit_on_bad_command_line(sys.argv[1:])
     try:
         hydra_main()
     except SystemExit as error:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import read_metrics, run_cli, train_in_process
-from regbench.cli.command_line import check_command_line
+from regbench.cli.command_line import check_command_line, split_command_line
 from regbench.config import ConfigError
 
 REGULARIZERS = ("augmentation, batchnorm, confidence_penalty, cutmix, dropout, early_stopping, "
@@ -20,7 +20,21 @@ REGULARIZERS = ("augmentation, batchnorm, confidence_penalty, cutmix, dropout, e
     (["dataset=mnits"], "unknown dataset 'mnits'; choose one of: cifar10, cifar100, digits, "
                         "fashion_mnist, imagefolder, mnist, pets"),
     (["-m", "model=mlp,lenett"], "unknown model 'lenett'"),
-    (["trainer.epoch=3"], "Key 'epoch' not in 'TrainerConfig'"),
+    (["trainer.epoch=3"], "Key 'epoch' not in 'TrainerConfig' (did you mean trainer.epochs?)"),
+    (["regularizer=dropout", "regularizer.dropout.pp=0.3"], "(did you mean regularizer.dropout.p?)"),
+    (["regularizer=dropout,label_smoothing"],
+     "regularizer=dropout,label_smoothing is a sweep (one run per value), which needs -m; to use "
+     "them together in one run, write regularizer=[dropout,label_smoothing]; to sweep, add -m"),
+    (["seed=0,1"], "seed=0,1 is a sweep (one run per value), which needs -m"),
+    # Hydra's flags no longer switch the check off, wherever the overrides are placed.
+    (["--help", "regularizer=bogus"], "unknown regularizer 'bogus'"),
+    (["-m", "--info", "regularizer=bogus"], "unknown regularizer 'bogus'"),
+    (["--cfg", "job", "regularizer=whatever"], "unknown regularizer 'whatever'"),
+    (["--config-name", "config", "trainer.epochs=x"], "could not be converted to Integer"),
+    (["--config-name", "nope"], "--config-name nope: no such config in regbench's configs; choose "
+                                "one of: config"),
+    (["trainer.epochs=2", "-m", "seed=0,1", "trainer.batch_size=0"],
+     "trainer.batch_size=0 is not allowed"),
     (["trainer.batch_size=many"], "Value 'many' of type 'str' could not be converted to Integer"),
     (["optimizer.schedule=exp"], "Invalid value 'exp', expected one of [none, step, cosine, onecycle]"),
     (["regularizer=dropout", "regularizer.dropout.p=1.0"], "regularizer.dropout.p=1.0 is not allowed"),
@@ -62,8 +76,34 @@ def test_command_line_mistakes_are_refused_before_hydra_starts(args, message):
 def test_valid_command_lines_pass():
     check_command_line(["-m", "regularizer=[label_smoothing],[dropout,label_smoothing]", "seed=0,1",
                         "regularizer.label_smoothing.epsilon=0.2"])
-    check_command_line(["--cfg", "job", "regularizer=whatever"])  # Hydra's own flags: hands off
+    check_command_line(["--config-dir", "mine", "regularizer=whatever"])  # another config folder
+    check_command_line(["--info", "config", "trainer.epochs=2"])
     check_command_line(["-m", "regularizer=glob(*)", "hydra/launcher=joblib"])
+
+
+def test_overrides_go_before_hydras_flags_wherever_the_user_placed_them():
+    command_line = split_command_line(["trainer.epochs=2", "-m", "seed=0,1", "--info", "seed=3",
+                                       "--config-name", "config", "--cfg", "job"])
+    assert command_line.overrides == ["trainer.epochs=2", "seed=0,1", "seed=3"]
+    assert command_line.for_hydra() == ["trainer.epochs=2", "seed=0,1", "seed=3", "-m", "--info",
+                                        "--config-name", "config", "--cfg", "job"]
+    assert split_command_line(["--info", "defaults", "seed=1"]).flags == ["--info", "defaults"]
+
+
+@pytest.mark.parametrize("args", [["--help", "regularizer=bogus"], ["--config-name", "config", "trainer.epochs=x"]])
+def test_hydra_flags_with_a_bad_override_print_one_line(tmp_path, args):
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("regbench: error: ")
+
+
+@pytest.mark.slow
+def test_overrides_after_flags_run_the_sweep_they_ask_for(tmp_path):
+    result = run_cli(["trainer.epochs=1", "-m", "seed=0,1", "evaluation.figures=false",
+                      "hydra.sweep.dir=sweep"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert [read_metrics(tmp_path / "sweep" / name)["epochs"] for name in ("0_seed=0", "1_seed=1")] == [1, 1]
 
 
 @pytest.mark.slow

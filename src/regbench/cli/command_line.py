@@ -12,9 +12,11 @@ Hydra's plugin documentation has sweepers use to read ``key=a,b`` sweeps.
 
 from __future__ import annotations
 
+import difflib
 import re
 import shlex
 import sys
+from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -26,9 +28,11 @@ from omegaconf.errors import OmegaConfBaseException
 from regbench.cli.compose import composer, config_dir
 from regbench.config import ConfigError
 
-# The one flag of a plain run or sweep; any other (--help, --cfg, --info, ...) asks Hydra for
-# something else, and Hydra handles that command line itself.
 MULTIRUN_FLAGS = {"-m", "--multirun"}
+# Flags after which Hydra composes no regbench config of its own files (it prints its version or
+# help, completes a shell word, reruns a pickle, or reads another config folder): hands off.
+UNCHECKED_FLAGS = {"--version", "--hydra-help", "--shell-completion", "-sc", "--experimental-rerun",
+                   "--config-path", "-cp", "--config-dir", "-cd"}
 
 
 # A value Hydra's override parser and every shell read as written; anything else is quoted.
@@ -120,19 +124,93 @@ def first_lines(error: BaseException) -> str:
     return " ".join(dict.fromkeys(line.strip() for line in lines))
 
 
-def check_command_line(args: Sequence[str]) -> None:
-    """Raise ConfigError for the first bad override of a command line."""
-    if any(arg.startswith("-") and arg not in MULTIRUN_FLAGS for arg in args):
-        return
-    arguments = [arg for arg in args if arg not in MULTIRUN_FLAGS]
+@dataclass(frozen=True)
+class CommandLine:
+    """A command line split into Hydra's flags (each with its value) and the overrides."""
+
+    flags: list[str]
+    overrides: list[str]
+
+    @property
+    def multirun(self) -> bool:
+        return any(flag in MULTIRUN_FLAGS for flag in self.flags)
+
+    def flag_value(self, *names: str) -> str | None:
+        for index, flag in enumerate(self.flags[:-1]):
+            if flag in names:
+                return self.flags[index + 1]
+        return None
+
+    def for_hydra(self) -> list[str]:
+        """Overrides first, then the flags: Hydra's argparse takes the overrides only as one block,
+        and ``--info`` before an override would take it for its value."""
+        return [*self.overrides, *self.flags]
+
+
+def split_command_line(args: Sequence[str]) -> CommandLine:
+    """Hydra's flags (with the values they take, from Hydra's own argument parser) and the
+    overrides, wherever each is placed."""
+    from hydra._internal.utils import get_args_parser  # the parser hydra.main uses
+
+    takes_value = {option: action for action in get_args_parser()._actions
+                   for option in action.option_strings if action.nargs != 0}
+    flags: list[str] = []
+    overrides: list[str] = []
+    arguments = iter(args)
+    for arg in arguments:
+        if not arg.startswith("-") or arg == "-":
+            overrides.append(arg)
+            continue
+        flags.append(arg)
+        action = takes_value.get(arg)
+        if action is None:
+            continue
+        if action.nargs == "?":  # --info [what]: a value only when it is one of its choices
+            following = next(arguments, None)
+            if following is not None and following in (action.choices or ()):
+                flags.append(following)
+            elif following is not None:
+                (flags if following.startswith("-") else overrides).append(following)
+        else:
+            value = next(arguments, None)
+            if value is not None:
+                flags.append(value)
+    return CommandLine(flags, overrides)
+
+
+def parse_overrides(arguments: Sequence[str], multirun: bool) -> list[Override]:
     try:
-        overrides = OverridesParser.create().parse_overrides(arguments)
+        overrides = OverridesParser.create().parse_overrides(list(arguments))
     except HydraException as error:
         message = first_lines(error)
         if any(not arg.isascii() for arg in arguments):
             message += " (a value with non-ASCII characters, such as a path, must be quoted: " \
                        "key='value', inside the shell's quotes: \"key='value'\")"
         raise ConfigError(message) from None
+    if not multirun:
+        for override in overrides:
+            if override.is_sweep_override():
+                raise ConfigError(sweep_without_multirun(override))
+    return overrides
+
+
+def sweep_without_multirun(override: Override) -> str:
+    """Hydra's five-line "Ambiguous value" message, in one line with the form the user meant."""
+    key, line = override.get_key_element(), override.input_line
+    try:
+        values = override_values(override)
+    except HydraException:
+        values = []
+    if key in config_groups() and values:
+        return (f"{line} is a sweep (one run per value), which needs -m; to use them together in "
+                f"one run, write {key}=[{','.join(values)}]; to sweep, add -m")
+    return (f"{line} is a sweep (one run per value), which needs -m; to sweep, add -m; for a list "
+            f"write {key}=[...]; for text with a comma, quote it: {key}='...'")
+
+
+def checked_overrides(overrides: Sequence[Override]) -> list[Override]:
+    """The overrides regbench checks by composing (Hydra's own settings and glob/interval sweeps
+    are left to Hydra and the sweeper), after checking every group choice by name."""
     groups = config_groups()
     checked: list[Override] = []
     for override in overrides:
@@ -146,23 +224,70 @@ def check_command_line(args: Sequence[str]) -> None:
             for value in values:
                 check_group_choice(override.key_or_group, value)
         checked.append(override)
-    with composer() as compose:
-        for command_line in candidate_command_lines(checked):
+    return checked
+
+
+def check_config_name(name: str | None) -> str:
+    names = sorted(path.stem for path in config_dir().glob("*.yaml"))
+    if name is not None and name.removesuffix(".yaml") not in names:
+        raise ConfigError(f"--config-name {name}: no such config in regbench's configs; choose one "
+                          f"of: {', '.join(names)} (or give your own folder with --config-dir)")
+    return (name or "config").removesuffix(".yaml")
+
+
+def check_command_line(args: Sequence[str]) -> None:
+    """Raise ConfigError for the first bad override of a command line."""
+    command_line = split_command_line(args)
+    if any(flag in UNCHECKED_FLAGS for flag in command_line.flags):
+        return
+    config_name = check_config_name(command_line.flag_value("--config-name", "-cn"))
+    overrides = parse_overrides(command_line.overrides, command_line.multirun)
+    with composer(config_name) as compose:
+        for candidate in candidate_command_lines(checked_overrides(overrides)):
             try:
-                OmegaConf.to_object(compose(command_line))
+                OmegaConf.to_object(compose(candidate))
             except ConfigError:
                 raise
             except (HydraException, OmegaConfBaseException, ValueError) as error:
-                message = first_lines(error)
-                name = unselected_regularizer(command_line)
-                if name is not None:
-                    message += f" (select it too: regularizer={name} or regularizer=[...,{name}])"
-                raise ConfigError(message) from None
+                raise ConfigError(explained(error, candidate, compose)) from None
 
 
-def exit_on_bad_command_line(args: Sequence[str]) -> None:
+def explained(error: BaseException, command_line: list[str], compose: Any) -> str:
+    """Hydra's message in one line, with what the user probably meant."""
+    message = first_lines(error)
+    name = unselected_regularizer(command_line)
+    if name is not None:
+        return message + f" (select it too: regularizer={name} or regularizer=[...,{name}])"
+    suggestion = closest_key(command_line, compose)
+    return message + (f" (did you mean {suggestion}?)" if suggestion else "")
+
+
+def closest_key(command_line: list[str], compose: Any) -> str | None:
+    """The existing key closest to the first override whose key does not exist (``trainer.epoch``
+    -> ``trainer.epochs``), found in the config composed with the command line's group choices."""
+    groups = config_groups()
+    choices = [line for line in command_line if line.partition("=")[0].lstrip("+~") in groups]
+    try:
+        config = compose(choices)
+    except (HydraException, OmegaConfBaseException, ValueError):
+        return None
+    for line in command_line:
+        key = line.partition("=")[0]
+        if key.startswith(("+", "~")) or key in groups or "." not in key:
+            continue
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(config, parent_key)
+        if OmegaConf.is_dict(parent) and leaf not in parent:
+            close = difflib.get_close_matches(leaf, [str(k) for k in parent.keys()], n=1)
+            return f"{parent_key}.{close[0]}" if close else None
+    return None
+
+
+def exit_on_bad_command_line(args: Sequence[str]) -> list[str]:
+    """The command line as Hydra should get it (overrides first), or one line and exit 2."""
     try:
         check_command_line(args)
     except ConfigError as error:
         print(f"regbench: error: {error}", file=sys.stderr)
         sys.exit(2)
+    return split_command_line(args).for_hydra()

@@ -47,12 +47,12 @@ def register_schemas() -> None:
 
 
 @contextlib.contextmanager
-def composer() -> Iterator[Callable[[Sequence[str]], DictConfig]]:
+def composer(config_name: str = "config") -> Iterator[Callable[[Sequence[str]], DictConfig]]:
     """A ``compose(overrides)`` function over regbench's configs, for several compositions in one
     initialization (the command-line check composes once per swept value)."""
     register_schemas()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        yield lambda overrides: compose(config_name="config", overrides=list(overrides))
+        yield lambda overrides: compose(config_name=config_name, overrides=list(overrides))
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
