@@ -32,12 +32,24 @@ package imports none of them, so no matplotlib or scipy.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
+
+PROGRAM = "regbench-report"
+# Exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED_EXIT = 130
 
 
 def main(argv: Any = None) -> None:
-    """The ``regbench-report`` script (pyproject.toml: regbench.report:main); the command module is
-    imported only when it runs, so importing the package stays light."""
-    from regbench.report.command import main as report_main
+    """The ``regbench-report`` script (pyproject.toml: regbench.report:main) and ``python -m
+    regbench.report``; the command module is imported only when it runs, so importing the package
+    stays light. Ctrl-C, during the imports too, is one line: every output is written atomically,
+    so what was written is whole and the rest keeps its previous version."""
+    try:
+        from regbench.report.command import main as report_main
 
-    report_main(argv)
+        report_main(argv)
+    except KeyboardInterrupt:
+        print(f"{PROGRAM}: interrupted; the files written are whole and the others keep their "
+              "previous version: run the same command again to write them all", file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT)

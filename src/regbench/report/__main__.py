@@ -1,3 +1,3 @@
-from regbench.report.command import main
+from regbench.report import main
 
 main()

@@ -13,9 +13,24 @@ from typing import Sequence
 from regbench.evaluation.calibrators import CALIBRATORS
 from regbench.evaluation.panel import ECE_METRICS, METRICS, RAW, metric_key
 from regbench.report.groups import Group, finite_values, format_mean_std
+from regbench.run.spec import CALIBRATION_FILE
 
 CALIBRATOR_COLUMNS = (RAW, *CALIBRATORS)
 SPEC = ".4f"
+
+
+def unusable_calibration_files(groups: Sequence[Group]) -> list[str]:
+    """A line per completed run whose test_calibration.json is there but cannot be used (a
+    truncated file), naming it and how many runs its group's calibration figures then pool."""
+    lines = []
+    for group in groups:
+        done = group.completed
+        problems = [(job, why) for job in done if (why := job.calibration[1])]
+        pooled = sum(job.calibration[0] is not None for job in done)
+        lines += [f"{job.folder / CALIBRATION_FILE} cannot be read ({why}): the reliability and "
+                  f"confidence figures of {group.label} pool {pooled} of its {len(done)} runs"
+                  for job, why in problems]
+    return lines
 
 
 def mean_or_none(group: Group, key: str) -> float | None:

@@ -8,8 +8,12 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from regbench.files import atomic_write_bytes
+from regbench.report import PROGRAM
 from regbench.report.analysis import analyse
+from regbench.report.calibration import unusable_calibration_files
 from regbench.report.comparisons import COMPARISON_COLUMNS, comparison_rows
+from regbench.report.duplicates import merge_duplicates
 from regbench.report.events import write_report_events
 from regbench.report.groups import group_jobs
 from regbench.report.jobs import ReportError, load_sweeps
@@ -27,15 +31,13 @@ from regbench.report.probes import write_probe_plots
 from regbench.report.tables import csv_rows, markdown_report, markdown_table, write_csv
 from regbench.run.spec import TEST_ACC
 
-PROGRAM = "regbench-report"
-
 
 def make_report(sweep: Path | Sequence[Path], baseline: Sequence[str] = (),
                 rank_metric: str = TEST_ACC) -> str:
     """Write every output into ``sweep`` (the first folder, with several); returns summary.md's
     text. ``baseline``: key=value selectors (default regularizer=none)."""
     sweeps = [sweep] if isinstance(sweep, Path) else list(sweep)
-    jobs = load_sweeps(sweeps)
+    jobs = merge_duplicates(load_sweeps(sweeps))
     grouping = group_jobs(jobs)
     analysis = analyse(jobs, grouping, baseline, rank_metric)
     out = sweeps[0]
@@ -43,7 +45,9 @@ def make_report(sweep: Path | Sequence[Path], baseline: Sequence[str] = (),
     write_csv(out / SUMMARY_CSV, header, rows)
     write_csv(out / COMPARISONS_CSV, list(COMPARISON_COLUMNS), comparison_rows(analysis.comparisons))
     text = markdown_report(sweeps, jobs, grouping, analysis)
-    (out / SUMMARY_MD).write_text(text)
+    for line in unusable_calibration_files(grouping.groups):
+        print(f"{PROGRAM}: warning: {line}", file=sys.stderr)
+    atomic_write_bytes(out / SUMMARY_MD, text.encode())
     figures = write_plots(out, grouping, analysis)
     write_probe_plots(out, grouping.groups)
     write_report_events(out, jobs, {"report/summary": text, "report/groups": markdown_table(grouping)},

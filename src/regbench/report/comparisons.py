@@ -19,6 +19,7 @@ from regbench.report.groups import (
     ABSENT,
     Group,
     Grouping,
+    did_not_learn,
     finite_values,
     full_settings,
     is_number,
@@ -69,7 +70,7 @@ METRIC_NAMES = {key: name for key, name, _ in KEY_METRICS}
 PERCENT_METRICS = {key for key, _, percent in KEY_METRICS if percent}
 COMPARISON_COLUMNS = ("group", "baseline", "metric", "n_pairs", "mean_diff", "ci_low", "ci_high",
                       "p_value", "p_holm", "prob_improvement", "verdict",
-                      "seeds_needed", "sd_diff", "test", "dropped_seeds")
+                      "seeds_needed", "sd_diff", "test", "dropped_seeds", "did_not_learn")
 DEFAULT_BASELINE = ((REGULARIZER_KEY, BASELINE),)
 
 
@@ -128,6 +129,21 @@ def check_selectors(grouping: Grouping, selectors: Sequence[tuple[str, str]]) ->
     if selectors and not any(group_matches(group, selectors) for group in grouping.groups):
         raise ReportError(f"--baseline {' '.join(f'{k}={v}' for k, v in selectors)} matches no "
                           "group: each selector matches some group, but no group matches all")
+    if len(grouping.groups) > 1 and all(group_matches(group, selectors) for group in grouping.groups):
+        raise ReportError(f"--baseline {matches_every_group(grouping, selectors)}")
+
+
+def matches_every_group(grouping: Grouping, selectors: Sequence[tuple[str, str]]) -> str:
+    """Why a selector that matches every group compares nothing, and what it should match."""
+    named = {key for key, _ in selectors}
+    free = [key for key in grouping.varying if key not in named]
+    example = next((f"{key}={show(group.settings[key])}" for key in free for group in grouping.groups
+                    if group.settings[key] is not ABSENT), "")
+    return (f"{' '.join(f'{k}={v}' for k, v in selectors)} matches all {len(grouping.groups)} "
+            f"groups ({'; '.join(group.label for group in grouping.groups)}), so no group is left "
+            "to compare with it: a baseline selector names a value of a setting that varies "
+            f"({', '.join(free)}), matching one group of each set that differs only in it"
+            + (f", e.g. --baseline {example}" if example else ""))
 
 
 def matched_keys(varying: Sequence[str], selectors: Sequence[tuple[str, str]]) -> list[str]:
@@ -148,6 +164,8 @@ def find_baselines(grouping: Grouping, selectors: Sequence[tuple[str, str]]
     if not candidates:
         return [], [f"No baseline group ({selector_text}) in this sweep, so no comparisons; "
                     "choose one with --baseline key=value."]
+    if len(candidates) == len(grouping.groups) > 1:
+        return [], [f"No comparisons: the baseline {matches_every_group(grouping, selectors)}."]
     keys = matched_keys(grouping.varying, selectors)
     pairs, notes = [], []
     for group in grouping.groups:
@@ -170,7 +188,7 @@ def find_baselines(grouping: Grouping, selectors: Sequence[tuple[str, str]]
 # --- pairing by seed and the comparisons ---------------------------------------------------------
 
 def runs_by_seed(jobs: Iterable[Job]) -> dict[Any, Job]:
-    """Completed runs by seed; of two runs with one seed (pooled sweep folders) the first."""
+    """Completed runs by seed (one per seed: duplicates.py merged a run found twice)."""
     runs: dict[Any, Job] = {}
     for job in jobs:
         if job.completed:
@@ -264,8 +282,14 @@ def comparison_rows(comparisons: Sequence[Comparison]) -> list[dict[str, Any]]:
         "p_value": number(c.paired.p_value), "p_holm": number(c.p_holm),
         "prob_improvement": number(c.prob_improvement), "verdict": c.verdict,
         "seeds_needed": number(c.seeds_needed), "sd_diff": number(c.paired.sd_diff),
-        "test": c.paired.test, "dropped_seeds": c.dropped_seeds,
+        "test": c.paired.test, "dropped_seeds": c.dropped_seeds, "did_not_learn": learning_warning(c),
     } for c in comparisons]
+
+
+def learning_warning(c: Comparison) -> str:
+    """"dropout: 3/5 runs did not learn" for either side with runs that did not learn."""
+    return "; ".join(f"{group.label}: {warning}" for group in (c.group, c.baseline)
+                     if (warning := did_not_learn(group)))
 
 
 def format_p(p: float, alpha: float = ALPHA) -> str:
@@ -292,6 +316,12 @@ def verdict_line(c: Comparison) -> str:
     name = METRIC_NAMES.get(c.metric, c.metric)
     unit = " pp" if c.metric in PERCENT_METRICS else ""
     head = f"{c.group.label} vs {c.baseline.label}: {name}"
+    warning = f" ⚠ {learning}" if (learning := learning_warning(c)) else ""
+    return verdict_text(c, head, unit) + warning
+
+
+def verdict_text(c: Comparison, head: str, unit: str) -> str:
+    """The difference, its interval, p and the verdict, after ``head`` (group vs baseline: metric)."""
     paired = c.paired
     pairs = f"{paired.n_pairs} pair" + ("" if paired.n_pairs == 1 else "s")
     if paired.n_pairs == 0:

@@ -8,15 +8,20 @@ matplotlib only for type checking: the sweep imports this module without the rep
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+from regbench.files import TEMPORARY_PREFIX
 from regbench.report.jobs import Job
 from regbench.report.outputs import REPORT_EVENTS_DIR
 from regbench.run.folder import RunFolder
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+EVENTS_GLOB = "events.out.tfevents.*"
 
 
 def hparams_rows(jobs: Sequence[Job]) -> list[dict[str, Any]]:
@@ -48,16 +53,28 @@ def write_report_events(sweep: Path, jobs: Sequence[Job], texts: Mapping[str, st
                         figures: Mapping[str, Figure]) -> Path:
     """``<sweep>/report/``: one TensorBoard event file with the HParams experiment of the sweep,
     the report's markdown (Text tab: TensorBoard renders the tables) and its figures (Images
-    tab). Older event files there are removed first: TensorBoard would show both, and uses only
-    the first HParams experiment it finds."""
+    tab). Older event files there are removed once the new one is in place: TensorBoard would
+    show both, and uses only the first HParams experiment it finds."""
+    folder = sweep / REPORT_EVENTS_DIR
+    folder.mkdir(exist_ok=True)
+    old = list(folder.glob(EVENTS_GLOB))
+    # Written aside and moved in whole, so an interrupted report leaves the previous file.
+    with tempfile.TemporaryDirectory(dir=folder, prefix=f".events.{TEMPORARY_PREFIX}",
+                                     suffix=".tmp") as aside:
+        write_events(Path(aside), jobs, texts, figures)
+        for new in Path(aside).glob(EVENTS_GLOB):
+            os.replace(new, folder / new.name)
+    for path in old:
+        path.unlink(missing_ok=True)
+    return folder
+
+
+def write_events(folder: Path, jobs: Sequence[Job], texts: Mapping[str, str],
+                 figures: Mapping[str, Figure]) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
     from regbench.run.tensorboard import hparams_experiment
 
-    folder = sweep / REPORT_EVENTS_DIR
-    folder.mkdir(exist_ok=True)
-    for old in folder.glob("events.out.tfevents.*"):
-        old.unlink()
     writer = SummaryWriter(log_dir=str(folder))
     try:
         writer._get_file_writer().add_summary(hparams_experiment(hparams_rows(jobs)))
@@ -67,4 +84,3 @@ def write_report_events(sweep: Path, jobs: Sequence[Job], texts: Mapping[str, st
             writer.add_figure(f"report/{Path(name).stem}", figure, 0, close=False)
     finally:
         writer.close()
-    return folder

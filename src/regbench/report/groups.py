@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from regbench.report.jobs import Job
-from regbench.run.spec import REGULARIZER_KEY, canonical
+from regbench.run.spec import DID_NOT_LEARN, REGULARIZER_KEY, canonical
 
 # A setting some jobs do not have (label_smoothing's epsilon in a regularizer=none job).
 ABSENT = object()
@@ -118,6 +118,14 @@ def metric_value(job: Job, key: str) -> Optional[float]:
     """One job's value of ``key``, or None when it is not a finite number."""
     value = job.metrics.get(key)
     return float(value) if is_number(value) and math.isfinite(value) else None
+
+
+def did_not_learn(group: Group) -> str:
+    """"3/5 runs did not learn" when completed runs' metrics.json say so (``spec.DID_NOT_LEARN``:
+    final training accuracy near chance); "" otherwise, and for older runs without the key."""
+    done = group.completed
+    count = sum(job.metrics.get(DID_NOT_LEARN) is True for job in done)
+    return f"{count}/{len(done)} runs did not learn" if count else ""
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

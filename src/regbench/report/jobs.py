@@ -11,6 +11,7 @@ raises: what cannot be read becomes its status.
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -46,10 +47,32 @@ class Job:
     metrics: dict[str, Any] = field(default_factory=dict)
     detail: str = ""  # why it failed or is unfinished
     overrides: list[str] = field(default_factory=list)
+    merged: list[str] = field(default_factory=list)  # other folders holding this run (duplicates.py)
 
     @property
     def completed(self) -> bool:
         return self.status == Status.completed.value
+
+    @functools.cached_property
+    def calibration(self) -> tuple[Optional[dict[str, Any]], str]:
+        """(test_calibration.json or None, why a file that is there cannot be used, else ""),
+        read once: the figures pool it and the report names the unusable ones."""
+        return read_calibration(RunFolder(self.folder))
+
+
+# What the report's figures read from test_calibration.json (run/recorder.py writes it).
+CALIBRATION_KEYS = {"bin_edges", "bin_confidence", "bin_accuracy", "bin_count", "histogram_edges",
+                    "histogram_correct", "histogram_incorrect"}
+
+
+def read_calibration(folder: RunFolder) -> tuple[Optional[dict[str, Any]], str]:
+    try:
+        summary = folder.calibration()
+    except (OSError, ValueError) as error:  # a truncated or torn file
+        return None, one_line(error)
+    if summary is not None and not CALIBRATION_KEYS <= summary.keys():
+        return None, f"it lacks {', '.join(sorted(CALIBRATION_KEYS - summary.keys()))}"
+    return summary, ""
 
 
 def job_name(sweep: Path, folder: Path) -> str:

@@ -23,13 +23,13 @@ from regbench.evaluation.figures import (
     drawing_from_bins,
     reliability_legend_handles,
 )
+from regbench.files import atomic_write
 from regbench.report.analysis import Analysis
 from regbench.report.comparisons import METRIC_NAMES, PERCENT_METRICS, Comparison
 from regbench.report.groups import Group, Grouping, finite_values, mean_std
 from regbench.report.outputs import COMPARISONS_PNG, PLOT_FILES, RANKS_PNG
 from regbench.report.ranks import Ranking
 from regbench.report.statistics import ALPHA, INDISTINGUISHABLE, LEVEL, TOO_FEW_SEEDS, cliques
-from regbench.run.folder import RunFolder
 from regbench.run.spec import (
     CALIBRATION_FILE,
     TEST_ACC,
@@ -168,21 +168,15 @@ def accuracy_vs_ece(grouping: Grouping) -> Figure:
     return figure
 
 
-CALIBRATION_KEYS = {"bin_edges", "bin_confidence", "bin_accuracy", "bin_count", "histogram_edges",
-                    "histogram_correct", "histogram_incorrect"}
-
-
 def calibration_files(group: Group) -> list[dict[str, Any]]:
-    """The completed runs' test_calibration.json files (a missing or malformed one is skipped)."""
-    summaries = []
-    for job in group.completed:
-        try:
-            summary = RunFolder(job.folder).calibration()
-        except (OSError, ValueError):
-            continue
-        if isinstance(summary, dict) and CALIBRATION_KEYS <= summary.keys():
-            summaries.append(summary)
-    return summaries
+    """The completed runs' test_calibration.json files that can be used (calibration.py names
+    the others in summary.md and on stderr; each figure says how many runs it pools)."""
+    return [summary for job in group.completed if (summary := job.calibration[0]) is not None]
+
+
+def pooled_text(pooled: int, runs: int) -> str:
+    """"3 seeds", or "2 of 3 seeds pooled" when some runs' files are missing or unusable."""
+    return seeds_text(runs) if pooled == runs else f"{pooled} of {seeds_text(runs)} pooled"
 
 
 def pool_reliability(summaries: Sequence[Mapping[str, Any]]) -> tuple[list[float], list[float], list[int]]:
@@ -215,16 +209,17 @@ def reliability(grouping: Grouping) -> Figure:
     non-empty bin, so a curve pulled by a bin of 1 is recognised as such."""
     panels = []
     for group in grouping.groups:
-        confidence, accuracy, counts = pool_reliability(calibration_files(group))
+        summaries = calibration_files(group)
+        confidence, accuracy, counts = pool_reliability(summaries)
         if any(counts):
-            panels.append((group, drawing_from_bins(confidence, accuracy, counts)))
+            panels.append((group, len(summaries), drawing_from_bins(confidence, accuracy, counts)))
     if not panels:
         return empty_figure(f"no {CALIBRATION_FILE} from completed runs yet")
     columns = min(4, len(panels))
     rows = math.ceil(len(panels) / columns)
     figure = Figure(figsize=(3.3 * columns, 3.9 * rows + 0.8), dpi=100, layout="constrained")
     cells = figure.add_gridspec(rows, columns)
-    for index, (group, drawing) in enumerate(panels):
+    for index, (group, pooled_runs, drawing) in enumerate(panels):
         inner = cells[index // columns, index % columns].subgridspec(2, 1, height_ratios=(4, 1), hspace=0.05)
         axes = figure.add_subplot(inner[0])
         counts_axes = figure.add_subplot(inner[1], sharex=axes)
@@ -232,7 +227,7 @@ def reliability(grouping: Grouping) -> Figure:
         done = group.completed
         eces = finite_values(done, TEST_ECE)
         ece = f", ECE {statistics.fmean(eces):.4f}" if eces else ""
-        axes.set_title(f"{wrap(group.label)}\n{seeds_text(len(done))}{ece}, min bin "
+        axes.set_title(f"{wrap(group.label)}\n{pooled_text(pooled_runs, len(done))}{ece}, min bin "
                        f"{int(drawing.counts.min())}", fontsize="small")
         if index % columns == 0:
             axes.set_ylabel("accuracy")
@@ -264,8 +259,11 @@ def confidence_histograms(grouping: Grouping) -> Figure:
     """Small multiples, one panel per group (overlays become unreadable with many groups): test
     predictions per confidence bin, correct and incorrect as two outlines on a log count axis,
     so a handful of mistakes next to hundreds of right answers is still visible."""
-    panels = [(group, pooled) for group in grouping.groups
-              if (pooled := pooled_histograms(calibration_files(group)))]
+    panels = []
+    for group in grouping.groups:
+        summaries = calibration_files(group)
+        if pooled := pooled_histograms(summaries):
+            panels.append((group, len(summaries), pooled))
     if not panels:
         return empty_figure(f"no {CALIBRATION_FILE} from completed runs yet")
     columns = min(4, len(panels))
@@ -274,7 +272,7 @@ def confidence_histograms(grouping: Grouping) -> Figure:
     grid = figure.subplots(rows, columns, sharex=True, sharey=True, squeeze=False)
     for axes in grid.flat[len(panels):]:
         axes.set_visible(False)
-    for axes, (group, (edges, correct, incorrect)) in zip(grid.flat, panels):
+    for axes, (group, pooled_runs, (edges, correct, incorrect)) in zip(grid.flat, panels):
         axes.stairs(correct, edges, color=CORRECT_COLOR, fill=True, alpha=0.35)
         axes.stairs(correct, edges, color=CORRECT_COLOR, linewidth=1.2, label="correct")
         axes.stairs(incorrect, edges, color=INCORRECT_COLOR, linewidth=1.6, label="incorrect")
@@ -284,7 +282,7 @@ def confidence_histograms(grouping: Grouping) -> Figure:
         accuracy = finite_values(done, TEST_ACC)
         summary = (f", acc {statistics.fmean(accuracy):.3f}, mean conf {statistics.fmean(confidence):.3f}"
                    if confidence and accuracy else "")
-        axes.set_title(f"{wrap(group.label)}\n{seeds_text(len(done))}{summary}", fontsize="small")
+        axes.set_title(f"{wrap(group.label)}\n{pooled_text(pooled_runs, len(done))}{summary}", fontsize="small")
         axes.set_xlim(0, 1)
     for axes in grid[-1]:
         axes.set_xlabel("confidence")
@@ -409,5 +407,10 @@ def write_plots(sweep: Path, grouping: Grouping, analysis: Optional[Analysis] = 
         RANKS_PNG: critical_difference_diagram(analysis.ranking, " ".join(analysis.ranking_notes)),
     }
     for name, figure in figures.items():
-        figure.savefig(sweep / name)
+        save_figure(figure, sweep / name)
     return figures
+
+
+def save_figure(figure: Figure, path: Path, **options: Any) -> None:
+    """``path`` whole or not at all: an interrupted report leaves the previous figure."""
+    atomic_write(path, lambda file: figure.savefig(file, format=path.suffix[1:], **options))

@@ -212,10 +212,12 @@ def probe_sections(groups: Sequence[Group]) -> list[str]:
 
 def write_probe_plots(out: Path, groups: Sequence[Group]) -> list[str]:
     """train_loss.png and effective_lr.png where they apply; returns the files written."""
+    from regbench.report.plots import save_figure
+
     written = []
     for name, figure in ((TRAIN_LOSS_PNG, training_loss_figure(groups)),
                          (EFFECTIVE_LR_PNG, effective_lr_figure(groups))):
         if figure is not None:
-            figure.savefig(Path(out) / name, dpi=120)
+            save_figure(figure, Path(out) / name, dpi=120)
             written.append(name)
     return written

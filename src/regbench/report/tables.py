@@ -5,16 +5,25 @@ the calibration and probe sections, the runs that did not complete, the plots)."
 from __future__ import annotations
 
 import csv
+import io
+import json
 import statistics
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
+from regbench.files import atomic_write_bytes
 from regbench.report.analysis import Analysis
-from regbench.report.calibration import calibration_table_markdown, ranking_flips
+from regbench.report.calibration import (
+    calibration_table_markdown,
+    ranking_flips,
+    unusable_calibration_files,
+)
 from regbench.report.comparisons import comparison_method_text, verdict_line
+from regbench.report.duplicates import merge_line
 from regbench.report.groups import (
     ABSENT,
     Grouping,
+    did_not_learn,
     finite_values,
     format_mean_std,
     is_number,
@@ -25,8 +34,9 @@ from regbench.report.jobs import Job
 from regbench.report.outputs import COMPARISONS_PNG, PLOT_FILES, RANKS_PNG
 from regbench.report.probes import probe_sections
 from regbench.report.ranks import ranking_lines
-from regbench.run.spec import (EPOCHS, GAP_ACC, REGULARIZER_KEY, SECONDS, SEED_KEY, TEST_ACC,
-                               TEST_ECE, TEST_ECE_TEMPERATURE, TEST_MEAN_CONFIDENCE, TEST_NLL)
+from regbench.run.spec import (DID_NOT_LEARN, EPOCHS, GAP_ACC, REGULARIZER_KEY, SECONDS, SEED_KEY,
+                               TEST_ACC, TEST_ECE, TEST_ECE_TEMPERATURE, TEST_MEAN_CONFIDENCE,
+                               TEST_NLL)
 
 # The per-group table: metrics.json key, column header, number format.
 TABLE_COLUMNS = (
@@ -61,26 +71,31 @@ def metric_columns(jobs: Sequence[Job]) -> list[str]:
 def csv_rows(jobs: Sequence[Job], grouping: Grouping) -> tuple[list[str], list[dict[str, Any]]]:
     settings_keys = [key for key in grouping.varying if key != REGULARIZER_KEY]
     metrics = metric_columns(jobs)
-    header = ["job", "status", "regularizer", *settings_keys, "seed", *metrics, "detail", "overrides"]
+    flags = [DID_NOT_LEARN] if any(DID_NOT_LEARN in job.metrics for job in jobs) else []
+    header = ["job", "status", "regularizer", *settings_keys, "seed", *metrics, *flags, "detail",
+              "overrides", "merged"]
     rows = []
     for job in jobs:
         settings = job.settings or {}
         regularizer = settings.get(REGULARIZER_KEY) or "+".join(job.metrics.get(REGULARIZER_KEY) or [])
         seed = job.seed if job.seed is not None else job.metrics.get(SEED_KEY)
         row = {"job": job.name, "status": job.status, "regularizer": regularizer, "seed": seed,
-               "detail": job.detail, "overrides": " ".join(job.overrides)}
+               "detail": job.detail, "overrides": " ".join(job.overrides), "merged": "; ".join(job.merged)}
         row.update({key: show(settings.get(key, ABSENT)) for key in settings_keys})
         row.update({key: job.metrics.get(key) if is_number(job.metrics.get(key)) else ""
                     for key in metrics})
+        row.update({key: json.dumps(job.metrics[key]) if key in job.metrics else "" for key in flags})
         rows.append(row)
     return header, rows
 
 
 def write_csv(path: Path, header: list[str], rows: list[dict[str, Any]]) -> None:
-    with path.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=header)
-        writer.writeheader()
-        writer.writerows(rows)
+    """The table whole or not at all (files.atomic_write_bytes)."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=header)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, text.getvalue().encode())
 
 
 # --- the group table ----------------------------------------------------------------------------
@@ -102,11 +117,12 @@ def bootstrap_columns(jobs: Iterable[Job]) -> list[tuple[str, str, str]]:
 
 def markdown_table(grouping: Grouping) -> str:
     intervals = bootstrap_columns(job for group in grouping.groups for job in group.completed)
+    warnings = [did_not_learn(group) for group in grouping.groups]
     header = ["settings", "seeds", *(title for _, title, _ in TABLE_COLUMNS),
-              *(title for _, _, title in intervals)]
+              *(title for _, _, title in intervals), *(["warning"] if any(warnings) else [])]
     lines = ["| " + " | ".join(header) + " |",
              "|" + "---|" + "---:|" * (len(header) - 1)]
-    for group in grouping.groups:
+    for group, warning in zip(grouping.groups, warnings):
         done = group.completed
         cells = [markdown_cell(group.label), str(len(done))]
         cells += [format_mean_std(finite_values(done, key), spec, len(done))
@@ -114,6 +130,8 @@ def markdown_table(grouping: Grouping) -> str:
         for low, high, _ in intervals:
             widths = interval_widths(done, low, high)
             cells.append(f"{statistics.fmean(widths):.4f}" if widths else "–")
+        if any(warnings):
+            cells.append(f"⚠ {warning}" if warning else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -122,6 +140,12 @@ def table_text(jobs: Sequence[Job], grouping: Grouping) -> str:
     text = (f"{len(jobs)} jobs: {status_counts(jobs)}. Each row is a group of runs that differ only "
             "in their seed: mean ± sample standard deviation over its completed seeds. TS: after "
             "temperature scaling fitted on the validation split; gap acc: train minus test accuracy.")
+    if any(did_not_learn(group) for group in grouping.groups):
+        text += (" ⚠: runs whose final training accuracy stayed near chance (metrics.json "
+                 f"{DID_NOT_LEARN}), averaged in with the others.")
+    if copies := sum(len(job.merged) for job in jobs):
+        text += (f" {copies} more folders held copies of these runs, each run counted once (Runs "
+                 "found in several folders).")
     if bootstrap_columns(job for group in grouping.groups for job in group.completed):
         text += (" CI width: the mean over seeds of each run's 95 % percentile-bootstrap interval "
                  "of the test metric (test examples resampled): wider than the ± spread over "
@@ -140,6 +164,12 @@ def problem_lines(jobs: Sequence[Job]) -> list[str]:
         overrides = f" (`{' '.join(job.overrides)}`)" if job.overrides else ""
         lines.append(f"- `{job.name}` **{job.status}**{detail}{overrides}")
     return lines
+
+
+def merge_section(jobs: Sequence[Job]) -> list[str]:
+    """The runs found in several folders (report/duplicates.py), each counted once."""
+    lines = [f"- {merge_line(job)}" for job in jobs if job.merged]
+    return ["## Runs found in several folders", "\n".join(lines)] if lines else []
 
 
 def status_counts(jobs: Sequence[Job]) -> str:
@@ -179,6 +209,11 @@ def calibration_section(grouping: Grouping) -> list[str]:
             table, flip_text]
 
 
+def unusable_file_notes(grouping: Grouping) -> list[str]:
+    lines = unusable_calibration_files(grouping.groups)
+    return ["\n".join(f"- ⚠ {line}" for line in lines)] if lines else []
+
+
 def markdown_report(sweep: Path | Sequence[Path], jobs: Sequence[Job], grouping: Grouping,
                     analysis: Optional[Analysis] = None) -> str:
     sweeps = [sweep] if isinstance(sweep, Path) else list(sweep)
@@ -198,7 +233,9 @@ def markdown_report(sweep: Path | Sequence[Path], jobs: Sequence[Job], grouping:
         *probe_sections(grouping.groups),
         "## Runs that did not complete",
         "\n".join(problems) if problems else "None.",
+        *merge_section(jobs),
         "## Plots",
+        *unusable_file_notes(grouping),
         "\n".join(f"![{name}]({file})" for name, file in images.items()),
     ]
     return "\n\n".join(parts) + "\n"
