@@ -25,21 +25,46 @@ BUSY = (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path, when_busy: Callable[[], None]) -> Iterator[None]:
+def exclusive_lock(path: Path, when_busy: Callable[[], None], remove: bool = False) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created if missing) while the block runs. When another
-    process holds it, ``when_busy()`` is called first: it raises to refuse, or returns to wait."""
-    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    process holds it, ``when_busy()`` is called first: it raises to refuse, or returns to wait.
+    ``remove``: the lock file is deleted on release (a finished run folder keeps no lock file)."""
+    handle = open_locked(path, when_busy)
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno not in BUSY:
-                raise
-            when_busy()
-            fcntl.flock(handle, fcntl.LOCK_EX)
         yield
     finally:
+        if remove:
+            with contextlib.suppress(OSError):
+                path.unlink()
         os.close(handle)  # closing releases the lock
+
+
+def open_locked(path: Path, when_busy: Callable[[], None]) -> int:
+    """A descriptor of ``path`` holding its lock. A holder that removed the file on release leaves
+    a waiter locking a deleted file, so the lock counts only while ``path`` still names it."""
+    while True:
+        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                if error.errno not in BUSY:
+                    raise
+                when_busy()
+                fcntl.flock(handle, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(handle)
+            raise
+        if names_same_file(path, handle):
+            return handle
+        os.close(handle)
+
+
+def names_same_file(path: Path, handle: int) -> bool:
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(handle))
+    except FileNotFoundError:
+        return False
 
 
 # Temporaries are named ``.<file>.regbench-<random>.tmp``: a claimed folder's leftovers of a killed

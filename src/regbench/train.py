@@ -87,6 +87,19 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     settings: Config = OmegaConf.to_object(cfg)  # runs the schema's range checks
     spec = RunSpec.from_config(cfg)
     folder = RunFolder(run_dir)
+    new_folder = folder.holds_only_a_new_log()
+    try:
+        return train_in(folder, cfg, settings, spec)
+    except (ConfigError, KeyboardInterrupt):
+        # Refused (or stopped) before any training: a single run leaves no failed folder behind;
+        # a sweep's job keeps its record for the summary and the report.
+        if new_folder and not in_multirun() and not folder.checkpoint.exists():
+            folder.discard()
+        raise
+
+
+def train_in(folder: RunFolder, cfg: DictConfig, settings: Config, spec: RunSpec) -> dict[str, Any]:
+    run_dir = folder.path
     with folder.claim(spec):
         if HydraConfig.initialized():  # not when composed in-process (tests, benchmarks)
             folder.save_hydra_configs(cfg, HydraConfig.get())
@@ -246,6 +259,9 @@ def resume_hint(cfg: DictConfig, run_dir: Path) -> str:
         return (f"run the same sweep command again with {shell_override('hydra.sweep.dir', sweep_dir)} "
                 f"to resume: completed jobs are skipped, this one continues after its last finished "
                 f"epoch")
+    given = HydraConfig.get().overrides.hydra if HydraConfig.initialized() else []
+    if cfg.trainer.resume or any(override.startswith("hydra.run.dir=") for override in given):
+        return "run the same command again to resume from the last finished epoch"
     return (f"run the same command with {shell_override('hydra.run.dir', relative_to_cwd(run_dir))} "
             f"to resume from the last finished epoch")
 
@@ -305,12 +321,18 @@ def main() -> None:
     # The objects the imports made live as long as the process: out of the cyclic garbage
     # collector's way, so its full collections stop rescanning them (scripts/bench_startup.py).
     gc.freeze()
-    sys.argv[1:] = exit_on_bad_command_line(sys.argv[1:])
     try:
+        sys.argv[1:] = exit_on_bad_command_line(sys.argv[1:])
         hydra_main()
     except SystemExit as error:
         if error.code not in (None, 0):
             raise  # a failure exits as Python does
+    except KeyboardInterrupt:
+        # Before training started or after it ended (a run in training stops through
+        # stop_on_signals and keeps its finished epochs).
+        print("regbench: interrupted outside training; finished epochs and results on disk are "
+              "kept; run the same command to continue", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT.value)
     exit_without_teardown()
 
 

@@ -37,7 +37,7 @@ def test_a_pasted_override_runs_nothing_in_the_shell(tmp_path, folder):
 def test_the_resume_hint_of_a_run_in_an_odd_folder_can_be_pasted(monkeypatch):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     folder = Path("/tmp/my runs/x $(touch pwned)")
-    hint = resume_hint(OmegaConf.create({"trainer": {"checkpoint": True}}), folder)
+    hint = resume_hint(OmegaConf.create({"trainer": {"checkpoint": True, "resume": False}}), folder)
     printed = hint.removeprefix("run the same command with ").split(" to resume")[0]
     (argument,) = shlex.split(printed)
     (override,) = OverridesParser.create().parse_overrides([argument])

@@ -13,10 +13,12 @@ Hydra's plugin documentation has sweepers use to read ``key=a,b`` sweeps.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import shlex
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -31,6 +33,8 @@ from regbench.config import ConfigError
 MULTIRUN_FLAGS = {"-m", "--multirun"}
 # Flags after which Hydra composes no regbench config of its own files (it prints its version or
 # help, completes a shell word, reruns a pickle, or reads another config folder): hands off.
+# Where configs/config.yaml puts every run and sweep folder (hydra.run.dir, hydra.sweep.dir).
+DEFAULT_OUTPUT_ROOT = "outputs"
 UNCHECKED_FLAGS = {"--version", "--hydra-help", "--shell-completion", "-sc", "--experimental-rerun",
                    "--config-path", "-cp", "--config-dir", "-cd"}
 
@@ -235,6 +239,31 @@ def check_config_name(name: str | None) -> str:
     return (name or "config").removesuffix(".yaml")
 
 
+def output_folder(overrides: Sequence[Override], multirun: bool) -> Path:
+    """The run's (or sweep's) folder as given on the command line, else the output root that
+    configs/config.yaml puts every run under."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    given = [o.get_value_element_as_str() for o in overrides if o.key_or_group == key]
+    return Path(given[-1]) if given and "${" not in given[-1] else Path(DEFAULT_OUTPUT_ROOT)
+
+
+def check_output_folder(folder: Path, key: str) -> None:
+    """Hydra creates the folder and opens its log file before regbench runs: a folder that cannot
+    be made (a file of that name, a read-only filesystem) is refused here, in one line."""
+    existing = next(path for path in (folder, *folder.parents) if path.exists() or path == Path("."))
+    if not existing.is_dir():
+        raise ConfigError(f"{key}={folder} cannot be a folder: {existing} is a file; choose another "
+                          f"{key}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        reason = "a read-only file system" if is_read_only_mount(existing) else "permission denied"
+        raise ConfigError(f"{key}={folder} cannot be written ({existing}: {reason}); choose a "
+                          f"writable {key}")
+
+
+def is_read_only_mount(path: Path) -> bool:
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+
+
 def check_command_line(args: Sequence[str]) -> None:
     """Raise ConfigError for the first bad override of a command line."""
     command_line = split_command_line(args)
@@ -242,6 +271,9 @@ def check_command_line(args: Sequence[str]) -> None:
         return
     config_name = check_config_name(command_line.flag_value("--config-name", "-cn"))
     overrides = parse_overrides(command_line.overrides, command_line.multirun)
+    if not set(command_line.flags) - MULTIRUN_FLAGS:  # a run or a sweep, not --help, --cfg, ...
+        check_output_folder(output_folder(overrides, command_line.multirun),
+                            "hydra.sweep.dir" if command_line.multirun else "hydra.run.dir")
     with composer(config_name) as compose:
         for candidate in candidate_command_lines(checked_overrides(overrides)):
             try:

@@ -153,6 +153,9 @@ def current_job_label() -> str:
 
 
 def register_resolvers() -> None:
+    from regbench.cli.resume import register_resolver
+
+    register_resolver()
     OmegaConf.register_new_resolver("regbench_job_dir", sweep_job_dir, replace=True)
     OmegaConf.register_new_resolver("regbench_help", lambda: option_groups_text(), replace=True)
 

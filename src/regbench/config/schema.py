@@ -174,6 +174,10 @@ class TrainerConfig:
     # checkpoint instead of one per epoch, and keeps a cheap in-memory copy per epoch (README,
     # Performance).
     checkpoint_interval_s: float = 60.0
+    # A single run started without hydra.run.dir continues the newest interrupted run of the same
+    # experiment and seed under outputs/runs (cli/resume.py), so the same command resumes after
+    # Ctrl-C; false: always a new folder.
+    resume: bool = True
     # fit/epoch in metrics.json is the first epoch whose training accuracy reaches this: Zhang et
     # al. 2017's "time to fit" (Fig. 1b, where fitting means 100 % training accuracy; 0.99 spares
     # the last few examples a small net may take many epochs on).

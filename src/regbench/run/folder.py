@@ -26,12 +26,14 @@ from regbench.files import TEMPORARY_GLOB, atomic_write_json, exclusive_lock
 from regbench.run.spec import (
     CALIBRATION_FILE,
     CHECKPOINT_FILE,
+    COMPLETED_KEYS,
     HISTORY_FILE,
     HYDRA_CONFIG_FILE,
     HYDRA_HYDRA_FILE,
     HYDRA_OVERRIDES_FILE,
     HYDRA_SUBDIR,
     LOCK_FILE,
+    LOG_FILE,
     METRICS_FILE,
     SPEC_FILE,
     STATUS,
@@ -109,19 +111,45 @@ class RunFolder:
             finally:
                 self.claimed = False
 
+    def holds_only_a_new_log(self) -> bool:
+        """Whether the folder holds nothing but what Hydra made for this command (its log): a run
+        refused before it trained leaves no folder behind (``discard``)."""
+        return self.path.is_dir() and all(path.name == LOG_FILE for path in self.path.iterdir())
+
+    def discard(self) -> None:
+        """Remove the folder of a run refused before it trained, when it holds nothing but the
+        files a refused run writes (its spec, its failure, its log, its .hydra/ configs)."""
+        refused_run_files = {SPEC_FILE, METRICS_FILE, LOG_FILE, LOCK_FILE, HYDRA_SUBDIR}
+        if not self.path.is_dir() or any(p.name not in refused_run_files for p in self.path.iterdir()):
+            return
+        for name in (SPEC_FILE, METRICS_FILE, LOG_FILE, LOCK_FILE):
+            with contextlib.suppress(OSError):
+                self.file(name).unlink()
+        hydra_folder = self.file(HYDRA_SUBDIR)
+        for name in (HYDRA_CONFIG_FILE, HYDRA_HYDRA_FILE, HYDRA_OVERRIDES_FILE):
+            with contextlib.suppress(OSError):
+                (hydra_folder / name).unlink()
+        for folder in (hydra_folder, self.path):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
     def lock(self) -> contextlib.AbstractContextManager:
         """The folder's lock; a second process on the same folder is refused, not interleaved."""
         def refuse() -> None:
             raise ConfigError(f"{self.path} is in use by another regbench process; wait for it to "
                               f"finish, or use another hydra.run.dir")
-        return exclusive_lock(self.file(LOCK_FILE), when_busy=refuse)
+        return exclusive_lock(self.file(LOCK_FILE), when_busy=refuse, remove=True)
 
     def check_identity(self, spec: RunSpec) -> None:
         """Refuse a folder created for another experiment (or one whose spec is unknown but
         which already holds finished results)."""
         spec_path = self.file(SPEC_FILE)
         if spec_path.exists():
-            saved = read_json_file(spec_path, "specification").get("identity", {})
+            saved = read_json_file(spec_path, "specification").get("identity")
+            if not isinstance(saved, dict) or not saved:
+                raise ConfigError(f"{spec_path} holds no run identity (found {json.dumps(saved)}); "
+                                  f"it is the specification of this run folder: fix or delete it, "
+                                  f"or use a new hydra.run.dir")
             difference = first_difference(saved, spec.identity)
             if difference is not None:
                 raise ConfigError(different_run_message(self.path, *difference))
@@ -143,7 +171,16 @@ class RunFolder:
         if not path.exists():
             return None
         metrics = read_json_file(path, "result")
-        return metrics if metrics.get(STATUS) == Status.completed.value else None
+        if metrics.get(STATUS) != Status.completed.value:
+            return None
+        # null stands for a NaN or infinite value (files.json_ready).
+        missing = [key for key in COMPLETED_KEYS
+                   if not isinstance(metrics.get(key, ""), (int, float, type(None)))]
+        if missing:
+            raise ConfigError(f"{path} says completed but has no number for {', '.join(missing)}; "
+                              f"it is the result of this run folder: fix or delete it, or use a "
+                              f"new hydra.run.dir")
+        return metrics
 
     @property
     def checkpoint(self) -> Path:

@@ -28,6 +28,7 @@ RESULT_NEUTRAL_KEYS = frozenset({
     "trainer.device",       # where the same computation runs
     "trainer.checkpoint",   # whether last.pt is written
     "trainer.checkpoint_interval_s",  # how often
+    "trainer.resume",       # whether the same command continues an interrupted run
     "trainer.keep_checkpoint",  # which checkpoint stays after the run
     "evaluation.figures",   # whether the test phase draws figures
     "objective",            # what a sweeper reads from the finished run
@@ -59,6 +60,7 @@ BEST_CHECKPOINT_FILE = "best.pt"  # trainer.keep_checkpoint=best
 FOLDED_FILE = "folded.pt"  # python -m regbench.fold
 CALIBRATION_FILE = "test_calibration.json"
 LOCK_FILE = ".regbench.lock"
+LOG_FILE = "regbench.log"  # Hydra's job log: <hydra.job.name>.log (configs/config.yaml)
 HYDRA_SUBDIR = ".hydra"
 # Inside HYDRA_SUBDIR, as Hydra names them.
 HYDRA_CONFIG_FILE = "config.yaml"
@@ -83,6 +85,8 @@ SECONDS = "seconds"
 STATUS = "status"
 # metrics.json: true when the final training accuracy stayed near chance (run/engine.py decides).
 DID_NOT_LEARN = "did_not_learn"
+# What every completed run's metrics.json holds (its last lines and the report read them).
+COMPLETED_KEYS = (TEST_ACC, TEST_NLL, TEST_ECE, TEST_MEAN_CONFIDENCE, EPOCHS, SECONDS)
 LOWER_IS_BETTER_WORDS = ("nll", "ece", "mce", "loss", "brier", "gap", "entropy", "seconds")
 
 

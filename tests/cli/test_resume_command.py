@@ -1,0 +1,95 @@
+"""The same command resumes (cli/resume.py): a single run started without hydra.run.dir continues the
+newest interrupted run of the same experiment and seed under outputs/runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import read_history, read_metrics, run_cli
+from regbench.cli.resume import interrupted_run
+from regbench.run.spec import CHECKPOINT_FILE, METRICS_FILE, SPEC_FILE
+
+ARGS = ["trainer.epochs=8", "trainer.progress=false", "trainer.num_threads=1",
+        "trainer.checkpoint_interval_s=0", "evaluation.figures=false"]
+IDENTITY = {"seed": 0, "regularizer": {}}
+
+
+def run_folder(root: Path, name: str, identity: dict, status: str | None, checkpoint: bool) -> Path:
+    folder = root / "2026-12-03" / name
+    folder.mkdir(parents=True)
+    (folder / SPEC_FILE).write_text(json.dumps({"identity": identity}))
+    if status is not None:
+        (folder / METRICS_FILE).write_text(json.dumps({"status": status}))
+    if checkpoint:
+        (folder / CHECKPOINT_FILE).write_bytes(b"")
+    return folder
+
+
+def test_the_newest_interrupted_run_of_the_same_identity_is_found(tmp_path):
+    run_folder(tmp_path, "10-00-00-000000", IDENTITY, "interrupted", True)
+    newest = run_folder(tmp_path, "11-00-00-000000", IDENTITY, "interrupted", True)
+    run_folder(tmp_path, "12-00-00-000000", {**IDENTITY, "seed": 1}, "interrupted", True)
+    assert interrupted_run(tmp_path, IDENTITY) == newest
+
+
+@pytest.mark.parametrize("status,checkpoint,found", [
+    ("interrupted", True, True),
+    (None, True, True),          # killed outright: no metrics.json, a last.pt
+    (None, False, False),        # nothing finished: nothing to continue
+    ("completed", True, False),  # the same command after a completed run trains a new one
+    ("failed", True, False),
+    ("diverged", True, False),
+])
+def test_only_an_interrupted_or_killed_run_is_continued(tmp_path, status, checkpoint, found):
+    folder = run_folder(tmp_path, "10-00-00-000000", IDENTITY, status, checkpoint)
+    assert interrupted_run(tmp_path, IDENTITY) == (folder if found else None)
+
+
+def interrupt_after(cwd: Path, epochs: int) -> subprocess.CompletedProcess:
+    """The CLI with ARGS (no hydra.run.dir), SIGINT once ``epochs`` epochs are in its history."""
+    process = subprocess.Popen([sys.executable, "-m", "regbench", *ARGS], cwd=cwd, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline and not any(
+            len(read_history(folder)) >= epochs for folder in (cwd / "outputs/runs").glob("*/*")):
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+@pytest.mark.slow
+def test_the_same_command_after_ctrl_c_resumes_in_the_same_folder(tmp_path):
+    interrupted = interrupt_after(tmp_path, epochs=2)
+    assert interrupted.returncode == 130, interrupted.stderr
+    assert "run the same command again to resume" in interrupted.stderr
+    (folder,) = (tmp_path / "outputs/runs").glob("*/*")
+    done = read_metrics(folder)["epochs"]
+
+    resumed = run_cli(ARGS, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming the interrupted run in {folder.relative_to(tmp_path)}" in resumed.stderr
+    assert f"after epoch {done}" in resumed.stdout + resumed.stderr
+    assert list((tmp_path / "outputs/runs").glob("*/*")) == [folder]
+    assert read_metrics(folder)["status"] == "completed" and read_metrics(folder)["epochs"] == 8
+
+    fresh = run_cli([*ARGS, "trainer.epochs=1"], cwd=tmp_path)  # another experiment: a new folder
+    assert fresh.returncode == 0 and "resuming" not in fresh.stderr
+    assert len(list((tmp_path / "outputs/runs").glob("*/*"))) == 2
+
+
+@pytest.mark.slow
+def test_resume_false_starts_a_new_folder(tmp_path):
+    interrupt_after(tmp_path, epochs=1)
+    started_over = run_cli([*ARGS, "trainer.resume=false"], cwd=tmp_path)
+    assert started_over.returncode == 0 and "resuming" not in started_over.stderr
+    assert len(list((tmp_path / "outputs/runs").glob("*/*"))) == 2
