@@ -2,11 +2,13 @@
 
 The SLURM tests need a running cluster with a partition ``debug`` (``sudo
 scripts/slurm-local-cluster.sh start``; .ci/run starts one) and skip with the reason otherwise; the
-Ray test needs the ``ray`` extra (hydra-ray-launcher) and skips without it."""
+Ray tests need the ``ray`` extra (hydra-ray-launcher; and psutil, a dev dependency, for the
+sockets) and skip without it."""
 
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import os
 import shutil
 import subprocess
@@ -18,6 +20,11 @@ from typing import Any
 import pytest
 
 from conftest import read_history, read_metrics, run_cli
+
+try:
+    import psutil  # the dev extra's: lists the sockets a local Ray opens
+except ImportError:
+    psutil = None
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -215,6 +222,7 @@ def test_slurm_time_limit_warning_requeues_the_job_and_it_resumes(slurm, tmp_pat
 
 ray_missing = importlib.util.find_spec("ray") is None or \
     importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None
+RAY_SWEEP_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
 
 
 @pytest.mark.skipif(ray_missing, reason="Ray is not installed: pip install -e '.[ray]' -c constraints.txt")
@@ -222,7 +230,7 @@ def test_ray_sweep_runs_jobs_as_ray_tasks_on_a_local_ray(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(["-m", "hydra/launcher=ray", "regularizer=none,dropout", "trainer.epochs=2",
                       *FAST, "model.hidden_sizes=[64]", f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
-                     env={"RAY_USAGE_STATS_ENABLED": "0"})
+                     env=RAY_SWEEP_ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     assert "Ray Launcher is launching 2 jobs" in output and "Started a local Ray instance" in output
@@ -231,3 +239,81 @@ def test_ray_sweep_runs_jobs_as_ray_tasks_on_a_local_ray(tmp_path):
     regularizers = sorted(assert_usual_outputs(f, epochs=2)["regularizer"][0] for f in folders)
     assert regularizers == ["dropout", "none"]
     assert_report_reads(sweep, jobs=2)
+
+
+def listening_sockets(root: psutil.Process, met: dict[int, psutil.Process]) -> set[tuple[str, str, int]]:
+    """The LISTEN sockets of ``root`` and its descendants as (process name, address, port); every
+    process met is kept in ``met`` so that the test can end each one it started."""
+    try:
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:  # the sweep has just ended
+        return set()
+    sockets = set()
+    for process in processes:
+        met.setdefault(process.pid, process)
+        try:
+            name = process.name()
+            sockets |= {(name, c.laddr.ip, c.laddr.port) for c in process.net_connections(kind="inet")
+                        if c.status == psutil.CONN_LISTEN}
+        except psutil.Error:  # it ended between the listing and the look
+            continue
+    return sockets
+
+
+def is_loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    # An IPv6 socket bound to 127.0.0.1 reports ::ffff:127.0.0.1 (not loopback to ipaddress).
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback
+
+
+def end_processes(processes: dict[int, psutil.Process]) -> None:
+    """Kill each process still alive; psutil refuses a pid that now names another process."""
+    for process in processes.values():
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:  # ended already (a zombie included)
+            pass
+    psutil.wait_procs(list(processes.values()), timeout=30)
+
+
+def watch_listening_sockets(args: list[str], cwd: Path, deadline_s: float) -> tuple[int, set, str]:
+    """Run ``python -m regbench -m args`` and list the LISTEN sockets of it and of every process it
+    starts (Ray's) until it ends; then kill, by pid, whatever of them is still alive.
+    Returns (exit status, sockets, output)."""
+    log = cwd / "sweep.log"  # a file, not a pipe nobody reads while polling
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "regbench", "-m", *args], cwd=cwd, text=True,
+                                   stdout=out, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1", **RAY_SWEEP_ENV})
+    met: dict[int, psutil.Process] = {}
+    sockets: set[tuple[str, str, int]] = set()
+    deadline = time.monotonic() + deadline_s
+    try:
+        root = psutil.Process(process.pid)
+        while process.poll() is None and time.monotonic() < deadline:
+            sockets |= listening_sockets(root, met)
+            time.sleep(0.1)
+        timed_out = process.poll() is None
+    finally:
+        end_processes({process.pid: root, **met})
+    output = log.read_text(errors="replace")
+    if timed_out:
+        pytest.fail(f"the sweep did not finish within {deadline_s:.0f} s\noutput:\n{output[-3000:]}")
+    return process.wait(), sockets, output
+
+
+@pytest.mark.skipif(ray_missing or psutil is None,
+                    reason="Ray or psutil is not installed: pip install -e '.[dev]' -c constraints.txt")
+def test_a_local_ray_listens_on_the_loopback_interface_only(tmp_path):
+    """The local Ray of ``hydra/launcher=ray`` (init.address null) serves this machine only: its
+    GCS, raylet, agents, workers and the driver listen on 127.0.0.1 or ::1, never on every
+    interface. Joining a cluster is the user's choice (hydra.launcher.ray.init.address)."""
+    status, sockets, output = watch_listening_sockets(
+        ["hydra/launcher=ray", "trainer.epochs=3", *FAST, "model.hidden_sizes=[64]",
+         f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path, deadline_s=300)
+    assert status == 0, output[-3000:]
+    names = {name for name, _, _ in sockets}
+    # The test saw Ray's own servers and a worker, not an empty list.
+    assert {"gcs_server", "raylet"} <= names and any(n.startswith("ray::") for n in names), sockets
+    exposed = sorted(s for s in sockets if not is_loopback(s[1]))
+    assert not exposed, f"listening beyond loopback (process, address, port): {exposed}"

@@ -1,0 +1,1 @@
+"""regbench's Hydra launcher plugins (Hydra finds launchers in the hydra_plugins namespace only)."""
