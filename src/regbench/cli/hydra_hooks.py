@@ -15,8 +15,10 @@ launcher's worker (which unpickles the task function from ``regbench.train``) ha
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
+import textwrap
 from pathlib import Path
 from typing import Any, Optional
 
@@ -32,6 +34,7 @@ HASH_CHARS = 8
 # Option groups listed by --help, in this order (schema/* and hydra/* are internal).
 HELP_GROUPS = ("dataset", "model", "optimizer", "regularizer", "experiment", "hparams_search")
 HELP_DESCRIPTION_CHARS = 76
+HELP_WIDTH = 100
 # A sentence ends at ".", ":" or ";" before a space, except after abbreviations ("et al.", "e.g.").
 SENTENCE_END = re.compile(r"(?<!\bal)(?<!\be\.g)(?<!\bi\.e)(?<!\bvs)(?<!\bcf)[.:;](?=\s|$)")
 
@@ -106,8 +109,9 @@ def first_sentence(path: Path) -> str:
         if text and not text.startswith("@package"):
             lines.append(text)
     text = " ".join(lines)
-    match = SENTENCE_END.search(text)
-    sentence = (text[:match.start()] if match else text).rstrip(".:;")
+    end = next((match.start() for match in SENTENCE_END.finditer(text)
+                if text.count("(", 0, match.start()) <= text.count(")", 0, match.start())), None)
+    sentence = text[:end].rstrip(".:;")  # a sentence ends outside parentheses: "(Lin et al. 2017; ...)"
     if len(sentence) > HELP_DESCRIPTION_CHARS:
         sentence = sentence[:HELP_DESCRIPTION_CHARS - 3].rstrip() + "..."
     return sentence
@@ -122,10 +126,36 @@ def option_groups_text(root: Path | None = None) -> str:
         if not options:
             continue
         width = max(len(f"{group}={path.stem}") for path in options)
-        lines = [f"  {f'{group}={path.stem}':<{width}}  {first_sentence(path)}" for path in options]
+        lines = []
+        for path in options:
+            lines.append(f"  {f'{group}={path.stem}':<{width}}  {first_sentence(path)}")
+            lines += textwrap.wrap(option_parameters(group, path), HELP_WIDTH,
+                                   initial_indent=" " * (width + 4), subsequent_indent=" " * (width + 4))
         blocks.append(f"{group}:\n" + "\n".join(lines))
     # string.Template (Hydra's help) reads "$": double it so descriptions print as written.
     return "\n\n".join(blocks).replace("$", "$$")
+
+
+def option_parameters(group: str, path: Path) -> str:
+    """``key=default ...`` of an option with a schema (a regularizer, a model, an optimizer): the
+    schema's defaults as the option's YAML sets them; empty for an option without parameters."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.errors import HydraException
+
+    try:
+        schema = ConfigStore.instance().load(f"schema/{group}/{path.name}").node
+    except HydraException:  # ConfigLoadError: an option without a schema (a dataset)
+        return ""
+    own = {key: value for key, value in OmegaConf.load(path).items() if key != "defaults"}
+    merged = OmegaConf.to_container(OmegaConf.merge(schema, own), enum_to_str=True)
+    return " ".join(f"{key}={override_text(value)}" for key, value in merged.items() if key != "name")
+
+
+def override_text(value: Any) -> str:
+    """A default as it is typed on the command line: null, false, [1024,1024], plain text."""
+    if isinstance(value, str) and " " not in value:
+        return value
+    return json.dumps(value, separators=(",", ":"))
 
 
 class JobNameFilter(logging.Filter):
