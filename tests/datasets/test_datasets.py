@@ -7,6 +7,8 @@ either off (``dataset.download=false``) or see a network that refuses every conn
 
 from __future__ import annotations
 
+import logging
+import os
 import pickle
 import urllib.error
 import urllib.request
@@ -454,6 +456,62 @@ def test_image_folder_layout_mistakes_are_refused(tmp_path, layout, error_type, 
     with pytest.raises(error_type) as error:
         load("imagefolder", tmp_path, "dataset.image_size=8", "dataset.val_size=0")
     assert words in one_line_error(error)
+
+
+def write_classes(root: Path, per_class: int = 15) -> None:
+    """train/ and test/ with classes a and b of ``per_class`` tiny PNGs each."""
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (root / split / name).mkdir(parents=True)
+            for number in range(per_class):
+                Image.new("RGB", (4, 4), (number, 0, 0)).save(root / split / name / f"{number}.png")
+
+
+@pytest.mark.parametrize("link, target", [
+    ("train/a/loop", "../a"),  # a folder linking to the folder it is in
+    ("train/a/up", ".."),  # ... or to one above: train/a/up/a/up/...
+    ("test/b/inner/back", "../.."),  # deeper, under test/
+])
+def test_a_symlink_loop_in_an_image_folder_is_refused_in_one_line(tmp_path, link, target):
+    write_classes(tmp_path)
+    (tmp_path / link).parent.mkdir(exist_ok=True)
+    (tmp_path / link).symlink_to(target, target_is_directory=True)
+    with pytest.raises(ConfigError) as error:
+        load("imagefolder", tmp_path, "dataset.val_size=0")
+    real = (tmp_path / link).resolve()
+    assert one_line_error(error) == (
+        f"dataset 'imagefolder': {tmp_path / link} is a link to {real}, a folder it is in, so its "
+        f"images would be listed again at every depth; remove the link (dataset.root={tmp_path})")
+
+
+def test_links_to_images_already_listed_count_once_and_across_classes_are_refused(tmp_path, caplog):
+    write_classes(tmp_path)
+    (tmp_path / "extra").mkdir()
+    Image.new("RGB", (4, 4), (99, 0, 0)).save(tmp_path / "extra" / "new.png")
+    # Within class a: a file link, a hard link and a linked folder holding a's own files again,
+    # and a link to a file outside the folder (a real new image, kept).
+    (tmp_path / "train" / "a" / "again.png").symlink_to(tmp_path / "train" / "a" / "0.png")
+    os.link(tmp_path / "train" / "a" / "1.png", tmp_path / "train" / "a" / "hard.png")
+    (tmp_path / "train" / "a" / "copies").mkdir()
+    (tmp_path / "train" / "a" / "copies" / "2.png").symlink_to(tmp_path / "train" / "a" / "2.png")
+    (tmp_path / "train" / "a" / "new.png").symlink_to(tmp_path / "extra" / "new.png")
+    caplog.set_level(logging.INFO, logger="regbench")
+    raw = load("imagefolder", tmp_path, "dataset.val_size=0")
+    assert len(raw.train) == 31 and len(raw.test) == 30  # 30 files and new.png, each once
+    assert sorted(int(image[0, 0, 0]) for image, label in samples(raw.train) if label == 0) == \
+        [*range(15), 99]
+    assert "imagefolder: 3 image paths lead to files already listed (links); each file is used " \
+           "once" in [record.getMessage() for record in caplog.records]
+    # The same file in two classes, or in train/ and test/: refused, naming both paths.
+    for link, target, where in (("train/b/cat.png", "train/a/3.png", "classes"),
+                                ("test/a/seen.png", "train/a/4.png", "splits")):
+        (tmp_path / link).symlink_to(tmp_path / target)
+        with pytest.raises(CorruptDatasetError) as error:
+            load("imagefolder", tmp_path, "dataset.val_size=0")
+        assert one_line_error(error) == (
+            f"dataset 'imagefolder': {tmp_path / link} and {tmp_path / target} are the same file "
+            f"(a link) in two {where}; remove one of them")
+        (tmp_path / link).unlink()
 
 
 def test_image_folder_needs_root_and_image_size(tmp_path):

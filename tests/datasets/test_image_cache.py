@@ -7,9 +7,11 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import struct
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -94,7 +96,8 @@ def rewrite(path: Path, colour: tuple[int, int, int], size=(20, 12)) -> None:
     Image.new("RGB", size, colour).save(path)
 
 
-@pytest.mark.parametrize("change", ["content", "size", "mtime", "target size"])
+@pytest.mark.parametrize("change", ["content", "content, old mtime restored", "size", "mtime",
+                                    "target size"])
 def test_cache_is_invalidated_by_any_change(tmp_path, cache, change):
     paths = write_folder(tmp_path / "data")
     load(tmp_path / "data")
@@ -102,9 +105,12 @@ def test_cache_is_invalidated_by_any_change(tmp_path, cache, change):
     first = paths[0]  # train/cat/0.png: the first training image
     stat = first.stat()
     overrides = []
-    if change == "content":  # same byte count, new pixels, new mtime
+    if change.startswith("content"):  # same byte count, new pixels, new mtime
         rewrite(first, (1, 2, 3))
         assert first.stat().st_size == stat.st_size
+        if change.endswith("restored"):  # as cp -p, rsync -t or a careful editor leave it
+            os.utime(first, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+            assert first.stat().st_mtime_ns == stat.st_mtime_ns
     elif change == "size":  # a larger file with the same mtime
         Image.effect_noise((20, 12), 60).convert("RGB").save(first)
         os.utime(first, ns=(stat.st_atime_ns, stat.st_mtime_ns))
@@ -115,7 +121,7 @@ def test_cache_is_invalidated_by_any_change(tmp_path, cache, change):
     raw = load(tmp_path / "data", *overrides)
     after = cache_files(cache)
     assert len(after) == 2 and before in after  # a new key, a new file; the old one is untouched
-    if change == "content":
+    if change.startswith("content"):
         assert raw.train.images[0, :, 0, 0].tolist() == [1, 2, 3]
     if change == "target size":
         assert raw.train.images.shape == (6, 3, 9, 9) and raw.crop_size == 8
@@ -161,6 +167,90 @@ def test_an_unwritable_cache_folder_is_one_line(tmp_path, monkeypatch):
     message = str(error.value)
     assert message.startswith(f"cannot write the image cache {blocker / 'cache'}/imagefolder-")
     assert "set REGBENCH_CACHE to a writable folder" in message and "\n" not in message
+
+
+def flip_a_stored_byte(path: Path) -> None:
+    """The first byte of the file's first tensor inverted in place, as a failing disk would do:
+    torch.load does not check the zip's CRCs, so only the cache's own digest can notice."""
+    with zipfile.ZipFile(path) as archive:
+        entry = next(info for info in archive.infolist() if "/data/" in info.filename)
+    with path.open("r+b") as file:
+        file.seek(entry.header_offset + 26)  # the local header's name and extra field lengths
+        name_length, extra_length = struct.unpack("<HH", file.read(4))
+        start = entry.header_offset + 30 + name_length + extra_length
+        file.seek(start)
+        byte = file.read(1)[0]
+        file.seek(start)
+        file.write(bytes([byte ^ 0xFF]))
+
+
+def test_a_cache_file_whose_payload_changed_is_decoded_again_with_one_warning(tmp_path, cache, caplog):
+    write_folder(tmp_path / "data")
+    first = load(tmp_path / "data")
+    # Copies: the loaded tensors map the file, and would see the byte flipped in place.
+    train, test = first.train.images.clone(), first.test.images.clone()
+    [name] = cache_files(cache)
+    flip_a_stored_byte(cache / name)
+    assert not torch.equal(first.train.images, train)  # the flip reached a pixel
+    caplog.set_level(logging.INFO, logger="regbench")
+    again = load(tmp_path / "data")
+    # The damaged pixel is not used: the images are decoded again, and the file rewritten.
+    assert torch.equal(again.train.images, train) and torch.equal(again.test.images, test)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"ignoring the image cache {cache / name}: its content does not match its "
+                        f"checksum (a damaged file); decoding again"]
+    assert any(m.startswith("imagefolder: decoded 12 images once into") for m in messages(caplog))
+    caplog.clear()
+    assert torch.equal(load(tmp_path / "data").train.images, train)
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+class Planted:
+    """What a pickle may hold beyond tensors: a call, run by a plain torch.load."""
+
+    def __reduce__(self):
+        return print, ("planted code ran",)
+
+
+def test_a_cache_file_holding_more_than_tensors_is_refused_in_one_line_and_kept(tmp_path, cache,
+                                                                                capsys):
+    write_folder(tmp_path / "data")
+    load(tmp_path / "data")
+    [name] = cache_files(cache)
+    torch.save({"train": Planted()}, cache / name)
+    planted = (cache / name).read_bytes()
+    with pytest.raises(ConfigError) as error:
+        load(tmp_path / "data")
+    message = str(error.value)
+    assert message == (f"the image cache {cache / name} fails torch.load's weights_only check "
+                       f"(Unsupported global: GLOBAL print was not an allowed global by "
+                       f"default): damaged, or not written by regbench; delete it and rerun")
+    assert (cache / name).read_bytes() == planted  # not regbench's file: neither run nor replaced
+    assert "planted code ran" not in capsys.readouterr().out
+
+
+def test_a_full_disk_while_writing_the_cache_is_one_line_and_claims_nothing(tmp_path, cache, caplog,
+                                                                            monkeypatch):
+    write_folder(tmp_path / "data")
+
+    def full_disk(content, file):
+        file.write(b"PK\x03\x04 the first bytes")
+        # What torch.save raises when a write fails (its C++ stream writer), not an OSError.
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0 "
+                           "PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    caplog.set_level(logging.INFO, logger="regbench")
+    with pytest.raises(ConfigError) as error:
+        load(tmp_path / "data")
+    message = str(error.value)
+    assert message.startswith(f"cannot write the image cache {cache}/imagefolder-")
+    assert "PytorchStreamWriter failed writing file data/0: file write failed" in message
+    assert message.endswith("set REGBENCH_CACHE to a writable folder with space, or "
+                            "dataset.in_memory=false") and "\n" not in message
+    assert not any("later runs load it" in m for m in messages(caplog))
+    # Neither a cache file nor the temporary one is left: only the lock file.
+    assert [path.suffixes[-2:] for path in cache.iterdir()] == [[".pt", ".lock"]]
 
 
 BUILD_SCRIPT = """

@@ -11,8 +11,13 @@ one size is kept at that native size; otherwise (and for ``image_size: 224``) im
 the centre in evaluation (``crops.py``). ``image_size: S`` stores ``round(S * 256 / 224)``, the
 ratio of torchvision's classification reference (resize 256, crop 224).
 
-Decoding (``load_image_files``, shared with pets.py): every image file must exist and be non-empty
-(a ``stat`` each). With ``dataset.in_memory`` auto (and the decoded images within
+Links: a folder link that leads back to a folder above it (``train/a/loop -> ../a``) is refused
+before listing (torchvision's listing would count its images again at every depth), and each real
+file is used once: paths that lead to a file already listed in the same class (symbolic or hard
+links) are dropped with one log line, and one file in two classes or in both splits is refused.
+
+Decoding (``load_image_files``, shared with pets.py): every image file must exist, be readable and
+be non-empty (one ``open`` each, which also reads the cache key's ends of the file). With ``dataset.in_memory`` auto (and the decoded images within
 ``dataset.memory_budget_gb``) or true, all images are decoded once, in parallel, into a cache file
 (``cache.py``) and training runs from memory; a corrupt image is named then, before training.
 Otherwise images are decoded every epoch in DataLoader workers, and a corrupt one is named when
@@ -32,7 +37,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from regbench.config import ConfigError, DatasetConfig, check
+from regbench.config import ConfigError, DatasetConfig, check, one_line
 from regbench.datasets.base import (
     CorruptDatasetError,
     ImageTensors,
@@ -44,12 +49,12 @@ from regbench.datasets.cache import (
     ImageFile,
     cache_file,
     decode_all,
+    image_file,
     listing_key,
     load_or_build,
     memory_budget_bytes,
     parallel_map,
     read_cache,
-    timed_build,
 )
 
 if TYPE_CHECKING:  # torchvision is imported where it is used: DEVELOPERS.md, "Start-up"
@@ -63,6 +68,7 @@ DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 LAYOUT = "train/<class>/<image> and test/<class>/<image>"
 # torchvision's classification reference: resize to 256, crop 224 (the model's input size).
 REFERENCE_STORED, REFERENCE_CROP = 256, 224
+Listing = dict[str, tuple[list[str], list[int]]]  # split -> (image paths, labels)
 
 
 class ImageFolderError(ConfigError):
@@ -165,18 +171,22 @@ class ImageFiles(Dataset):
         return self.decode(self.paths[index]), self.labels[index]
 
 
-def stat_image_files(name: str, directory: Path, paths: Sequence[str], how: str) -> list[ImageFile]:
-    """Every image's size and mtime (the cache key); refuses missing or empty files up front."""
+def read_image_files(name: str, directory: Path, paths: Sequence[str], how: str) -> list[ImageFile]:
+    """Every image's size, mtime, ends and inode (cache.image_file: the cache key and the real file
+    a path leads to); refuses missing, unreadable or empty files up front."""
     files, missing, empty = [], [], []
     for path in paths:
         try:
-            status = os.stat(path)
-        except OSError:  # missing file or broken symlink
+            file = image_file(str(path))
+        except (FileNotFoundError, NotADirectoryError):  # missing file or broken symlink
             missing.append(path)
             continue
-        if status.st_size == 0:
+        except OSError as error:  # unreadable: permissions, a directory, a link loop
+            raise CorruptDatasetError(f"dataset {name!r}: image file {path} cannot be read "
+                                      f"({one_line(error)}); fix or delete it") from None
+        if file.size == 0:
             empty.append(path)
-        files.append(ImageFile(str(path), status.st_size, status.st_mtime_ns))
+        files.append(file)
     if missing:
         shown = [os.path.relpath(path, directory) for path in missing[:3]]
         if len(missing) > 3:
@@ -187,6 +197,36 @@ def stat_image_files(name: str, directory: Path, paths: Sequence[str], how: str)
         raise CorruptDatasetError(f"dataset {name!r}: image file {empty[0]} is empty{more}; "
                                   f"delete or replace it")
     return files
+
+
+def one_per_real_file(name: str, listing: Listing, files: dict[str, list[ImageFile]]
+                      ) -> tuple[Listing, dict[str, list[ImageFile]]]:
+    """Each real file once: paths that lead to a file already listed (symbolic or hard links) in
+    the same class are dropped, with one log line; in another class or split they are refused (one
+    image with two labels, or a test image trained on)."""
+    first: dict[tuple[int, int], tuple[str, int, str]] = {}  # inode -> (split, label, path)
+    kept_listing: Listing = {}
+    kept_files: dict[str, list[ImageFile]] = {}
+    dropped = 0
+    for split, (paths, labels) in listing.items():
+        kept = []
+        for path, label, file in zip(paths, labels, files[split]):
+            if file.inode not in first:
+                first[file.inode] = (split, label, path)
+                kept.append((path, label, file))
+                continue
+            other_split, other_label, other_path = first[file.inode]
+            if (other_split, other_label) != (split, label):
+                where = "splits" if other_split != split else "classes"
+                raise CorruptDatasetError(f"dataset {name!r}: {path} and {other_path} are the same "
+                                          f"file (a link) in two {where}; remove one of them")
+            dropped += 1
+        kept_listing[split] = ([path for path, _, _ in kept], [label for _, label, _ in kept])
+        kept_files[split] = [file for _, _, file in kept]
+    if dropped:
+        log.info("%s: %d image paths lead to files already listed (links); each file is used once",
+                 name, dropped)
+    return kept_listing, kept_files
 
 
 def keeps_in_memory(cfg: DatasetConfig, sizing: Sizing, count: int) -> bool:
@@ -202,12 +242,14 @@ def keeps_in_memory(cfg: DatasetConfig, sizing: Sizing, count: int) -> bool:
     return False
 
 
-def load_image_files(cfg: DatasetConfig, listing: dict[str, tuple[list[str], list[int]]],
-                     classes: list[str], directory: Path, how: str) -> RawSplits:
-    """The ``train`` and ``test`` splits of ``listing`` (split -> image paths, labels): decoded
-    once into the cache and kept in memory, or decoded by DataLoader workers (module docstring)."""
-    files = {split: stat_image_files(cfg.name, directory, paths, how)
+def load_image_files(cfg: DatasetConfig, listing: Listing, classes: list[str], directory: Path,
+                     how: str) -> RawSplits:
+    """The ``train`` and ``test`` splits of ``listing`` (split -> image paths, labels), each real
+    file once: decoded once into the cache and kept in memory, or decoded by DataLoader workers
+    (module docstring)."""
+    files = {split: read_image_files(cfg.name, directory, paths, how)
              for split, (paths, _labels) in listing.items()}
+    listing, files = one_per_real_file(cfg.name, listing, files)
     labels = {split: torch.tensor(split_labels, dtype=torch.int64)
               for split, (_paths, split_labels) in listing.items()}
     key = listing_key(cfg.name, cfg.image_size, files)
@@ -232,14 +274,31 @@ def load_image_files(cfg: DatasetConfig, listing: dict[str, tuple[list[str], lis
                    for split, (paths, _labels) in listing.items()}
         return {**decoded, "sizing": {**asdict(sizing), "shape": list(sizing.shape)}}
 
+    built = False
     if content is None:
-        content, built = load_or_build(path, key, timed_build(cfg.name, path, build))
-        if not built:
-            log.info("%s: loaded %d decoded images from %s", cfg.name, count, path)
-    else:
+        content, built = load_or_build(cfg.name, path, key, build)
+    if not built:
         log.info("%s: loaded %d decoded images from %s", cfg.name, count, path)
     splits = {split: ImageTensors(content[split], labels[split]) for split in listing}
     return RawSplits(splits["train"], splits["test"], classes, crop_size=sizing.crop)
+
+
+def refuse_link_loops(root: Path, folder: Path) -> None:
+    """torchvision lists a folder with ``os.walk(followlinks=True)``, which follows a link to a
+    folder above it (``train/a/loop -> ../a``) again at every depth until the path is too long:
+    the same images counted dozens of times, or without end for two such links. Refused here,
+    before it lists anything."""
+    above = {str(folder): (os.path.realpath(folder),)}  # walked path -> real folders down to it
+    for walked, subfolders, _files in os.walk(folder, followlinks=True):
+        chain = above.pop(walked)
+        for name in subfolders:
+            path = os.path.join(walked, name)
+            real = os.path.realpath(path)
+            if real in chain:
+                raise ImageFolderError(f"dataset 'imagefolder': {path} is a link to {real}, a folder "
+                                       f"it is in, so its images would be listed again at every "
+                                       f"depth; remove the link (dataset.root={root})")
+            above[path] = (*chain, real)
 
 
 def read_train_folder(root: Path) -> ImageFolder:
@@ -287,6 +346,8 @@ def load_imagefolder(cfg: DatasetConfig) -> RawSplits:
     if missing:
         expected = [f"{split}/<class>/<image>" for split in missing]
         raise missing_files_error(cfg.name, root, expected, how)
+    for split in ("train", "test"):
+        refuse_link_loops(root, root / split)
     train = read_train_folder(root)
     test = read_test_folder(root, train)
     listing = {split: ([path for path, _ in samples], [label for _, label in samples])
