@@ -165,3 +165,32 @@ def test_bench_fold_writes_a_table_and_json(tmp_path):
     assert case["folded_pairs"] == 19 and case["max_logit_difference"] < 1e-4
     assert [len(case["seconds"][name]) for name in ("unfolded", "folded")] == [2, 2]
     assert case["speedup"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("content,message", [
+    ("a: [\n", "overrides.yaml cannot be read"),
+    ("a: 1\n", "is not a list of key=value lines"),
+    ("- trainer.epochz=1\n", "holds overrides this regbench cannot compose (Could not override "
+                            "'trainer.epochz'"),
+])
+def test_fold_refuses_malformed_saved_overrides_in_one_line(tmp_path, content, message):
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / "last.pt").write_bytes(b"")
+    (run_dir / ".hydra" / "overrides.yaml").write_text(content)
+    result = run_cli([str(run_dir)], cwd=tmp_path, module="regbench.fold")
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "hydra.run.dir" not in result.stderr
+
+
+@pytest.mark.slow
+def test_fold_finds_a_relative_data_root_from_another_working_directory(tmp_path):
+    from regbench.fold import run_config
+
+    run_dir = trained_run(tmp_path, "run", ["model.hidden_sizes=[32]", "dataset.root=my_data"])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(elsewhere)
+        assert run_config(Path("../run")).dataset.root == str(tmp_path / "my_data")

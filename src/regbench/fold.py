@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
 import statistics
 import sys
 import time
@@ -27,14 +26,24 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
-from omegaconf import OmegaConf
+import yaml
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from regbench.config import ConfigError, one_line
-from regbench.run.checkpoint import load_checkpoint
+from regbench.run.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from regbench.run.folder import RunFolder
-from regbench.run.spec import CHECKPOINT_FILE, FOLDED_FILE, HYDRA_OVERRIDES_FILE, HYDRA_SUBDIR, RunSpec
+from regbench.run.spec import (
+    CHECKPOINT_FILE,
+    FOLDED_FILE,
+    HYDRA_HYDRA_FILE,
+    HYDRA_OVERRIDES_FILE,
+    HYDRA_SUBDIR,
+    RunSpec,
+)
 
 # fp32 folding reorders a handful of multiply-adds; the logits must agree to this.
 TOLERANCE = 1e-4
@@ -105,27 +114,58 @@ def folded_structure(model: nn.Module, pairs: Iterable[Sequence[str]]) -> None:
 # --- the run folder ----------------------------------------------------------------------------
 def run_overrides(run_dir: Path) -> list[str]:
     """The command-line overrides the run was started with (what regbench saved in .hydra/)."""
-    overrides = RunFolder(run_dir).overrides()
+    path = run_dir / HYDRA_SUBDIR / HYDRA_OVERRIDES_FILE
+    try:
+        overrides = RunFolder(run_dir).overrides()
+    except (OSError, ValueError, OmegaConfBaseException, yaml.YAMLError) as error:
+        raise ConfigError(f"{path} cannot be read ({one_line(error)}): fold needs the run's own "
+                          f".hydra/ files as python -m regbench wrote them") from None
     if overrides is None:
         raise ConfigError(f"{run_dir} has no {HYDRA_SUBDIR}/{HYDRA_OVERRIDES_FILE}: not a run folder "
                           f"written by python -m regbench")
     return overrides
 
 
+def run_config(run_dir: Path) -> DictConfig:
+    """The run's configuration, composed from its overrides; a relative ``dataset.root`` (the
+    default ``data``, or as given) is taken from the folder the run was started in (Hydra's
+    hydra.runtime.cwd), so that fold finds the data from any working directory."""
+    from regbench.cli.compose import compose_config
+
+    try:
+        cfg = compose_config(run_overrides(run_dir))
+    except (HydraException, OmegaConfBaseException, ValueError) as error:
+        raise ConfigError(f"{run_dir / HYDRA_SUBDIR / HYDRA_OVERRIDES_FILE} holds overrides this "
+                          f"regbench cannot compose ({one_line(error)})") from None
+    started_in = training_working_directory(run_dir)
+    if started_in is not None and not Path(str(cfg.dataset.root)).is_absolute():
+        cfg.dataset.root = str(started_in / str(cfg.dataset.root))
+    return cfg
+
+
+def training_working_directory(run_dir: Path) -> Path | None:
+    """The working directory of the training command (hydra.runtime.cwd), when it was saved."""
+    path = run_dir / HYDRA_SUBDIR / HYDRA_HYDRA_FILE
+    try:
+        cwd = OmegaConf.select(OmegaConf.load(path), "hydra.runtime.cwd") if path.is_file() else None
+    except (OSError, OmegaConfBaseException, yaml.YAMLError):
+        return None  # then dataset.root stays as the run gave it
+    return Path(str(cwd)) if cwd else None
+
+
 def build_trained_run(run_dir: Path) -> tuple[Any, dict[str, Any]]:
     """The run rebuilt from its own overrides, with the weights of its last checkpoint (refused
     when the checkpoint belongs to another configuration). Returns (engine.Run, checkpoint)."""
-    # Imported here: composing configs registers every schema, which `--help` does not need.
-    from regbench.cli.compose import compose_config
+    # Imported here: building a run imports every model and dataset, which `--help` does not need.
     from regbench.run.engine import Run
 
     checkpoint_path = run_dir / CHECKPOINT_FILE
     if not checkpoint_path.is_file():
         raise ConfigError(f"{checkpoint_path} does not exist: fold needs a run trained with "
                           f"trainer.checkpoint=true")
-    cfg = compose_config(run_overrides(run_dir))
+    cfg = run_config(run_dir)
     spec = RunSpec.from_config(cfg)
-    state = load_checkpoint(checkpoint_path, spec.identity)
+    state = load_checkpoint(checkpoint_path, spec.identity, cfg.trainer.epochs)
     run = Run.build(OmegaConf.to_object(cfg))
     run.model.load_state_dict(state["model"])
     run.model.eval()
@@ -162,19 +202,15 @@ def paired_speedup(times: dict[str, list[float]]) -> float:
 
 def save_folded(path: Path, model: nn.Module, pairs: list[tuple[str, str]], identity: dict,
                 difference: float) -> None:
-    # Imported here so that importing fold (for fold_batchnorm alone) does not pull in TensorBoard.
-    from regbench.files import atomic_write_bytes
-
-    buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "folded_pairs": [list(pair) for pair in pairs],
-                "identity": identity, "max_logit_difference": difference}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_checkpoint(path, {"model": model.state_dict(), "folded_pairs": [list(pair) for pair in pairs],
+                           "max_logit_difference": difference}, identity)
 
 
 def load_folded(run_dir: Path) -> nn.Module:
     """The folded model of a run folder, from its folded.pt (in eval mode)."""
-    run, _ = build_trained_run(run_dir)
-    folded = torch.load(run_dir / FOLDED_FILE, map_location=run.device, weights_only=True)
+    run, state = build_trained_run(run_dir)
+    folded = read_checkpoint(run_dir / FOLDED_FILE, state["identity"],
+                             remedy="run python -m regbench.fold again to write it anew")
     folded_structure(run.model, folded["folded_pairs"])
     run.model.load_state_dict(folded["model"])
     return run.model.eval()

@@ -236,7 +236,12 @@ class RunFolder:
         from omegaconf import OmegaConf
 
         path = self.file(HYDRA_SUBDIR) / HYDRA_OVERRIDES_FILE
-        return [str(override) for override in OmegaConf.load(path)] if path.is_file() else None
+        if not path.is_file():
+            return None
+        overrides = OmegaConf.load(path)
+        if not OmegaConf.is_list(overrides) or not all(isinstance(o, str) for o in overrides):
+            raise ValueError(f"{path} is not a list of key=value lines")
+        return list(overrides)
 
     def hydra_config(self) -> Any:
         """.hydra/config.yaml, the composed config (a DictConfig, interpolations unresolved)."""
