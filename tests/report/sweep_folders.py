@@ -1,17 +1,19 @@
 """Hand-built sweep folders for the report's tests: each job folder written by the run's own writer
 (``RunFolder.claim`` writes spec.json, ``save_hydra_configs`` the .hydra/ files), with the
-metrics.json a test chooses."""
+metrics.json a test chooses, and a test_calibration.json where it asks for one."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 
+from regbench.evaluation.calibration_errors import calibration_summary
 from regbench.files import atomic_write_json
 from regbench.run.folder import RunFolder
-from regbench.run.spec import METRICS_FILE, RunSpec
+from regbench.run.spec import CALIBRATION_FILE, METRICS_FILE, RunSpec
 
 REGULARIZER_PARAMETERS = {"none": {}, "dropout": {"p": 0.5}, "label_smoothing": {"epsilon": 0.1},
                           "confidence_penalty": {"beta": 1.0}}
@@ -56,6 +58,17 @@ def fake_sweep(folder: Path, runs: list[tuple]) -> Path:
         settings = rest[1] if len(rest) > 1 else {}
         write_job(folder / str(number), regularizer, seed, metrics, status, **settings)
     return folder
+
+
+def write_calibration(folder: Path, seed: int) -> Path:
+    """A test_calibration.json as a run writes it (the recorder's calibration_summary), of 200
+    random predictions over 10 classes."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = 3 * torch.randn(200, 10, generator=generator)
+    labels = torch.randint(0, 10, (200,), generator=generator)
+    path = folder / CALIBRATION_FILE
+    atomic_write_json(path, calibration_summary(logits, labels))
+    return path
 
 
 def read_comparisons(folder: Path) -> list[dict[str, str]]:

@@ -138,3 +138,27 @@ def test_bad_baseline_selector_is_one_line_error(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "regbench-report: error: --baseline regularizer=dropuot matches no group "
         "(regularizer takes dropout, none)"]
+
+
+def test_a_baseline_selector_matching_every_group_is_one_line_naming_them(tmp_path):
+    runs = [(reg, s, {"test/acc": 0.9}) for reg in ("none", "dropout") for s in range(2)]
+    folder = fake_sweep(tmp_path / "sweep", runs)
+    result = run_cli([str(folder), "--baseline", "trainer.epochs=3"], cwd=tmp_path,
+                     module="regbench.report", timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "regbench-report: error: --baseline trainer.epochs=3 matches all 2 groups (none; dropout), so "
+        "no group is left to compare with it: a baseline selector names a value of a setting that "
+        "varies (regularizer), matching one group of each set that differs only in it, e.g. "
+        "--baseline regularizer=none"]
+
+
+def test_the_default_baseline_matching_every_group_says_so_instead_of_one_group(tmp_path):
+    runs = [("none", s, {"test/acc": 0.9}, "completed", {"lr": lr}) for lr in (0.1, 0.05) for s in range(2)]
+    text = make_report(fake_sweep(tmp_path / "sweep", runs))
+    verdicts = text.split("## Groups")[0]
+    assert "only one group" not in verdicts
+    assert ("- No comparisons: the baseline regularizer=none matches all 2 groups (none, "
+            "optimizer.lr=0.1; none, optimizer.lr=0.05), so no group is left to compare with it: a "
+            "baseline selector names a value of a setting that varies (optimizer.lr), matching one "
+            "group of each set that differs only in it, e.g. --baseline optimizer.lr=0.1.") in verdicts

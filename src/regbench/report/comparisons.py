@@ -24,6 +24,7 @@ from regbench.report.groups import (
     full_settings,
     is_number,
     is_regularizer_key,
+    label_keys,
     metric_value,
     show,
 )
@@ -136,7 +137,8 @@ def check_selectors(grouping: Grouping, selectors: Sequence[tuple[str, str]]) ->
 def matches_every_group(grouping: Grouping, selectors: Sequence[tuple[str, str]]) -> str:
     """Why a selector that matches every group compares nothing, and what it should match."""
     named = {key for key, _ in selectors}
-    free = [key for key in grouping.varying if key not in named]
+    free = label_keys([full_settings(group) for group in grouping.groups],
+                      [key for key in grouping.varying if key not in named])
     example = next((f"{key}={show(group.settings[key])}" for key in free for group in grouping.groups
                     if group.settings[key] is not ABSENT), "")
     return (f"{' '.join(f'{k}={v}' for k, v in selectors)} matches all {len(grouping.groups)} "
