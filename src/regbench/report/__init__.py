@@ -19,12 +19,13 @@ folder:
 - ``report/``: the same in TensorBoard (Text, Images and HParams tabs).
 
 Several sweep folders can be given together; their jobs are pooled and the outputs go to the first.
+A run found in several job folders (same experiment settings and seed) is counted once.
 
 Safe on a sweep that is still running or partly failed: a job without ``metrics.json`` is listed as
 unfinished, one whose status is not ``completed`` as failed; neither is averaged.
 
 The modules, from the bottom up: outputs (every file name written), jobs (reading a job folder),
-groups (grouping, the number helpers), statistics (pure tests), comparisons (against the baseline),
+duplicates (one run counted once), groups (grouping, the number helpers), statistics (pure tests), comparisons (against the baseline),
 ranks, analysis (both, once), calibration and probes (their summary.md sections), tables
 (summary.csv, summary.md), plots, events (TensorBoard), command (the entrypoint). Importing this
 package imports none of them, so no matplotlib or scipy.
