@@ -32,11 +32,13 @@ from regbench.cli.command_line import exit_on_bad_command_line, shell_override
 from regbench.cli.compose import config_dir, register_schemas
 from regbench.cli.hydra_hooks import in_multirun  # also registers what configs/config.yaml names
 from regbench.config import Config, ConfigError, check, one_line
-from regbench.run.checkpoint import CheckpointPolicy, check_keep_checkpoint, load_checkpoint
+from regbench.run.checkpoint import (CheckpointError, CheckpointPolicy, check_keep_checkpoint,
+                                     load_checkpoint)
 from regbench.run.engine import DivergedError, InterruptedRun, Run, stop_on_signals
 from regbench.run.folder import RunFolder
 from regbench.run.recorder import RunRecorder
 from regbench.run.spec import (
+    DID_NOT_LEARN,
     EPOCHS,
     METRICS_FILE,
     SECONDS,
@@ -47,6 +49,7 @@ from regbench.run.spec import (
     TEST_ECE_TEMPERATURE,
     TEST_MEAN_CONFIDENCE,
     TEST_NLL,
+    TRAIN_ACC,
     RunSpec,
     Status,
 )
@@ -124,7 +127,7 @@ def train_and_test(settings: Config, spec: RunSpec, folder: RunFolder,
     check_objective(settings)  # after the regularizers' own checks, before any training
     check_keep_checkpoint(settings)
     if folder.checkpoint.exists():
-        run.load_state_dict(load_checkpoint(folder.checkpoint, spec.identity))
+        run.load_state_dict(load_checkpoint(folder.checkpoint, spec.identity, settings.trainer.epochs))
         log.info("resuming from %s after epoch %d", folder.checkpoint, run.epochs_done)
     # Events of epochs after the checkpoint (logged before an interruption) are dropped.
     recorder = RunRecorder(folder.path, purge_step=run.epochs_done + 1)
@@ -204,9 +207,9 @@ def stopped_record(error: DivergedError | InterruptedRun) -> dict[str, Any]:
 
 def failure_record(error: Exception) -> Optional[dict[str, Any]]:
     """metrics.json's status part for a run that failed outside training, or None: a divergence
-    or an interruption was recorded with the run's state (``stopped_record``), and a full disk
-    takes no file."""
-    if isinstance(error, (DivergedError, InterruptedRun)):
+    or an interruption was recorded with the run's state (``stopped_record``), a refused
+    checkpoint leaves the folder as it was, and a full disk takes no file."""
+    if isinstance(error, (DivergedError, InterruptedRun, CheckpointError)):
         return None
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         return None
@@ -233,18 +236,27 @@ def relative_to_cwd(path: Path) -> Path:
 
 def print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
     """The run's last lines: accuracy and calibration (test ECE raw and after temperature scaling,
-    fractions as in the epoch lines and metrics.json), where the run is, how to look at it. In a
-    sweep, TensorBoard is pointed at the sweep folder, where every job overlays."""
+    fractions as in the epoch lines and metrics.json), a warning when it did not learn, where the
+    run is, how to look at it. In a sweep, TensorBoard is pointed at the sweep folder, where every
+    job overlays."""
     calibrated = metrics.get(TEST_ECE_TEMPERATURE)
-    after = f" ({calibrated:.4f} after temperature scaling)" if calibrated is not None else ""
+    after = f" ({number(calibrated)} after temperature scaling)" if calibrated is not None else ""
     logdir = Path(HydraConfig.get().sweep.dir) if in_multirun() else tensorboard_logdir(run_dir)
+    warning = (f"\nwarning: this run did not learn: its final training accuracy "
+               f"{number(metrics.get(TRAIN_ACC))} stayed near chance (metrics.json: {DID_NOT_LEARN})"
+               if metrics.get(DID_NOT_LEARN) else "")
     print(
-        f"\ntest accuracy {metrics[TEST_ACC]:.4f}, test ECE {metrics[TEST_ECE]:.4f}{after}, "
-        f"nll {metrics[TEST_NLL]:.4f}, mean confidence {metrics[TEST_MEAN_CONFIDENCE]:.3f} "
-        f"after {metrics[EPOCHS]} epochs in {metrics[SECONDS]:.1f} s\n"
+        f"\ntest accuracy {number(metrics[TEST_ACC])}, test ECE {number(metrics[TEST_ECE])}{after}, "
+        f"nll {number(metrics[TEST_NLL])}, mean confidence {number(metrics[TEST_MEAN_CONFIDENCE], 3)} "
+        f"after {metrics[EPOCHS]} epochs in {number(metrics[SECONDS], 1)} s{warning}\n"
         f"run folder:   {relative_to_cwd(run_dir)}\n"
         f"see curves:   tensorboard --logdir {shlex.quote(str(relative_to_cwd(logdir)))}"
     )
+
+
+def number(value: Any, digits: int = 4) -> str:
+    """A metric for the summary; metrics.json's null (a NaN or infinite value) as nan."""
+    return "nan" if value is None else f"{value:.{digits}f}"
 
 
 def resume_hint(cfg: DictConfig, run_dir: Path) -> str:
@@ -277,30 +289,57 @@ def pass_on_time_limit(error: InterruptedRun, message: str) -> None:
         handler(signal.SIGUSR2, None)
 
 
-def fail(message: str, exit_code: int, stop_sweep: bool = False) -> float:
-    """Report a failed run in one line on stderr. A single run exits; a multirun job returns NaN so
-    the other jobs go on (the sweep summary counts it), unless the whole sweep must stop."""
-    print(message, file=sys.stderr)
-    if in_multirun() and not stop_sweep:
-        log.error(message)
-        return float("nan")
-    sys.exit(exit_code)
+def fail(message: str, exit_code: int, stop_sweep: bool = False,
+         outcome: str = Status.failed.value) -> float:
+    """Report a run that did not complete in one line on stderr. A single run exits. A sweep's job
+    records ``outcome`` for the sweep's summary (sweep.py) and returns NaN so the other jobs go on,
+    unless it stops the sweep (``stop_sweep``, an interruption, in a process that ends with it:
+    ``SweepJob.exits_when_interrupted``); a job interrupted in another process only logs its line:
+    the sweep's parent prints the one line of the interruption."""
+    from regbench.sweep import current_job
+
+    job = current_job()
+    if job is not None:
+        job.record(outcome)
+    exits = not in_multirun() or (stop_sweep and (job is None or job.exits_when_interrupted()))
+    if exits or not stop_sweep:
+        print(message, file=sys.stderr)
+    if exits:
+        sys.exit(exit_code)
+    log.error(message)
+    return float("nan")
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
-    """Returns the objective (``objective``, a validation metric) for sweepers such as Optuna."""
+    """Returns the objective (``objective``, a validation metric) for sweepers such as Optuna. A
+    sweep's job records what it did for the sweep's summary (sweep.py)."""
+    from regbench import sweep
+
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    job = sweep.current_job()  # None in a single run
     if in_multirun():
         freeze_long_lived_objects()
+    if job is not None and not job.begin():
+        return float("nan")  # the sweep was interrupted before this job began
+    already_completed = job is not None and sweep.finished_before(run_dir)
     try:
-        metrics = train(cfg, run_dir)
+        with sweep.signals_stop(job):
+            metrics = train(cfg, run_dir)
     except tuple(outcome.kind for outcome in OUTCOMES) as error:
         outcome = outcome_of(error)
         if isinstance(error, InterruptedRun):
             pass_on_time_limit(error, f"regbench: {error}")
         return fail(outcome.line(error, cfg, run_dir), outcome.exit_code(error),
-                    stop_sweep=outcome.stops_sweep)
+                    stop_sweep=outcome.stops_sweep, outcome=sweep.outcome_of_error(error, outcome.status))
+    except KeyboardInterrupt as error:  # a sweep's job, outside the run's own handler
+        if job is None:
+            raise  # main's one line
+        name = getattr(error, "signal_name", signal.SIGINT.name)
+        return fail(f"regbench: interrupted by {name} outside training; {resume_hint(cfg, run_dir)}",
+                    128 + signal.Signals[name].value, stop_sweep=True, outcome=Status.interrupted.value)
+    if job is not None:
+        job.record(sweep.ALREADY_COMPLETED if already_completed else Status.completed.value)
     print_summary(metrics, run_dir)
     return float(metrics[cfg.objective]) if cfg.objective in metrics else fail(
         f"regbench: error: objective={cfg.objective!r} is not a metric of this run; choose one "
@@ -327,12 +366,12 @@ def main() -> None:
     except SystemExit as error:
         if error.code not in (None, 0):
             raise  # a failure exits as Python does
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:
         # Before training started or after it ended (a run in training stops through
-        # stop_on_signals and keeps its finished epochs).
-        print("regbench: interrupted outside training; finished epochs and results on disk are "
-              "kept; run the same command to continue", file=sys.stderr)
-        sys.exit(128 + signal.SIGINT.value)
+        # stop_on_signals and keeps its finished epochs); a sweep stopped without waiting says so.
+        print(getattr(error, "line", "") or "regbench: interrupted outside training; finished epochs "
+              "and results on disk are kept; run the same command to continue", file=sys.stderr)
+        sys.exit(128 + signal.Signals[getattr(error, "signal_name", signal.SIGINT.name)].value)
     exit_without_teardown()
 
 

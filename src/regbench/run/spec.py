@@ -74,6 +74,7 @@ CLASS_PROBABILITIES_PNG = "test_class_probabilities.png"
 
 # Metric keys that several modules read (metrics.json, the summary line, the report).
 TEST_ACC = "test/acc"
+TRAIN_ACC = "train/acc"
 TEST_NLL = "test/nll"
 TEST_ECE = "test/ece"
 TEST_ECE_TEMPERATURE = "test/ece@temperature"
