@@ -47,6 +47,17 @@ def test_default_image_ships_with_scikit_learn_and_a_bad_file_is_one_line(tmp_pa
         read_image(DipConfig(image=str(tmp_path / "text.png")))
 
 
+def test_a_16_bit_png_is_scaled_like_the_image_folders_not_clipped_to_white(tmp_path):
+    # A ramp over the whole 16-bit range: PIL's own RGB conversion makes 99.6 % of it 255.
+    ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    assert Image.open(tmp_path / "ramp.png").mode == "I;16"
+    pixels = read_image(DipConfig(image=str(tmp_path / "ramp.png")))
+    assert pixels.shape == (64, 64, 3) and pixels.dtype == np.uint8
+    for channel in range(3):
+        assert np.array_equal(pixels[:, :, channel], (ramp >> 8).astype(np.uint8))
+
+
 def test_the_network_maps_the_noise_input_to_an_image_of_the_same_size():
     net = hourglass(input_depth=8, channels=4, scales=3)
     output = net(torch.rand(1, 8, 24, 24))
@@ -80,3 +91,19 @@ def test_dip_cli_writes_metrics_tensorboard_and_pngs_from_any_image(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == ("regbench.dip: error: sigma=2.0 is not allowed: a noise std "
                                      "in [0, 1] (pixels are in [0, 1])")
+
+
+@pytest.mark.slow
+def test_dip_cli_denoises_a_16_bit_png_at_its_grey_levels(tmp_path):
+    # A 16-bit ramp written by PIL: the run's clean.png must be the ramp, not a white square.
+    ramp = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "ramp16.png")
+    result = run_cli(["image=ramp16.png", "size=16", "channels=4", "steps=2", "snapshot_every=1",
+                      "num_threads=1", "hydra.run.dir=run"], cwd=tmp_path, module="regbench.dip")
+    assert result.returncode == 0, result.stderr
+    clean = np.asarray(Image.open(tmp_path / "run" / "clean.png"))
+    # 32x32 resized to 16x16 (antialiased, a filter a little wider than 2x2): about the means
+    # of 2x2 blocks of ramp >> 8.
+    expected = (ramp >> 8).reshape(16, 2, 16, 2).mean(axis=(1, 3))
+    assert np.abs(clean[:, :, 0].astype(float) - expected).max() <= 3
+    assert (clean == 255).mean() < 0.05

@@ -107,15 +107,15 @@ def read_image(cfg: DipConfig) -> np.ndarray:
         except AttributeError:  # scikit-learn's message for an unknown name
             raise ConfigError(f"sample_image={cfg.sample_image!r} is not allowed: choose china.jpg "
                               f"or flower.jpg (scikit-learn's sample images)") from None
-    from PIL import Image, UnidentifiedImageError
+    # The image folders' reader: every mode to 8-bit RGB, 16-bit grayscale scaled, not clipped.
+    from regbench.datasets.imagefolder import DECODE_ERRORS, load_rgb
 
     path = Path(cfg.image)
     if not path.is_file():
         raise ConfigError(f"image={cfg.image!r} is not allowed: no such file")
     try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as error:
+        return np.asarray(load_rgb(str(path)))
+    except DECODE_ERRORS as error:
         raise ConfigError(f"image={cfg.image!r} is not allowed: not a readable image "
                           f"({one_line(error)})") from None
 
