@@ -49,7 +49,8 @@ def two_group_sweep(folder: Path) -> Path:
 
 
 def temporaries(folder: Path) -> list[Path]:
-    return [*folder.rglob(TEMPORARY_GLOB), *folder.rglob(".events.regbench-*")]
+    """regbench's temporary files and the event file's temporary folder, anywhere in ``folder``."""
+    return list(folder.rglob(TEMPORARY_GLOB))
 
 
 class TornFigure:
