@@ -3,12 +3,18 @@ best.pt, the weights of its best epoch; ``CheckpointPolicy`` decides when each i
 completed run keeps (``trainer.checkpoint``, ``checkpoint_interval_s``, ``keep_checkpoint``).
 
 Loaded with ``torch.load(weights_only=True)``, so a checkpoint file cannot run code; everything in
-it is therefore tensors and plain Python values.
+it is therefore tensors and plain Python values. Every checkpoint (last.pt, best.pt, regbench.fold's
+folded.pt) holds a SHA-256 of the rest of its content (``CHECKSUM_KEY``, ``files.state_digest``),
+compared on load, because ``torch.load`` does not check the zip's CRCs: a flipped sign or an
+overwritten byte would otherwise be resumed from as valid weights. A checkpoint from a regbench
+without checksums is loaded unverified, with one warning; a resumed one must also fit the run
+(``check_progress``). A refused checkpoint is a ``CheckpointError``: one line, nothing written.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import random
 import time
 from pathlib import Path
@@ -18,7 +24,7 @@ import numpy as np
 import torch
 
 from regbench.config import Config, ConfigError, KeepCheckpoint, TrainerConfig, check
-from regbench.files import atomic_write_bytes
+from regbench.files import atomic_write_bytes, state_digest
 from regbench.run.spec import (
     BEST_CHECKPOINT_FILE,
     CHECKPOINT_FILE,
@@ -27,9 +33,20 @@ from regbench.run.spec import (
     lower_is_better,
 )
 
+log = logging.getLogger(__name__)
+
 # What Run.state_dict writes, plus the identity of the run it belongs to.
 REQUIRED_KEYS = frozenset({"identity", "epoch", "model", "optimizer", "scheduler", "scaler",
                            "regularizers", "data_order", "rng", "history"})
+IDENTITY = frozenset({"identity"})  # what every checkpoint holds besides its own content
+# The SHA-256 (files.state_digest) of everything else a checkpoint file holds.
+CHECKSUM_KEY = "checksum"
+RESTART = "delete it to start the run from scratch"
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be used, refused in one line. The run folder is left as it was: no
+    failure is recorded over the metrics.json of the run that wrote it (train.failure_record)."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -57,8 +74,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any], identity: dict[str, Any]) -> None:
+    """``state`` and the identity of its run, with their checksum, written atomically."""
+    content = {**state, "identity": identity}
+    content[CHECKSUM_KEY] = state_digest(content)
     buffer = io.BytesIO()
-    torch.save({**state, "identity": identity}, buffer)
+    torch.save(content, buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -111,22 +131,65 @@ class IntervalCheckpoint:
         self.written_at = self.clock()
 
 
-def load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
-    """Load ``path``, refusing a file that is not a regbench checkpoint or belongs to another run."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated, corrupt or foreign file (torch's message spans lines)
-        raise ConfigError(f"checkpoint {path} cannot be read (truncated, corrupt or not a regbench "
-                          f"checkpoint: {type(error).__name__}); delete it to start the run from "
-                          f"scratch") from None
-    if not isinstance(state, dict) or not REQUIRED_KEYS <= state.keys():
-        raise ConfigError(f"checkpoint {path} is not a regbench checkpoint (expected a dict with "
-                          f"{', '.join(sorted(REQUIRED_KEYS))}); delete it to start the run from "
-                          f"scratch")
+def load_checkpoint(path: Path, identity: dict[str, Any], epochs: int) -> dict[str, Any]:
+    """The state to resume the run ``identity`` (of ``epochs`` epochs) from: ``path`` as regbench
+    wrote it for this run (``read_checkpoint``), with a progress that fits the run."""
+    state = read_checkpoint(path, identity, REQUIRED_KEYS)
+    check_progress(path, state, epochs)
+    return state
+
+
+def read_checkpoint(path: Path, identity: dict[str, Any], required: frozenset[str] = IDENTITY,
+                    remedy: str = RESTART) -> dict[str, Any]:
+    """The content of the checkpoint ``path`` without its checksum, refusing (``CheckpointError``,
+    one line ending in ``remedy``) a file that is not a regbench checkpoint holding ``required``,
+    does not match its checksum, or belongs to another run."""
+    state = torch_load(path, remedy)
+    verified = isinstance(state, dict) and CHECKSUM_KEY in state
+    if verified:
+        verify_checksum(path, state, remedy)
+    holds_required = isinstance(state, dict) and required <= state.keys()
+    if not holds_required or not isinstance(state.get("identity"), dict):
+        raise CheckpointError(f"checkpoint {path} is not a regbench checkpoint (expected a dict with "
+                              f"{', '.join(sorted(required))}); {remedy}")
+    if not verified:  # an older regbench's: it can be neither trusted nor told apart
+        log.warning("checkpoint %s has no checksum (written by a regbench from before checksums): "
+                    "it is loaded unverified", path)
     difference = first_difference(state["identity"], identity)
     if difference is not None:
-        raise ConfigError(different_run_message(path.parent, *difference))
+        raise CheckpointError(different_run_message(path.parent, *difference))
     return state
+
+
+def torch_load(path: Path, remedy: str) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated, corrupt or foreign file (torch's message spans lines)
+        raise CheckpointError(f"checkpoint {path} cannot be read (truncated, corrupt or not a "
+                              f"regbench checkpoint: {type(error).__name__}); {remedy}") from None
+
+
+def verify_checksum(path: Path, state: dict[str, Any], remedy: str) -> None:
+    """Take ``state``'s checksum out of it and compare it with the SHA-256 of the rest."""
+    if state.pop(CHECKSUM_KEY) != state_digest(state):
+        raise CheckpointError(f"checkpoint {path} does not match its checksum: its content changed "
+                              f"after regbench wrote it (a disk or copy error, or an edit); {remedy}")
+
+
+def check_progress(path: Path, state: dict[str, Any], epochs: int) -> None:
+    """A resumable checkpoint holds 1 to ``epochs`` finished epochs and one history record per
+    epoch, numbered 1, 2, ...; anything else (a hand-made or edited file) would be resumed from as
+    a run of another length."""
+    epoch, history = state["epoch"], state["history"]
+    numbers = [record.get("epoch") if isinstance(record, dict) else None
+               for record in history] if isinstance(history, list) else None
+    if type(epoch) is int and 1 <= epoch <= epochs and numbers == list(range(1, epoch + 1)):
+        return
+    length = len(history) if isinstance(history, list) else type(history).__name__
+    raise CheckpointError(f"checkpoint {path} does not fit this run: it holds epoch {epoch!r} and a "
+                          f"history of {length} epochs, but trainer.epochs={epochs} (a checkpoint "
+                          f"holds 1 to {epochs} finished epochs, one history record each, numbered "
+                          f"from 1); {RESTART}")
 
 
 def objective_improved(history: list[dict[str, Any]], objective: str) -> bool:
@@ -141,7 +204,7 @@ def objective_improved(history: list[dict[str, Any]], objective: str) -> bool:
 
 def check_keep_checkpoint(settings: Config) -> None:
     if settings.trainer.keep_checkpoint == KeepCheckpoint.best:
-        check(settings.objective.startswith("val/") and settings.dataset.val_size > 0,
+        check(settings.objective.startswith("val/") and settings.dataset.val_size != 0,
               "trainer.keep_checkpoint", "best",
               f"last or none when objective={settings.objective} is not a val/ metric of a run with "
               f"a validation split (best.pt is the epoch with the best objective)")
@@ -177,6 +240,23 @@ class CheckpointPolicy:
         self.last.flush()
 
     def finish(self) -> None:
-        """After metrics.json says completed (so nothing can need last.pt to resume)."""
-        if self.keep in (KeepCheckpoint.none, KeepCheckpoint.best):
+        """After metrics.json says completed (so nothing can need last.pt to resume): what
+        ``keep_checkpoint`` does not keep is removed. With ``trainer.checkpoint=false`` the run
+        wrote no checkpoint, so it keeps none: a last.pt (which it resumed from) or best.pt left by
+        an earlier, interrupted attempt holds an earlier epoch, which regbench.fold or a user would
+        take for the trained model."""
+        if self.keep in (KeepCheckpoint.none, KeepCheckpoint.best) or not self.enabled:
             self.last_path.unlink(missing_ok=True)
+        if not self.enabled and self.best_path.exists():
+            self.remove_earlier_best()
+
+    def remove_earlier_best(self) -> None:
+        """best.pt of an earlier attempt, removed only when it is regbench's, of this run."""
+        try:
+            read_checkpoint(self.best_path, self.identity, remedy="left as it is")
+        except CheckpointError as error:
+            log.warning("%s", error)
+            return
+        self.best_path.unlink()
+        log.info("removed %s of an earlier attempt: trainer.checkpoint=false keeps no checkpoint",
+                 self.best_path)
