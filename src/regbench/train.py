@@ -68,7 +68,7 @@ def show_progress(setting: bool | None) -> bool:
 def check_objective(settings: Config) -> None:
     """The sweeper's objective must be a metric this run will have."""
     objective = settings.objective
-    check(not objective.startswith("val/") or settings.dataset.val_size > 0, "objective", objective,
+    check(not objective.startswith("val/") or settings.dataset.val_size != 0, "objective", objective,
           "a test/ or train/ metric when dataset.val_size=0 (there is no validation split)")
 
 

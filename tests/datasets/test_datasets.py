@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import compose_config, read_metrics, train_in_process
+from conftest import compose_config, read_metrics, run_cli, train_in_process
 from regbench.config import ConfigError, DatasetConfig
 from regbench.datasets import DATASETS, build_data
 from regbench.datasets.base import CorruptDatasetError, DatasetNotFoundError, ImageTensors
@@ -123,6 +123,49 @@ def test_build_data_holds_out_val_and_keeps_train_size(tmp_path):
     assert len(set(held_out)) == 26 and set(held_out) <= original
     images, labels = next(iter(data.train))
     assert images.shape == (8, 1, 28, 28) and images.dtype == torch.uint8 and labels.shape == (8,)
+
+
+def split_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records if " validation (" in record.getMessage()]
+
+
+@pytest.mark.parametrize("num_train, overrides, sizes, rule", [
+    # The default: a tenth of an 8,000-image training file, not the 5,000 of the official 60,000.
+    (8000, [], (7200, 800), "dataset.val_size=null: 10 % of 8000, at most 5000"),
+    (60, [], (54, 6), "dataset.val_size=null: 10 % of 60, at most 5000"),
+    (60, ["dataset.val_size=10"], (50, 10), "dataset.val_size=10"),  # an integer: as it says
+    (60, ["dataset.val_size=10", "dataset.train_size=20"], (20, 10),
+     "dataset.val_size=10, dataset.train_size=20"),
+])
+def test_mnist_holds_out_a_tenth_by_default_and_every_run_logs_its_split_sizes(
+        tmp_path, caplog, num_train, overrides, sizes, rule):
+    make_idx_dataset(tmp_path, "MNIST", num_train=num_train, num_test=12)
+    caplog.set_level(logging.INFO, logger="regbench")
+    data = build_data(dataset_config("mnist", tmp_path, *overrides), batch_size=8, device=CPU, seed=0)
+    assert (len(data.train.labels), len(data.val.labels)) == sizes and data.val_size == sizes[1]
+    assert split_lines(caplog) == [f"mnist: {sizes[0]} training, {sizes[1]} validation ({rule}), "
+                                   f"12 test examples"]
+
+
+def test_the_default_rule_on_the_official_splits_keeps_their_published_sizes():
+    from regbench.datasets.base import default_val_size
+
+    # MNIST and Fashion-MNIST 60,000 -> 5,000 (55k/5k); CIFAR 50,000 -> 5,000 (45k/5k), Pets 3,680
+    # -> 368; digits keeps its preset 180 of 1,437.
+    assert [default_val_size(n) for n in (60000, 50000, 3680, 30, 9, 1)] == [5000, 5000, 368, 3, 1, 1]
+    presets = {name: compose_config([f"dataset={name}"]).dataset.val_size
+               for name in ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "pets",
+                            "imagefolder")}
+    assert presets == {"digits": 180, "mnist": None, "fashion_mnist": None, "cifar10": 5000,
+                       "cifar100": 5000, "pets": 368, "imagefolder": None}
+
+
+def test_the_default_rule_on_a_single_training_example_is_refused_in_one_line(tmp_path):
+    make_idx_dataset(tmp_path, "MNIST", num_train=1, num_test=12)
+    with pytest.raises(ConfigError) as error:
+        build_data(dataset_config("mnist", tmp_path), batch_size=8, device=CPU, seed=0)
+    assert one_line_error(error) == ("dataset.val_size=null holds out 1 of the 1 training examples "
+                                     "of mnist, leaving none to train on; set dataset.val_size=0")
 
 
 def test_truncated_idx_file_is_reported_by_name(tmp_path):
@@ -262,6 +305,19 @@ def test_failed_download_gives_one_line(tmp_path, offline, name, source):
     assert f"dataset {name!r}: files not found under {tmp_path}" in message
     assert "the download failed" in message and "network is unreachable (test)" in message
     assert source in message
+
+
+@pytest.mark.parametrize("download", [True, False])
+def test_the_offline_mnist_message_is_short_and_points_at_dataset_root(tmp_path, offline, download):
+    with pytest.raises(DatasetNotFoundError) as error:
+        load("mnist", tmp_path, f"dataset.download={download}")
+    message = one_line_error(error)
+    # torchvision tries two mirrors and says why each failed: the reason is said once.
+    assert message.count("network is unreachable (test)") == (1 if download else 0)
+    assert ("set dataset.root (or $REGBENCH_DATA) to a folder holding MNIST/raw/, or download "
+            "their .gz files from https://ossci-datasets.s3.amazonaws.com/mnist/ and gunzip them "
+            "there") in message
+    assert len(message) - len(str(tmp_path)) < 400  # the folder's own length aside
 
 
 # --- Oxford-IIIT Pet: images/*.jpg + annotations/{trainval,test}.txt ------------------------------
@@ -557,6 +613,26 @@ def test_image_folder_trains_end_to_end_with_worker_processes(tmp_path):
         "dataset.image_size=16", *TINY_RUN, "dataset.num_workers=1", "dataset.in_memory=false"])
     assert metrics["status"] == "completed" and metrics["dataset"] == "imagefolder"
     assert 0 <= metrics["test/acc"] <= 1
+
+
+@pytest.mark.slow
+def test_an_image_folder_run_holds_out_a_tenth_by_default_and_says_so(tmp_path, image_cache):
+    """The default used to hold out 50 images, more than this folder has; now 3 of its 30, with
+    the split sizes and the calibrators' small validation split each said in one line."""
+    write_classes(tmp_path / "folder")
+    result = run_cli(["dataset=imagefolder", "dataset.root=folder", "regularizer=early_stopping",
+                      "trainer.keep_checkpoint=best", "trainer.epochs=1", "trainer.batch_size=4",
+                      "model.hidden_sizes=[16]", "evaluation.figures=false",
+                      "trainer.progress=false", "trainer.num_threads=1", "hydra.run.dir=run"],
+                     cwd=tmp_path, env={"REGBENCH_CACHE": str(image_cache)})
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    assert ("imagefolder: 27 training, 3 validation (dataset.val_size=null: 10 % of 30, at most "
+            "5000), 30 test examples") in output
+    assert ("calibrators (temperature, platt, vector, isotonic) fitted on 3 validation examples, "
+            "fewer than 300: their test/*@<calibrator> metrics are noisy; raise dataset.val_size to "
+            "compare them") in output
+    assert "Traceback" not in output and read_metrics(tmp_path / "run")["status"] == "completed"
 
 
 def test_corrupt_image_in_a_worker_process_names_the_file(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -124,3 +126,18 @@ def test_temperature_scaling_fixes_an_overconfident_model():
     ece_before = calibration_errors(overconfident.softmax(1), labels)[0]
     ece_after = calibration_errors((overconfident / temperature).softmax(1), labels)[0]
     assert ece_after < ece_before / 2
+
+
+@pytest.mark.parametrize("examples, warned", [(299, True), (300, False)])
+def test_calibrators_fitted_on_fewer_than_300_validation_examples_warn_in_one_line(
+        examples, warned, caplog):
+    val_logits, val_labels = calibrated_data(examples, seed=3)
+    test_logits, test_labels = calibrated_data(50, seed=4)
+    with caplog.at_level(logging.WARNING, logger="regbench"):
+        calibration_panel(val_logits, val_labels, test_logits, test_labels,
+                          calibrators=["temperature", "isotonic"])
+        calibration_panel(val_logits, val_labels, test_logits, test_labels, calibrators=[])
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert warnings == ([f"calibrators (temperature, isotonic) fitted on {examples} validation "
+                         f"examples, fewer than 300: their test/*@<calibrator> metrics are noisy; "
+                         f"raise dataset.val_size to compare them"] if warned else [])

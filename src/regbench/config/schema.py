@@ -64,7 +64,8 @@ class DatasetConfig:
     # Use only the first N training examples after a fixed shuffle (None: all of them).
     train_size: Optional[int] = None
     # Examples held out of the training split for model selection; the test split is used once.
-    val_size: int = 5000
+    # null: 10 % of the training split, at most 5,000 (datasets/base.py default_val_size).
+    val_size: Optional[int] = None
     # The shuffle that picks validation and train_size examples; fixed so every seed sees the
     # same split and runs differ only in initialization and data order.
     split_seed: int = 0
@@ -96,7 +97,8 @@ class DatasetConfig:
     def __post_init__(self) -> None:
         if self.train_size is not None:
             check(self.train_size >= 1, "dataset.train_size", self.train_size, "an integer >= 1")
-        check(self.val_size >= 0, "dataset.val_size", self.val_size, "an integer >= 0")
+        check(self.val_size is None or self.val_size >= 0, "dataset.val_size", self.val_size,
+              "an integer >= 0, or null for 10 % of the training split (at most 5,000)")
         check(len(self.mean) == len(self.std), "dataset.std", self.std,
               f"one value per channel, like dataset.mean={self.mean}")
         check(all(s > 0 for s in self.std), "dataset.std", self.std, "values > 0")

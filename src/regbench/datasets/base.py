@@ -3,8 +3,9 @@
 A dataset module registers its loader with ``@register_dataset(name)``; every dataset shares the one
 schema ``DatasetConfig`` (config/schema.py), its values set by ``configs/dataset/<name>.yaml``. A
 loader returns its official train and test splits (``RawSplits``). ``build_data`` then
-holds out ``val_size`` training examples, keeps the first ``train_size`` of the rest (both after one
-fixed shuffle) and wraps each split in a batch iterator. Every iterator yields
+holds out ``val_size`` training examples (null: ``default_val_size``, 10 % of them, at most 5,000),
+keeps the first ``train_size`` of the rest (both after one fixed shuffle), logs the three sizes in
+one line and wraps each split in a batch iterator. Every iterator yields
 ``(uint8 images [B, C, H, W], int64 labels [B])``; conversion to float and normalization happen on
 whole batches on the training device (``normalize``), so no per-sample Python runs for the
 in-memory datasets.
@@ -12,6 +13,10 @@ in-memory datasets.
 
 from __future__ import annotations
 
+import logging
+import math
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
@@ -24,6 +29,14 @@ from regbench.datasets.crops import crop_batches, cropped_shape
 from regbench.machine import available_cores
 from regbench.registry import Registry
 
+log = logging.getLogger(__name__)
+
+# dataset.val_size=null holds out this share of the training split (scikit-learn's
+# validation_fraction default for early stopping, MLPClassifier/SGDClassifier), at most VAL_CAP:
+# the 5,000 of the published MNIST and CIFAR splits (55k/5k, 45k/5k; Guo et al. 2017 calibrate on
+# them), beyond which a larger validation split mostly takes images from training.
+VAL_SHARE = 0.1
+VAL_CAP = 5000
 
 class DatasetNotFoundError(ConfigError):
     """The dataset's files are missing and could not be downloaded."""
@@ -76,6 +89,14 @@ def missing_files_error(name: str, root: Path, expected: Sequence[str], how: str
     )
 
 
+def download_failure(error: BaseException) -> str:
+    """Why a download failed, once: torchvision's MNIST repeats it for every mirror it tried
+    ("Tried <url>, got: <reason> Tried <url>, got: <reason>")."""
+    message = one_line(error)
+    reasons = re.findall(r"got: (.+?)(?= Tried |$)", message)
+    return reasons[-1] if reasons else message
+
+
 def require_files(cfg: DatasetConfig, directory: Path, expected: Sequence[str],
                   fetch: Callable[[], object], how: str) -> None:
     """Download missing files when dataset.download allows it; refuse in one line if they stay missing.
@@ -89,17 +110,21 @@ def require_files(cfg: DatasetConfig, directory: Path, expected: Sequence[str],
 
     if not missing():
         return
+    # The files may be elsewhere already: the root is the usual thing to fix.
+    elsewhere = (f"set dataset.root (or $REGBENCH_DATA) to a folder holding "
+                 f"{os.path.relpath(directory, cfg.root)}/, or {how}")
     if not cfg.download:
         raise missing_files_error(cfg.name, directory, missing(),
-                                  f"rerun with dataset.download=true or {how}")
+                                  f"rerun with dataset.download=true, {elsewhere}")
     try:
         fetch()
     except (OSError, RuntimeError) as error:
         # Offline, urllib raises URLError (an OSError); torchvision's MNIST wraps it in RuntimeError.
         raise missing_files_error(cfg.name, directory, missing(),
-                                  f"the download failed ({one_line(error)}); {how}") from None
+                                  f"the download failed ({download_failure(error)}); {elsewhere}"
+                                  ) from None
     if missing():
-        raise missing_files_error(cfg.name, directory, missing(), how)
+        raise missing_files_error(cfg.name, directory, missing(), elsewhere)
 
 
 class TensorBatches:
@@ -142,22 +167,37 @@ class DataBundle:
     input_shape: tuple[int, int, int]
     mean: list[float]
     std: list[float]
+    val_size: int = 0  # examples held out for validation (dataset.val_size, null resolved)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
 
+def default_val_size(num_train: int) -> int:
+    """dataset.val_size=null: VAL_SHARE of the training split, rounded up (one at least), at most
+    VAL_CAP."""
+    return min(VAL_CAP, math.ceil(num_train * VAL_SHARE))
+
+
 def split_sizes(cfg: DatasetConfig, num_train: int) -> tuple[int, int]:
     """(validation size, training size) after checking them against the training split."""
-    check(cfg.val_size < num_train, "dataset.val_size", cfg.val_size,
-          f"fewer than the {num_train} training examples of {cfg.name}")
-    available = num_train - cfg.val_size
+    if cfg.val_size is None:
+        val_size = default_val_size(num_train)
+        if val_size >= num_train:  # a training split of one example
+            raise ConfigError(f"dataset.val_size=null holds out {val_size} of the {num_train} "
+                              f"training examples of {cfg.name}, leaving none to train on; set "
+                              f"dataset.val_size=0")
+    else:
+        val_size = cfg.val_size
+        check(val_size < num_train, "dataset.val_size", val_size,
+              f"fewer than the {num_train} training examples of {cfg.name}")
+    available = num_train - val_size
     train_size = available if cfg.train_size is None else cfg.train_size
     check(train_size <= available, "dataset.train_size", cfg.train_size,
           f"at most {available} ({num_train} training examples of {cfg.name} minus "
-          f"dataset.val_size={cfg.val_size})")
-    return cfg.val_size, train_size
+          f"dataset.val_size={val_size})")
+    return val_size, train_size
 
 
 def split_train(cfg: DatasetConfig, train: Split) -> tuple[Split, Split]:
@@ -168,6 +208,15 @@ def split_train(cfg: DatasetConfig, train: Split) -> tuple[Split, Split]:
     if isinstance(train, ImageTensors):
         return train.subset(train_index), train.subset(val_index)
     return Subset(train, train_index.tolist()), Subset(train, val_index.tolist())
+
+
+def log_split_sizes(cfg: DatasetConfig, num_train: int, train: Split, val: Split, test: Split) -> None:
+    """One line with every split's size, and what chose the validation size."""
+    rule = (f"dataset.val_size=null: 10 % of {num_train}, at most {VAL_CAP}" if cfg.val_size is None
+            else f"dataset.val_size={cfg.val_size}")
+    kept = "" if cfg.train_size is None else f", dataset.train_size={cfg.train_size}"
+    log.info("%s: %d training, %d validation (%s%s), %d test examples", cfg.name, len(train),
+             len(val), rule, kept, len(test))
 
 
 class RelabeledDataset(Dataset):
@@ -310,6 +359,7 @@ def build_data(cfg: DatasetConfig, batch_size: int, device: torch.device, seed: 
     check(len(raw.classes) >= 2, "dataset", cfg.name,
           f"a dataset with 2 classes or more; found {len(raw.classes)} ({', '.join(raw.classes)})")
     train, val = split_train(cfg, raw.train)
+    log_split_sizes(cfg, len(raw.train), train, val, raw.test)
     train, val, test = corrupt_splits(cfg, train, val, raw.test, len(raw.classes), seed)
     workers = available_cores() if cfg.num_workers is None else cfg.num_workers
     # Decodes one image for file-based datasets not in memory; stored images may be cropped.
@@ -334,4 +384,5 @@ def build_data(cfg: DatasetConfig, batch_size: int, device: torch.device, seed: 
         input_shape=shape,
         mean=list(cfg.mean),
         std=list(cfg.std),
+        val_size=len(val),
     )

@@ -70,7 +70,7 @@ def load_idx_dataset(cfg: DatasetConfig, dataset_class: type[MNIST]) -> RawSplit
     directory = root / dataset_class.__name__ / "raw"  # torchvision's ``raw_folder``
     archives = [archive for archive, _md5 in dataset_class.resources]
     files = [archive.removesuffix(".gz") for archive in archives]
-    how = f"download {', '.join(archives)} from {dataset_class.mirrors[0]} and gunzip them there"
+    how = f"download their .gz files from {dataset_class.mirrors[0]} and gunzip them there"
     require_files(cfg, directory, files, lambda: dataset_class(root, train=True, download=True), how)
 
     def split(train: bool) -> ImageTensors:

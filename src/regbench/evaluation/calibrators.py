@@ -18,14 +18,17 @@ whose calibrated values are all zero becomes uniform (as scikit-learn does).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from regbench.config import CalibratorName, ConfigError
+
+log = logging.getLogger(__name__)
 
 # Guo et al.'s reference code: T starts at 1.5, LBFGS with lr 0.01 and 50 iterations. A strong-Wolfe
 # line search is added so the fit reaches the NLL minimum however far it is from 1.5.
@@ -36,6 +39,13 @@ LBFGS_ITERATIONS = 50
 SCALING_LBFGS_ITERATIONS = 200
 # Matrix scaling is refused below this many validation examples per parameter.
 MATRIX_EXAMPLES_PER_PARAMETER = 10
+# Below this many validation examples a calibrator's fit is mostly noise, said in one warning:
+# 300 examples fill ECE's 15 bins (calibration_errors.CALIBRATION_BINS) with 20 each on average,
+# and a bin's accuracy over 20 examples has a standard error of up to sqrt(0.25 / 20) = 0.11, more
+# than the few percent of ECE a calibrator corrects (Guo et al. 2017 fit on 5,000 images or more);
+# isotonic regression, the most flexible map, overfits small calibration sets first
+# (Niculescu-Mizil & Caruana 2005).
+FEW_VALIDATION_EXAMPLES = 300
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -226,6 +236,15 @@ FITS: dict[CalibratorName, Callable[[torch.Tensor, torch.Tensor], Calibrator]] =
     CalibratorName.matrix: fit_matrix_scaling,
 }
 CALIBRATORS = {name.value: FITS[name] for name in CalibratorName}
+
+
+def warn_if_few_examples(examples: int, names: Sequence[str]) -> None:
+    """One warning line when calibrators ``names`` are to be fitted on fewer than
+    FEW_VALIDATION_EXAMPLES validation examples."""
+    if names and examples < FEW_VALIDATION_EXAMPLES:
+        log.warning("calibrators (%s) fitted on %d validation examples, fewer than %d: their "
+                    "test/*@<calibrator> metrics are noisy; raise dataset.val_size to compare them",
+                    ", ".join(names), examples, FEW_VALIDATION_EXAMPLES)
 
 
 def fit_calibrator(name: str, val_logits: torch.Tensor, val_labels: torch.Tensor) -> Calibrator:

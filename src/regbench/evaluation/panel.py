@@ -23,7 +23,7 @@ from regbench.evaluation.calibration_errors import (
     expected_calibration_error,
     smooth_ece,
 )
-from regbench.evaluation.calibrators import Calibrator, fit_calibrator
+from regbench.evaluation.calibrators import Calibrator, fit_calibrator, warn_if_few_examples
 from regbench.evaluation.metrics import brier_score
 
 METRICS = ("ece", "ece_adaptive", "ece_classwise", "ece_debiased_l2", "smece", "nll", "brier", "aurc")
@@ -85,6 +85,7 @@ def calibration_panel(val_logits: torch.Tensor, val_labels: torch.Tensor,
     test_labels = test_labels.detach().long().cpu()
     probabilities = {RAW: test_logits.detach().double().softmax(dim=1).cpu()}
     metrics: dict[str, float] = {}
+    warn_if_few_examples(len(val_labels), calibrators)
     for name in calibrators:
         calibrator: Calibrator = fit_calibrator(name, val_logits, val_labels.long())
         probabilities[name] = calibrator(test_logits).double().cpu()

@@ -170,7 +170,7 @@ class Run:
         context = RunContext(
             dataset=settings.dataset.name, model=settings.model.name, num_classes=data.num_classes,
             epochs=trainer.epochs, optimizer=settings.optimizer.name.value,
-            val_size=settings.dataset.val_size,
+            val_size=data.val_size,
         )
         regularizers = build_regularizers(settings.regularizer, context)
         options = ModelOptions()
