@@ -19,7 +19,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import compose_config
+from conftest import compose_config, run_cli
 from regbench.config import ConfigError, DatasetConfig
 from regbench.datasets import DATASETS, build_data
 from regbench.datasets.base import CorruptDatasetError, ImageTensors
@@ -227,6 +227,31 @@ def test_a_cache_file_holding_more_than_tensors_is_refused_in_one_line_and_kept(
                        f"default): damaged, or not written by regbench; delete it and rerun")
     assert (cache / name).read_bytes() == planted  # not regbench's file: neither run nor replaced
     assert "planted code ran" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_cli_refuses_a_planted_cache_file_and_a_link_loop_in_one_line_each(tmp_path, cache):
+    write_folder(tmp_path / "data")
+    load(tmp_path / "data")
+    [name] = cache_files(cache)
+    torch.save({"train": Planted()}, cache / name)
+    # The same absolute paths as load(): the cache key holds them.
+    args = ["dataset=imagefolder", f"dataset.root={tmp_path / 'data'}", "trainer.epochs=1",
+            "evaluation.figures=false", "trainer.progress=false", "trainer.num_threads=1"]
+    result = run_cli([*args, "hydra.run.dir=run1"], cwd=tmp_path, env={"REGBENCH_CACHE": str(cache)})
+    assert result.returncode == 2 and "planted code ran" not in result.stdout
+    assert result.stderr.splitlines() == [
+        f"regbench: error: the image cache {cache / name} fails torch.load's weights_only check "
+        f"(Unsupported global: GLOBAL print was not an allowed global by default): damaged, or not "
+        f"written by regbench; delete it and rerun"]
+    (tmp_path / "data" / "train" / "cat" / "loop").symlink_to("../cat", target_is_directory=True)
+    result = run_cli([*args, "hydra.run.dir=run2"], cwd=tmp_path, env={"REGBENCH_CACHE": str(cache)})
+    assert result.returncode == 2
+    folder = tmp_path / "data" / "train" / "cat"
+    assert result.stderr.splitlines() == [
+        f"regbench: error: dataset 'imagefolder': {folder / 'loop'} is a link to {folder}, a folder "
+        f"it is in, so its images would be listed again at every depth; remove the link "
+        f"(dataset.root={tmp_path / 'data'})"]
 
 
 def test_a_full_disk_while_writing_the_cache_is_one_line_and_claims_nothing(tmp_path, cache, caplog,
