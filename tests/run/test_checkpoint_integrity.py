@@ -163,3 +163,26 @@ def test_a_rerun_without_checkpoints_leaves_no_checkpoint_of_an_earlier_epoch(tm
     assert "after epoch 2" in result.stdout + result.stderr
     assert read_metrics(run_dir)["status"] == "completed" and len(read_history(run_dir)) == 3
     assert not list(run_dir.glob("*.pt"))
+
+
+@pytest.mark.slow
+def test_regbench_fold_refuses_a_corrupted_last_pt_and_its_reader_a_corrupted_folded_pt(tmp_path):
+    from regbench.fold import load_folded
+    from regbench.run.spec import FOLDED_FILE
+
+    run_dir = tmp_path / "run"
+    trained = run_cli([*CLI, "regularizer=batchnorm", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    fold = ["--repeats", "1", str(run_dir)]
+    assert run_cli(fold, cwd=tmp_path, module="regbench.fold").returncode == 0
+    load_folded(run_dir)  # as written: verified
+    flip_signs(run_dir / FOLDED_FILE)
+    with pytest.raises(ConfigError, match=f"checkpoint {run_dir / FOLDED_FILE} does not match its "
+                                          f"checksum.*run python -m regbench.fold again"):
+        load_folded(run_dir)
+    flip_signs(run_dir / CHECKPOINT_FILE)
+    folded = (run_dir / FOLDED_FILE).read_bytes()
+    refused = run_cli(fold, cwd=tmp_path, module="regbench.fold")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert f"checkpoint {run_dir / CHECKPOINT_FILE} does not match its checksum" in refused.stderr
+    assert (run_dir / FOLDED_FILE).read_bytes() == folded
