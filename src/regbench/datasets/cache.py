@@ -15,12 +15,13 @@ seconds and trains through the same in-memory path as CIFAR (``TensorBatches``).
   ``rsync -t``): they hold all of a file up to 8 KiB and, in a PNG, the zlib checksum of all its
   pixels. Not detected: a change confined to the middle of a larger file that keeps its size and
   modification time (an in-place edit of a JPEG's middle, a bit flipped on disk); delete the cache
-  file, or use ``dataset.in_memory=false``, after such an edit. Hashing every byte of every image
-  would cost as much as decoding them, the work the cache saves.
+  file, or use ``dataset.in_memory=false``, after such an edit. Hashing all of every image would
+  read the whole dataset from disk on every run, which the cache exists to avoid.
 - **Checked on load**: the file holds a SHA-256 of its payload (``files.state_digest``), compared
   on every load, since ``torch.load`` does not check the zip's CRCs. A file that does not match
   (or is cut short) is decoded again under the lock, with one warning; a file that fails
-  ``torch.load``'s ``weights_only`` check was not written by regbench and is refused in one line.
+  ``torch.load``'s ``weights_only`` check (damaged, or not regbench's: it asks for more than
+  tensors) is refused in one line and left in place for the user to delete.
 - **Atomic and shared**: the file is written to a temporary name in the same folder and renamed
   (``os.replace``), so a reader sees a complete file or none. Builders take an exclusive ``flock``
   on ``<file>.lock`` and look for the file again once they hold it: when several jobs of a sweep
