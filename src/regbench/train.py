@@ -32,8 +32,7 @@ from regbench.cli.command_line import exit_on_bad_command_line, shell_override
 from regbench.cli.compose import config_dir, register_schemas
 from regbench.cli.hydra_hooks import in_multirun  # also registers what configs/config.yaml names
 from regbench.config import Config, ConfigError, check, one_line
-from regbench.run.checkpoint import (CheckpointError, CheckpointPolicy, check_keep_checkpoint,
-                                     load_checkpoint)
+from regbench.run.checkpoint import CheckpointError, CheckpointPolicy, check_keep_checkpoint, resume
 from regbench.run.engine import DivergedError, InterruptedRun, Run, stop_on_signals
 from regbench.run.folder import RunFolder
 from regbench.run.recorder import RunRecorder
@@ -127,7 +126,7 @@ def train_and_test(settings: Config, spec: RunSpec, folder: RunFolder,
     check_objective(settings)  # after the regularizers' own checks, before any training
     check_keep_checkpoint(settings)
     if folder.checkpoint.exists():
-        run.load_state_dict(load_checkpoint(folder.checkpoint, spec.identity, settings.trainer.epochs))
+        resume(run, folder.checkpoint, spec.identity, settings.trainer.epochs)
         log.info("resuming from %s after epoch %d", folder.checkpoint, run.epochs_done)
     # Events of epochs after the checkpoint (logged before an interruption) are dropped.
     recorder = RunRecorder(folder.path, purge_step=run.epochs_done + 1)

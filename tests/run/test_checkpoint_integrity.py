@@ -150,6 +150,21 @@ def test_saved_progress_that_does_not_fit_the_run_is_refused(tmp_path, monkeypat
     assert snapshot(run_dir) == before
 
 
+def test_a_model_state_the_run_cannot_take_is_refused_in_one_line(tmp_path, monkeypatch):
+    """Renamed layers, as a checkpoint of a regbench whose model had other names would hold."""
+    run_dir = interrupted_run(tmp_path / "run", monkeypatch)
+    path = run_dir / CHECKPOINT_FILE
+    state = torch.load(path, weights_only=True)
+    del state[CHECKSUM_KEY]
+    state["model"] = {f"old.{key}": value for key, value in state["model"].items()}
+    torch.save({**state, CHECKSUM_KEY: state_digest(state)}, path)
+    before = snapshot(run_dir)
+    with pytest.raises(ConfigError, match=f"checkpoint {path} does not fit this run's model") as error:
+        train_in_process(run_dir, JOB)
+    assert "\n" not in str(error.value) and "Missing key(s)" in str(error.value)
+    assert snapshot(run_dir) == before
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("keep", ["last", "best"])
 def test_a_rerun_without_checkpoints_leaves_no_checkpoint_of_an_earlier_epoch(tmp_path, monkeypatch, keep):

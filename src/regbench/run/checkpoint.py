@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from regbench.config import Config, ConfigError, KeepCheckpoint, TrainerConfig, check
+from regbench.config import Config, ConfigError, KeepCheckpoint, TrainerConfig, check, one_line
 from regbench.files import atomic_write_bytes, state_digest
 from regbench.run.spec import (
     BEST_CHECKPOINT_FILE,
@@ -129,6 +129,19 @@ class IntervalCheckpoint:
     def write(self, state: dict[str, Any]) -> None:
         save_checkpoint(self.path, state, self.identity)
         self.written_at = self.clock()
+
+
+def resume(run: Any, path: Path, identity: dict[str, Any], epochs: int) -> None:
+    """Put ``run`` (an engine.Run of ``epochs`` epochs) back where the checkpoint ``path`` left it
+    (``load_checkpoint``). A state its model, optimizer or regularizers cannot take (a hand-made
+    file, or one from a regbench whose model had other layers) is refused in one line."""
+    state = load_checkpoint(path, identity, epochs)
+    try:
+        run.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as error:
+        raise CheckpointError(f"checkpoint {path} does not fit this run's model, optimizer or "
+                              f"regularizers ({type(error).__name__}: {one_line(error)[:300]}); "
+                              f"{RESTART}") from None
 
 
 def load_checkpoint(path: Path, identity: dict[str, Any], epochs: int) -> dict[str, Any]:
