@@ -540,6 +540,17 @@ def test_a_symlink_loop_in_an_image_folder_is_refused_in_one_line(tmp_path, link
         f"images would be listed again at every depth; remove the link (dataset.root={tmp_path})")
 
 
+def test_an_image_that_links_to_itself_is_named_in_one_line(tmp_path):
+    write_classes(tmp_path, per_class=2)
+    (tmp_path / "train" / "a" / "self.png").symlink_to("self.png")
+    with pytest.raises(CorruptDatasetError) as error:
+        load("imagefolder", tmp_path, "dataset.val_size=0")
+    assert one_line_error(error) == (
+        f"dataset 'imagefolder': image file {tmp_path / 'train' / 'a' / 'self.png'} cannot be read "
+        f"([Errno 40] Too many levels of symbolic links: '{tmp_path / 'train' / 'a' / 'self.png'}'); "
+        f"fix or delete it")
+
+
 def test_links_to_images_already_listed_count_once_and_across_classes_are_refused(tmp_path, caplog):
     write_classes(tmp_path)
     (tmp_path / "extra").mkdir()
