@@ -52,7 +52,16 @@ from regbench.run.probes import (
     variance_shift_metrics,
 )
 from regbench.run.recorder import RunRecorder
-from regbench.run.spec import EPOCHS, GAP_ACC, GAP_NLL, TEST_ACC, TEST_ECE, TEST_NLL
+from regbench.run.spec import (
+    DID_NOT_LEARN,
+    EPOCHS,
+    GAP_ACC,
+    GAP_NLL,
+    TEST_ACC,
+    TEST_ECE,
+    TEST_NLL,
+    TRAIN_ACC,
+)
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +135,29 @@ def epoch_summary(record: dict[str, Any], epochs: int) -> str:
 
 def all_finite(values: Iterable[float]) -> bool:
     return all(math.isfinite(value) for value in values)
+
+
+# did_not_learn: the final training accuracy is not significantly above chance, the accuracy of
+# always answering the training split's most frequent class (1/K when balanced), by a one-sided
+# exact binomial test at the conventional 5 % (Combrisson & Jerbi 2015, "Exceeding chance level by
+# chance", J. Neurosci. Methods: the chance level of a finite number of examples).
+CHANCE_ALPHA = 0.05
+
+
+def did_not_learn(train: Evaluation) -> bool:
+    """Whether the predictions on the training split are no better than chance; warns when so."""
+    from scipy.stats import binomtest  # not at start-up (DEVELOPERS.md, Start-up)
+
+    examples = len(train)
+    chance = torch.bincount(train.labels).max().item() / examples
+    correct = int((train.logits.argmax(dim=1) == train.labels).sum().item())
+    p_value = binomtest(correct, examples, chance, alternative="greater").pvalue
+    if p_value < CHANCE_ALPHA:
+        return False
+    log.warning("did not learn: final training accuracy %.4f is not significantly above %.4f, "
+                "always answering the most frequent class (binomial test p = %.2g; metrics.json: %s)",
+                correct / examples, chance, p_value, DID_NOT_LEARN)
+    return True
 
 
 class Run:
@@ -410,11 +442,14 @@ class Run:
         metrics.update(wrong_class_metrics(test.logits, test.labels))
         return metrics
 
-    def train_split_metrics(self, metrics: dict[str, Any], test: Evaluation) -> dict[str, float]:
-        """train/ metrics of a clean eval-mode pass over the training split, and the gaps."""
-        train = self.evaluate(self.data.train_eval).metrics("train")
-        return {**train, GAP_ACC: train["train/acc"] - metrics[TEST_ACC],
-                GAP_NLL: metrics[TEST_NLL] - train["train/nll"]}
+    def train_split_metrics(self, metrics: dict[str, Any], test: Evaluation) -> dict[str, Any]:
+        """train/ metrics of a clean eval-mode pass over the training split, the gaps, and whether
+        the run learned at all (did_not_learn, with a warning when it did not)."""
+        train_split = self.evaluate(self.data.train_eval)
+        train = train_split.metrics("train")
+        return {**train, GAP_ACC: train[TRAIN_ACC] - metrics[TEST_ACC],
+                GAP_NLL: metrics[TEST_NLL] - train["train/nll"],
+                DID_NOT_LEARN: did_not_learn(train_split)}
 
     def validation_metrics(self, metrics: dict[str, Any], test: Evaluation) -> dict[str, float]:
         """val/ metrics and the calibration panel (calibrators fitted on the validation split,
