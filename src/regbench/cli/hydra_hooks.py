@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import textwrap
 from pathlib import Path
@@ -95,7 +96,32 @@ def sweep_job_dir(number: object, overrides_dirname: str, *, _root_: Any) -> str
     lines = sorted(o.input_line for o in overrides
                    if o.key_or_group in keys and o.key_or_group not in options.exclude_keys)
     joined = str(options.item_sep).join(line.replace("=", str(options.kv_sep), 1) for line in lines)
-    return job_dir(number, joined)
+    return chosen_job_dir(Path(str(hydra_cfg.sweep.dir)), number, joined)
+
+
+# (sweep folder, job number, overrides) -> the folder chosen: every read of hydra.sweep.subdir in a
+# process gives the same folder, even once another job made a folder of the same name after it.
+CHOSEN: dict[tuple[str, str, str], str] = {}
+
+
+def chosen_job_dir(sweep_dir: Path, number: object, overrides: str) -> str:
+    key = (str(sweep_dir), str(number), overrides)
+    if key not in CHOSEN:
+        CHOSEN[key] = existing_job_dir(sweep_dir, overrides) or job_dir(number, overrides)
+    return CHOSEN[key]
+
+
+def existing_job_dir(sweep_dir: Path, overrides: str) -> Optional[str]:
+    """The folder of ``sweep_dir`` that already holds the job of these overrides under any job
+    number (a sweep relaunched with its values in another order, or with values added): the one
+    with the lowest number when there are several. None when there is none, or when nothing is
+    swept (a folder named by its number alone says nothing about the job)."""
+    if not portable_overrides(overrides) or not sweep_dir.is_dir():
+        return None
+    numbered = (re.match(r"(\d+)_", entry.name) for entry in os.scandir(sweep_dir) if entry.is_dir())
+    same_job = [(int(match[1]), match.string) for match in numbered
+                if match and job_dir(match[1], overrides) == match.string]
+    return min(same_job)[1] if same_job else None
 
 
 def first_sentence(path: Path) -> str:

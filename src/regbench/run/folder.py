@@ -83,6 +83,10 @@ def find_job_folders(root: Path) -> list[Path]:
     return sorted(folders, key=lambda folder: natural_key(str(folder.relative_to(root))))
 
 
+class FolderRefused(ConfigError):
+    """A run folder not taken (another run's, in use, unreadable): nothing in it was written."""
+
+
 class RunFolder:
     """One run's folder (Hydra's run or job output folder)."""
 
@@ -100,8 +104,11 @@ class RunFolder:
         """Hold the folder for ``spec`` (lock, identity check, spec.json) while the block runs."""
         self.path.mkdir(parents=True, exist_ok=True)
         with self.lock():
-            self.check_identity(spec)
-            self.completed = self.completed_metrics()  # an unreadable one is refused here, untouched
+            try:
+                self.check_identity(spec)
+                self.completed = self.completed_metrics()  # an unreadable one is refused, untouched
+            except ConfigError as error:
+                raise FolderRefused(str(error)) from None
             self.remove_stale_temporaries()
             if not self.file(SPEC_FILE).exists():
                 atomic_write_json(self.file(SPEC_FILE), spec.as_json())
@@ -136,8 +143,8 @@ class RunFolder:
     def lock(self) -> contextlib.AbstractContextManager:
         """The folder's lock; a second process on the same folder is refused, not interleaved."""
         def refuse() -> None:
-            raise ConfigError(f"{self.path} is in use by another regbench process; wait for it to "
-                              f"finish, or use another hydra.run.dir")
+            raise FolderRefused(f"{self.path} is in use by another regbench process; wait for it to "
+                                f"finish, or use another hydra.run.dir")
         return exclusive_lock(self.file(LOCK_FILE), when_busy=refuse, remove=True)
 
     def check_identity(self, spec: RunSpec) -> None:
