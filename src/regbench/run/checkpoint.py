@@ -139,6 +139,7 @@ def resume(run: Any, path: Path, identity: dict[str, Any], epochs: int) -> None:
     try:
         run.load_state_dict(state)
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as error:
+        # Cut: torch lists every missing and unexpected key (hundreds for a ResNet).
         raise CheckpointError(f"checkpoint {path} does not fit this run's model, optimizer or "
                               f"regularizers ({type(error).__name__}: {one_line(error)[:300]}); "
                               f"{RESTART}") from None
