@@ -320,6 +320,18 @@ def test_the_offline_mnist_message_is_short_and_points_at_dataset_root(tmp_path,
     assert len(message) - len(str(tmp_path)) < 400  # the folder's own length aside
 
 
+def test_files_expected_in_the_root_itself_are_said_plainly(tmp_path):
+    from regbench.datasets.base import require_files
+
+    cfg = DatasetConfig(name="toy", root=str(tmp_path), download=False)
+    with pytest.raises(DatasetNotFoundError) as error:
+        require_files(cfg, tmp_path, ["toy.mat"], fetch=lambda: None, how="download toy.mat there")
+    assert one_line_error(error) == (
+        f"dataset 'toy': files not found under {tmp_path} (expected toy.mat); rerun with "
+        f"dataset.download=true, set dataset.root (or $REGBENCH_DATA) to a folder holding them, or "
+        f"download toy.mat there")
+
+
 # --- Oxford-IIIT Pet: images/*.jpg + annotations/{trainval,test}.txt ------------------------------
 
 # (image id prefix, class id, species 1=cat 2=dog, breed id within species): the first three

@@ -111,8 +111,9 @@ def require_files(cfg: DatasetConfig, directory: Path, expected: Sequence[str],
     if not missing():
         return
     # The files may be elsewhere already: the root is the usual thing to fix.
-    elsewhere = (f"set dataset.root (or $REGBENCH_DATA) to a folder holding "
-                 f"{os.path.relpath(directory, cfg.root)}/, or {how}")
+    below_root = os.path.relpath(directory, cfg.root)
+    holding = "them" if below_root == "." else f"{below_root}/"
+    elsewhere = f"set dataset.root (or $REGBENCH_DATA) to a folder holding {holding}, or {how}"
     if not cfg.download:
         raise missing_files_error(cfg.name, directory, missing(),
                                   f"rerun with dataset.download=true, {elsewhere}")
