@@ -93,6 +93,7 @@ def test_build_data_batches_svhn_with_the_preset_normalization(tmp_path, skip_sv
     assert data.input_shape == (3, 32, 32) and data.num_classes == 10
     assert data.mean == [0.4377, 0.4438, 0.4728] and data.std == [0.1980, 0.2010, 0.1970]
     images, labels = next(iter(data.test))
+    assert labels.dtype == torch.int64 and len(labels) == 4
     assert images.dtype == torch.uint8 and images.shape == (4, 3, 32, 32)
     assert sum(len(batch) for batch, _ in data.val) == 2
     assert sum(len(batch) for batch, _ in data.train_eval) == 10

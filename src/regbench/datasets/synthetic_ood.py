@@ -18,7 +18,7 @@ through the in-distribution mean and std, as it would see a real OOD dataset.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

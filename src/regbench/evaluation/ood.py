@@ -21,7 +21,7 @@ Keys: ``ood/<set>/<metric>_<score>`` per set, ``ood/<metric>_<score>`` for the m
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
@@ -94,8 +94,8 @@ def check_set_name(set_name: str) -> None:
 def check_logits(in_logits: torch.Tensor, out_logits: torch.Tensor) -> None:
     if (in_logits.ndim != 2 or out_logits.ndim != 2 or in_logits.shape[1] != out_logits.shape[1]
             or not len(in_logits) or not len(out_logits)):
-        raise ValueError(f"expected ID and OOD logits (n, classes) with n > 0 and the same classes; "
-                         f"got {tuple(in_logits.shape)} and {tuple(out_logits.shape)}")
+        raise ValueError(f"expected ID and OOD logits (n, classes) with n > 0 and the same "
+                         f"classes; got {tuple(in_logits.shape)} and {tuple(out_logits.shape)}")
 
 
 def ood_metrics(in_logits: torch.Tensor, out_logits: torch.Tensor, set_name: str
