@@ -16,7 +16,8 @@ import torch
 
 from conftest import read_history, read_metrics, run_cli
 from regbench.cli.hydra_hooks import CHOSEN, chosen_job_dir, existing_job_dir, job_dir
-from regbench.sweep import OUTCOMES_FILE, append_line, interruption, job_outcomes, read_records
+from regbench.sweep import (OUTCOMES_FILE, SweepInterrupted, SweepSummary, append_line, interruption,
+                            job_outcomes, read_records)
 
 FAST = ["trainer.progress=false", "trainer.num_threads=1", "evaluation.figures=false"]
 
@@ -54,6 +55,17 @@ def test_lines_appended_by_processes_at_once_never_interleave(tmp_path):
     assert len(records) == writers * lines
     for n in range(writers):
         assert [r["outcome"] for r in records if r["job"] == str(n) * 200] == [str(i) for i in range(lines)]
+
+
+def test_the_parent_notes_the_first_signal_and_stops_waiting_at_the_third(tmp_path):
+    parent = SweepSummary()
+    parent.invocation, parent.parent_pid, parent.sweep_dir = "this", os.getpid(), tmp_path
+    parent.on_signal(signal.SIGINT, None)
+    parent.on_signal(signal.SIGTERM, None)  # noted once: the jobs are still waited for
+    with pytest.raises(SweepInterrupted) as stopped:
+        parent.on_signal(signal.SIGINT, None)
+    assert stopped.value.line == f"regbench: sweep stopped by SIGINT without waiting for its jobs; see {tmp_path}"
+    assert read_records(tmp_path / OUTCOMES_FILE, "this") == [{"invocation": "this", "interrupted_by": "SIGINT"}]
 
 
 # --- job folders ---------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ def test_joblib_grid_and_report(tmp_path):
                       "regularizer=none,label_smoothing", "trainer.epochs=2", *FAST,
                       f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert "sweep finished: 4 jobs (4 completed)" in result.stdout
     jobs = job_metrics(sweep)
     assert len(jobs) == 4 and all(m["status"] == "completed" for m in jobs.values())
     assert sorted((m["regularizer"][0], m["seed"]) for m in jobs.values()) == [
@@ -53,6 +54,7 @@ def test_submitit_local_runs_the_slurm_code_path(tmp_path):
                       "trainer.epochs=1", *FAST, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert job_metrics(sweep)["0"]["status"] == "completed"
+    assert "sweep finished: 1 jobs (1 completed)" in result.stdout  # recorded in the job's process
     assert list((sweep / ".submitit").rglob("*_result.pkl"))  # ran through submitit
 
 
