@@ -306,7 +306,21 @@ def fail(message: str, exit_code: int, stop_sweep: bool = False,
     if exits:
         sys.exit(exit_code)
     log.error(message)
+    if sweeper_optimizes():
+        raise FailedTrial(message)
     return float("nan")
+
+
+class FailedTrial(RuntimeError):
+    """A sweep job that did not complete, raised to a sweeper that optimizes the objective (Optuna),
+    which records it as a failed trial and goes on: a NaN objective instead makes
+    hydra-optuna-sweeper 1.2 tell Optuna a value for a trial it has marked failed, and the search
+    ends in a traceback."""
+
+
+def sweeper_optimizes() -> bool:
+    target = OmegaConf.select(HydraConfig.get(), "sweeper._target_", default="") or ""
+    return "optuna" in str(target).lower()
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")

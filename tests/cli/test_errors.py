@@ -26,6 +26,8 @@ REGULARIZERS = ("augmentation, batchnorm, confidence_penalty, cutmix, dropout, e
      "regularizer=dropout,label_smoothing is a sweep (one run per value), which needs -m; to use "
      "them together in one run, write regularizer=[dropout,label_smoothing]; to sweep, add -m"),
     (["seed=0,1"], "seed=0,1 is a sweep (one run per value), which needs -m"),
+    (["hparams_search=dropout", "hydra.sweeper.params.optimizer.lr=choice(0.1,0.2)"],
+     "Hydra cannot sweep its own settings; to search a setting with Optuna, give its own key"),
     # Hydra's flags no longer switch the check off, wherever the overrides are placed.
     (["--help", "regularizer=bogus"], "unknown regularizer 'bogus'"),
     (["-m", "--info", "regularizer=bogus"], "unknown regularizer 'bogus'"),
@@ -78,6 +80,7 @@ def test_valid_command_lines_pass():
                         "regularizer.label_smoothing.epsilon=0.2"])
     check_command_line(["--config-dir", "mine", "regularizer=whatever"])  # another config folder
     check_command_line(["--info", "config", "trainer.epochs=2"])
+    check_command_line(["hparams_search=dropout", "optimizer.lr=choice(0.1,0.2)"])  # Optuna: no -m
     check_command_line(["-m", "regularizer=glob(*)", "hydra/launcher=joblib"])
 
 

@@ -24,6 +24,7 @@ from typing import Any, Iterator, Sequence
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -182,7 +183,7 @@ def split_command_line(args: Sequence[str]) -> CommandLine:
     return CommandLine(flags, overrides)
 
 
-def parse_overrides(arguments: Sequence[str], multirun: bool) -> list[Override]:
+def parse_overrides(arguments: Sequence[str]) -> list[Override]:
     try:
         overrides = OverridesParser.create().parse_overrides(list(arguments))
     except HydraException as error:
@@ -191,11 +192,20 @@ def parse_overrides(arguments: Sequence[str], multirun: bool) -> list[Override]:
             message += " (a value with non-ASCII characters, such as a path, must be quoted: " \
                        "key='value', inside the shell's quotes: \"key='value'\")"
         raise ConfigError(message) from None
-    if not multirun:
-        for override in overrides:
-            if override.is_sweep_override():
-                raise ConfigError(sweep_without_multirun(override))
     return overrides
+
+
+def check_sweeps_have_multirun(overrides: Sequence[Override], first: list[str], compose: Any) -> None:
+    """A sweep (``key=a,b``) without -m is refused, unless a preset sets hydra.mode=MULTIRUN (an
+    Optuna search); so is a sweep over Hydra's own settings, which Hydra cannot do."""
+    sweeps = [o for o in overrides if o.is_sweep_override()]
+    for override in sweeps:
+        if override.key_or_group.startswith("hydra."):
+            raise ConfigError(f"{override.input_line}: Hydra cannot sweep its own settings; to search "
+                              f"a setting with Optuna, give its own key, e.g. optimizer.lr=choice(...) "
+                              f"or interval(...)")
+    if sweeps and compose(first, hydra=True).hydra.mode != RunMode.MULTIRUN:
+        raise ConfigError(sweep_without_multirun(sweeps[0]))
 
 
 def sweep_without_multirun(override: Override) -> str:
@@ -270,12 +280,15 @@ def check_command_line(args: Sequence[str]) -> None:
     if any(flag in UNCHECKED_FLAGS for flag in command_line.flags):
         return
     config_name = check_config_name(command_line.flag_value("--config-name", "-cn"))
-    overrides = parse_overrides(command_line.overrides, command_line.multirun)
+    overrides = parse_overrides(command_line.overrides)
     if not set(command_line.flags) - MULTIRUN_FLAGS:  # a run or a sweep, not --help, --cfg, ...
         check_output_folder(output_folder(overrides, command_line.multirun),
                             "hydra.sweep.dir" if command_line.multirun else "hydra.run.dir")
     with composer(config_name) as compose:
-        for candidate in candidate_command_lines(checked_overrides(overrides)):
+        candidates = list(candidate_command_lines(checked_overrides(overrides)))
+        if not command_line.multirun:
+            check_sweeps_have_multirun(overrides, candidates[0], compose)
+        for candidate in candidates:
             try:
                 OmegaConf.to_object(compose(candidate))
             except ConfigError:

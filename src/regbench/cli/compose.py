@@ -47,12 +47,14 @@ def register_schemas() -> None:
 
 
 @contextlib.contextmanager
-def composer(config_name: str = "config") -> Iterator[Callable[[Sequence[str]], DictConfig]]:
+def composer(config_name: str = "config") -> Iterator[Callable[..., DictConfig]]:
     """A ``compose(overrides)`` function over regbench's configs, for several compositions in one
-    initialization (the command-line check composes once per swept value)."""
+    initialization (the command-line check composes once per swept value); ``hydra=True`` keeps
+    Hydra's own node (hydra.mode, hydra.run.dir...) in the result."""
     register_schemas()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        yield lambda overrides: compose(config_name=config_name, overrides=list(overrides))
+        yield lambda overrides, hydra=False: compose(config_name=config_name, overrides=list(overrides),
+                                                     return_hydra_config=hydra)
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
