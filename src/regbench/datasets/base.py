@@ -169,6 +169,9 @@ class DataBundle:
     mean: list[float]
     std: list[float]
     val_size: int = 0  # examples held out for validation (dataset.val_size, null resolved)
+    # dataset.classes: the test images of the other classes (batches, original labels), the
+    # out-of-distribution set evaluation.ood=[held_out_classes]; None without dataset.classes.
+    held_out: object = None
 
     @property
     def num_classes(self) -> int:
@@ -354,11 +357,45 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     return TF.normalize(converted, list(mean), list(std), inplace=converted is not images)
 
 
+def select_split(split: Split, indices: torch.Tensor, labels: torch.Tensor) -> Split:
+    """The examples at ``indices`` of a split, with ``labels`` (one per index) as their labels."""
+    if isinstance(split, ImageTensors):
+        return ImageTensors(split.images[indices], labels)
+    return RelabeledDataset(Subset(split, indices.tolist()), labels)
+
+
+def keep_classes(cfg: DatasetConfig, raw: RawSplits) -> tuple[RawSplits, Optional[Split]]:
+    """dataset.classes: train and test splits restricted to those classes, labels renumbered
+    0..k-1 in the order listed, and the other classes' test images (labels as loaded) for the
+    held_out_classes OOD set; the splits unchanged and None when dataset.classes is null."""
+    if cfg.classes is None:
+        return raw, None
+    count = len(raw.classes)
+    check(all(index < count for index in cfg.classes), "dataset.classes", list(cfg.classes),
+          f"class indices 0..{count - 1} of {cfg.name} ({', '.join(raw.classes)})")
+    new_label = torch.full((count,), -1, dtype=torch.int64)
+    new_label[torch.tensor(cfg.classes)] = torch.arange(len(cfg.classes))
+
+    def kept(split: Split) -> Split:
+        labels = new_label[split_labels(split)]
+        indices = torch.nonzero(labels >= 0).squeeze(1)
+        return select_split(split, indices, labels[indices])
+
+    test_labels = split_labels(raw.test)
+    held_out = torch.nonzero(new_label[test_labels] < 0).squeeze(1)
+    restricted = RawSplits(kept(raw.train), kept(raw.test), [raw.classes[i] for i in cfg.classes],
+                           raw.crop_size)
+    check(len(restricted.test) > 0, "dataset.classes", list(cfg.classes),
+          f"classes with test images ({cfg.name}'s test split has none of these)")
+    return restricted, select_split(raw.test, held_out, test_labels[held_out])
+
+
 def build_data(cfg: DatasetConfig, batch_size: int, device: torch.device, seed: int) -> DataBundle:
     raw = DATASETS.get(cfg.name)(cfg)
     # A classifier needs two classes at least (and calibration metrics are undefined for one).
     check(len(raw.classes) >= 2, "dataset", cfg.name,
           f"a dataset with 2 classes or more; found {len(raw.classes)} ({', '.join(raw.classes)})")
+    raw, held_out = keep_classes(cfg, raw)
     train, val = split_train(cfg, raw.train)
     log_split_sizes(cfg, len(raw.train), train, val, raw.test)
     train, val, test = corrupt_splits(cfg, train, val, raw.test, len(raw.classes), seed)
@@ -386,4 +423,5 @@ def build_data(cfg: DatasetConfig, batch_size: int, device: torch.device, seed: 
         mean=list(cfg.mean),
         std=list(cfg.std),
         val_size=len(val),
+        held_out=None if held_out is None else batches(held_out, shuffle=False),
     )
