@@ -153,21 +153,33 @@ def impulse(side: int = 32) -> torch.Tensor:
     return image
 
 
-@pytest.mark.parametrize("side", [32, 64])
-def test_gaussian_blur_of_an_impulse_is_scipys_gaussian_filter(side):
+@pytest.mark.parametrize("shape", [(8, 8), (37, 45), (64, 64)])
+def test_gaussian_blur_is_scikit_images_gaussian_that_is_scipys_gaussian_filter(shape):
+    """scikit-image's gaussian(sigma) is scipy's gaussian_filter with truncate 4 and mode
+    'nearest', borders included; sigma is scaled above 32 pixels."""
     from scipy.ndimage import gaussian_filter
-    for severity, sigma in zip(SEVERITIES, SEVERITY_PARAMETERS["gaussian_blur"]):
-        out = shift.gaussian_blur(impulse(side), sigma, generator())[0, 0].double().numpy()
-        # scikit-image's gaussian is scipy's gaussian_filter, truncate 4; sigma scaled above 32.
-        reference = gaussian_filter(impulse(side)[0, 0].double().numpy(), sigma * side / 32,
-                                    truncate=4)
+    images = smooth_rgb(2, *shape).float() / 255
+    for sigma in SEVERITY_PARAMETERS["gaussian_blur"]:
+        out = shift.gaussian_blur(images, sigma, generator()).double().numpy()
+        scaled = sigma * shift.pixel_scale(images)
+        reference = gaussian_filter(images.double().numpy(), (0, 0, scaled, scaled), truncate=4,
+                                    mode="nearest")
         np.testing.assert_allclose(out, reference, atol=1e-6)
 
 
-def test_gaussian_blur_at_sigma_1_keeps_the_hand_computed_share_at_the_centre():
-    """Severity 5 at 32x32, sigma 1, kernel to 4 sigma: 1 / (sum_{|d| <= 4} exp(-d^2 / 2))^2."""
-    centre = shift.gaussian_blur(impulse(), 1, generator())[0, 0, 16, 16].item()
-    assert centre == pytest.approx(1 / 2.506628 ** 2, abs=1e-5)
+@pytest.mark.parametrize("severity", [2, 3, 4, 5])
+def test_the_elastic_displacement_is_alpha_times_scipys_gaussian_filter_of_uniform_noise(severity):
+    """Their skimage gaussian(U(-1, 1) field, sigma, mode='reflect', truncate=3) * alpha, borders
+    included, at 8x8 too, where severity 2's kernel (radius int(0.6 side + 0.5)) nearly spans it."""
+    from scipy.ndimage import gaussian_filter
+    alpha, sigma, _ = SEVERITY_PARAMETERS["elastic_transform"][severity - 1]
+    for side in (8, 32):
+        images = torch.zeros(3, 1, side, side, dtype=torch.float64)
+        displacement = shift.elastic_displacement(images, alpha * side, sigma * side, generator(5))
+        field = torch.rand(3, 2, side, side, generator=generator(5), dtype=torch.float64) * 2 - 1
+        reference = gaussian_filter(field.numpy(), (0, 0, sigma * side, sigma * side), truncate=3,
+                                    mode="reflect") * alpha * side
+        np.testing.assert_allclose(displacement.permute(0, 3, 1, 2).numpy(), reference, atol=1e-12)
 
 
 def test_defocus_blur_of_an_impulse_is_the_published_disk():
@@ -188,6 +200,18 @@ def test_defocus_blur_of_an_impulse_is_the_published_disk():
     # (1 / (1 + 2 exp(-1 / 0.32)))^2 = 0.8449.
     assert kernel(1)[3, 3].item() == pytest.approx(0.8449, abs=1e-4)
     assert kernel(1).sum().item() == pytest.approx(1, abs=1e-6)
+
+
+def test_defocus_blur_correlates_every_channel_with_the_disk_mirrored_at_the_border():
+    """OpenCV filter2D's default border, BORDER_REFLECT_101, is scipy's 'mirror'."""
+    from scipy.ndimage import correlate
+    images = smooth_rgb(2, 37, 45).float() / 255
+    for radius, alias_sigma in SEVERITY_PARAMETERS["defocus_blur"]:
+        scaled = shift.pixel_scale(images)
+        kernel = shift.disk_kernel(radius * scaled, alias_sigma * scaled, images).double().numpy()
+        out = shift.defocus_blur(images, (radius, alias_sigma), generator()).double().numpy()
+        reference = correlate(images.double().numpy(), kernel[None, None], mode="mirror")
+        np.testing.assert_allclose(out, reference, atol=1e-6)
 
 
 def test_motion_blur_streaks_an_impulse_to_one_side_with_imagemagicks_kernel():
@@ -234,6 +258,12 @@ def test_zoom_blur_averages_numpys_arange_of_factors_and_keeps_a_constant_image(
             assert torch.equal(corrupt(images, "zoom_blur", severity, generator()), images)
 
 
+def test_zoom_blur_at_severity_1_leaves_8x8_digits_unchanged(digits):
+    """Its factors 1.00-1.06 crop ceil(8 / z) = 8 pixels and zoom them to round(8 z) = 8."""
+    assert torch.equal(corrupt(digits, "zoom_blur", 1, generator()), digits)
+    assert not torch.equal(corrupt(digits, "zoom_blur", 2, generator()), digits)
+
+
 # --- Colour and contrast -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("severity", SEVERITIES)
@@ -245,6 +275,11 @@ def test_contrast_keeps_a_constant_image_and_scales_a_two_level_difference_by_it
     out = corrupt(two_level, "contrast", severity, generator())
     assert out[..., :4].unique().tolist() == [150 - 60 * factor]
     assert out[..., 4:].unique().tolist() == [150 + 60 * factor]
+    # Each channel around its own mean: a flat channel stays flat next to a two-level one.
+    rgb = torch.cat([two_level, constant(30, 1, 8, 8), constant(240, 1, 8, 8)], dim=1)
+    out = corrupt(rgb, "contrast", severity, generator())
+    assert torch.equal(out[:, 0], corrupt(two_level, "contrast", severity, generator())[:, 0])
+    assert out[:, 1].unique().tolist() == [30] and out[:, 2].unique().tolist() == [240]
 
 
 def hsv_reference(images: torch.Tensor, change) -> torch.Tensor:

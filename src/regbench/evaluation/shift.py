@@ -15,14 +15,22 @@ changes with the image size, and why:
   parameters are fractions of IMSIZE (the shorter side here), pixelate keeps int(side * fraction)
   pixels per side, zoom_blur's factors are ratios, and fog's plasma map is the next power of two
   that covers the image (their 32 at 32x32, 256 cropped to 224 in ImageNet-C).
-- Intensity parameters (noise, contrast, brightness, saturation, JPEG quality) do not depend on size.
+- Intensity parameters (noise, contrast, brightness, saturation, JPEG quality) do not depend on size
+  (ImageNet-C chose stronger ones for 224x224; these stay CIFAR-10-C's at every size).
+
+What the published parameters do, measured (tests/evaluation/test_shift.py): the mean change
+|x' - x| grows with severity for every corruption but two. saturate desaturates at severities 1-2
+(S x 0.3, x 0.1) and oversaturates at 3-5; elastic_transform's affine jitter shrinks (0.08 to 0.03
+of the side) as its displacement grows, and its mean change does not grow (it falls on random
+images). At 8x8, zoom_blur's severity 1 is the identity (a factor below 1.0625 leaves a side of 8
+pixels 8) and pixelate keeps 7, 7, 6, 6, 5 pixels per side, so its severity 5 changes digits less
+than its severity 3.
 
 Differences from make_cifar_c.py, all deliberate: values are rounded to uint8 where their
-``np.uint8`` truncates (which darkens every corrupted image by half a level on average); gaussian
-blur and the elastic displacement field are smoothed by torchvision's ``gaussian_blur``, which
-reflects at the border where scikit-image repeats the edge (gaussian_blur) or mirrors it with the
-edge pixel doubled (the field); the random draws differ from numpy's, so no image matches the
-released files bit for bit (the notes: nobody's do; use ``evaluation.shift=published`` for those).
+``np.uint8`` truncates (which darkens every corrupted image by half a level on average); the random
+draws differ from numpy's, so no image matches the released files bit for bit (the notes: nobody's
+do; use ``evaluation.shift=published`` for those); on CUDA, JPEG is nvjpeg's, whose decoder may
+differ from libjpeg's in the last bit.
 Gray images are corrupted as one channel: brightness adds to the intensity (V of a gray pixel),
 saturate needs colour and is refused (``standard_suite(1)`` leaves it out).
 
@@ -44,13 +52,13 @@ from regbench.config.errors import ConfigError, check
 SEVERITIES = (1, 2, 3, 4, 5)
 # The image side the published parameters were chosen for (CIFAR-10).
 REFERENCE_SIDE = 32
-# The smallest side corrupted: digits' 8x8; the blur kernels' reflect padding (radius up to 4 px
-# below 32x32) must stay inside the image.
+# The smallest side accepted: digits' 8x8, the smallest regbench trains on and the tests cover
+# (defocus_blur's reflect padding, 3 pixels below 32x32, must fit inside the image).
 MIN_SIDE = 8
 
 # Hendrycks & Dietterich 2019, make_cifar_c.py (hendrycks/robustness, ImageNet-C/create_c/, its only
-# commit ca36008): the parameter of severities 1..5 of each corruption, for 32x32 images. Order: the
-# script's, its 15 benchmark corruptions first (those made here), then its extras.
+# commit ca36008): the parameter of severities 1..5 of each corruption, for 32x32 images. In the
+# script's order: its benchmark corruptions (12 of its 15), then its extras (3 of its 4).
 SEVERITY_PARAMETERS: dict[str, tuple] = {
     # sigma of additive N(0, sigma^2) on [0, 1]
     "gaussian_noise": (0.04, 0.06, 0.08, 0.09, 0.10),
@@ -172,13 +180,40 @@ def speckle_noise(images: torch.Tensor, sigma: float, generator: torch.Generator
 
 # --- Blur ----------------------------------------------------------------------------------------
 
-def gaussian_blur(images: torch.Tensor, sigma: float, generator: torch.Generator) -> torch.Tensor:
-    from torchvision.transforms.v2.functional import gaussian_blur as blur
+def pad_border(images: torch.Tensor, radius: int, dim: int, border: str) -> torch.Tensor:
+    """``radius`` pixels added on both sides of ``dim``: 'nearest' repeats the edge pixel, 'reflect'
+    mirrors about the outer border with the edge pixel doubled (d c b a | a b c d | d c b a, one
+    reflection: radius <= size), as scipy.ndimage names them."""
+    size = images.shape[dim]
+    index = torch.arange(-radius, size + radius, device=images.device)
+    if border == "nearest":
+        index = index.clamp(0, size - 1)
+    else:
+        index = torch.where(index < 0, -index - 1, index)
+        index = torch.where(index >= size, 2 * size - 1 - index, index)
+    return images.index_select(dim, index)
 
-    sigma *= pixel_scale(images)
-    # scikit-image's kernel reaches int(truncate * sigma + 0.5) pixels, truncate = 4.
-    size = 2 * int(4 * sigma + 0.5) + 1
-    return blur(images, [size, size], [sigma, sigma])
+
+def gaussian_filter(images: torch.Tensor, sigma: float, truncate: float, border: str) -> torch.Tensor:
+    """scipy.ndimage.gaussian_filter over H and W (what scikit-image's gaussian calls): taps
+    exp(-d^2 / 2 sigma^2), |d| <= int(truncate sigma + 0.5), normalized; ``border`` as in
+    ``pad_border``. Separable, 2 (2r + 1) products a pixel where torchvision's gaussian_blur makes
+    (2r + 1)^2 and pads only by reflection about the edge pixel: elastic_transform's field at
+    224x224 has r = 134."""
+    radius = int(truncate * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
+    taps = torch.exp(-offsets ** 2 / (2 * sigma ** 2))
+    taps = taps / taps.sum()
+    count, channels, height, width = images.shape
+    planes = images.reshape(count * channels, 1, height, width)
+    planes = F.conv2d(pad_border(planes, radius, -1, border), taps.view(1, 1, 1, -1))
+    planes = F.conv2d(pad_border(planes, radius, -2, border), taps.view(1, 1, -1, 1))
+    return planes.view(count, channels, height, width)
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float, generator: torch.Generator) -> torch.Tensor:
+    """scikit-image's gaussian defaults: truncate 4, the edge pixel repeated beyond the border."""
+    return gaussian_filter(images, sigma * pixel_scale(images), truncate=4, border="nearest")
 
 
 def disk_kernel(radius: float, alias_sigma: float, images: torch.Tensor) -> torch.Tensor:
@@ -195,25 +230,26 @@ def disk_kernel(radius: float, alias_sigma: float, images: torch.Tensor) -> torc
     return kernel[0, 1:-1, 1:-1]
 
 
-def depthwise_filter(images: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+def filter_every_channel(images: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """Every channel correlated with ``kernel`` (odd square), borders reflected about the edge
     pixel (OpenCV filter2D's default BORDER_REFLECT_101)."""
-    channels, pad = images.shape[1], kernel.shape[-1] // 2
-    padded = F.pad(images, [pad] * 4, mode="reflect")
-    return F.conv2d(padded, kernel.expand(channels, 1, *kernel.shape), groups=channels)
+    count, channels, height, width = images.shape
+    planes = F.pad(images.reshape(count * channels, 1, height, width), [kernel.shape[-1] // 2] * 4,
+                   mode="reflect")
+    return F.conv2d(planes, kernel[None, None]).view(count, channels, height, width)
 
 
 def defocus_blur(images: torch.Tensor, disk: tuple[float, float],
                  generator: torch.Generator) -> torch.Tensor:
     radius, alias_sigma = (value * pixel_scale(images) for value in disk)
-    return depthwise_filter(images, disk_kernel(radius, alias_sigma, images))
+    return filter_every_channel(images, disk_kernel(radius, alias_sigma, images))
 
 
-def motion_offsets(images: torch.Tensor, width: int, generator: torch.Generator) -> torch.Tensor:
+def motion_offsets(images: torch.Tensor, length: int, generator: torch.Generator) -> torch.Tensor:
     """ImageMagick's MotionBlurImage taps: tap i reads the pixel i steps along the image's angle
-    (U(-45, 45) degrees), rounded as ceil(v - 0.5). Returns [N, width, 2] (row, column) offsets."""
+    (U(-45, 45) degrees), rounded as ceil(v - 0.5). Returns [N, length, 2] (row, column) offsets."""
     angle = torch.deg2rad(uniform(images, (len(images), 1), -45, 45, generator))
-    steps = torch.arange(width, device=images.device, dtype=images.dtype)
+    steps = torch.arange(length, device=images.device, dtype=images.dtype)
     rows = torch.ceil(steps * torch.sin(angle) - 0.5)
     columns = torch.ceil(steps * torch.cos(angle) - 0.5)
     return torch.stack([rows, columns], dim=-1).long()
@@ -225,20 +261,20 @@ def motion_blur(images: torch.Tensor, blur: tuple[float, float],
     k_i = exp(-i^2 / 2 sigma^2) normalized over i < 2 ceil(radius) + 1 (ImageMagick's kernel width),
     edge pixels repeated beyond the border (its default virtual pixels)."""
     radius, sigma = (value * pixel_scale(images) for value in blur)
-    width = 2 * math.ceil(radius) + 1
-    steps = torch.arange(width, device=images.device, dtype=images.dtype)
+    length = 2 * math.ceil(radius) + 1
+    steps = torch.arange(length, device=images.device, dtype=images.dtype)
     taps = torch.exp(-steps ** 2 / (2 * sigma ** 2))
     taps = taps / taps.sum()
-    offsets = motion_offsets(images, width, generator)
-    count, channels, height, width_px = images.shape
+    offsets = motion_offsets(images, length, generator)
+    count, channels, height, width = images.shape
     rows = torch.arange(height, device=images.device)[None, :, None]
-    columns = torch.arange(width_px, device=images.device)[None, None, :]
+    columns = torch.arange(width, device=images.device)[None, None, :]
     flat = images.flatten(2)
     blurred = torch.zeros_like(images)
-    for tap in range(width):  # a loop over kernel taps, each one gather for the whole batch
+    for tap in range(length):  # a loop over kernel taps, each one gather for the whole batch
         source_rows = (rows + offsets[:, tap, 0, None, None]).clamp(0, height - 1)
-        source_columns = (columns + offsets[:, tap, 1, None, None]).clamp(0, width_px - 1)
-        index = (source_rows * width_px + source_columns).flatten(1)
+        source_columns = (columns + offsets[:, tap, 1, None, None]).clamp(0, width - 1)
+        index = (source_rows * width + source_columns).flatten(1)
         shifted = flat.gather(2, index[:, None, :].expand(count, channels, -1))
         blurred += taps[tap] * shifted.view_as(images)
     return blurred
@@ -253,8 +289,8 @@ def zoom_factors(end: float) -> list[float]:
 
 def clipped_zoom(images: torch.Tensor, factor: float) -> torch.Tensor:
     """make_cifar_c.py's ``clipped_zoom``: the centre 1/factor of the image, zoomed by ``factor``
-    with scipy's order-1 ``zoom`` (output side round(side * factor), corners aligned), then the
-    top-left-centred crop of the original size."""
+    with scipy's order-1 ``zoom`` (output side round(side * factor), corners aligned), then
+    (zoomed side - side) // 2 trimmed from the top and the left and the rest cut to size."""
     height, width = images.shape[-2:]
     crop_height, crop_width = math.ceil(height / factor), math.ceil(width / factor)
     top, left = (height - crop_height) // 2, (width - crop_width) // 2
@@ -361,13 +397,17 @@ def pixelate(images: torch.Tensor, fraction: float, generator: torch.Generator) 
 
 
 def jpeg_compression(images: torch.Tensor, quality: int, generator: torch.Generator) -> torch.Tensor:
-    """A real JPEG encode and decode (libjpeg's 4:2:0 defaults, as PIL's), through torchvision's
-    list API: batched with nvjpeg on CUDA, one call for the list on the CPU."""
+    """A real JPEG encode and decode at ``quality`` through torchvision's list API: libjpeg with its
+    4:2:0 defaults, as PIL's (torchvision calls it image by image); nvjpeg, batched, for RGB on
+    CUDA (its gray support is not relied on)."""
     from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
-    on_cuda = images.device.type == "cuda"
-    pixels = to_uint8(images) if on_cuda else to_uint8(images).cpu()
+    pixels = to_uint8(images)
+    if pixels.device.type != "cuda" or pixels.shape[1] != 3:
+        pixels = pixels.cpu()
     encoded = encode_jpeg(list(pixels.unbind(0)), quality=quality)
+    if encoded[0].device.type != "cpu":  # decode_jpeg reads host memory: one copy for the batch
+        encoded = list(torch.cat(encoded).cpu().split([len(data) for data in encoded]))
     decoded = decode_jpeg(encoded, mode=ImageReadMode.UNCHANGED, device=pixels.device)
     return torch.stack(decoded).to(images.device, images.dtype) / 255
 
@@ -415,19 +455,25 @@ def random_affine(images: torch.Tensor, jitter: float, generator: torch.Generato
 def elastic_transform(images: torch.Tensor, fractions: tuple[float, float, float],
                       generator: torch.Generator) -> torch.Tensor:
     """Random affine, then every pixel read from (x + dx, y + dy), dx and dy alpha times a U(-1, 1)
-    field smoothed by a Gaussian of sigma (kernel to 3 sigma, their truncate=3); bilinear, scipy
-    map_coordinates' 'reflect' beyond the border. Severity 1 has alpha = 0: the affine step only."""
-    from torchvision.transforms.v2.functional import gaussian_blur as blur
-
-    count, _, height, width = images.shape
-    alpha, sigma, jitter = (fraction * min(height, width) for fraction in fractions)
+    field smoothed by a Gaussian of sigma (their skimage gaussian, truncate 3, mode 'reflect');
+    bilinear, map_coordinates' 'reflect' beyond the border. Severity 1 has alpha = 0: the affine
+    step only."""
+    alpha, sigma, jitter = (fraction * min(images.shape[-2:]) for fraction in fractions)
     images = random_affine(images, jitter, generator)
     if alpha == 0:
         return images
-    size = 2 * int(3 * sigma + 0.5) + 1
-    field = uniform(images, (count, 2, height, width), -1, 1, generator)
-    displacement = (blur(field, [size, size], [sigma, sigma]) * alpha).permute(0, 2, 3, 1)
+    displacement = elastic_displacement(images, alpha, sigma, generator)
     return warp(images, pixel_coordinates(images) + displacement, mirror_about_centres=False)
+
+
+def elastic_displacement(images: torch.Tensor, alpha: float, sigma: float,
+                         generator: torch.Generator) -> torch.Tensor:
+    """[N, H, W, 2] (dx, dy): alpha times U(-1, 1) fields smoothed as their skimage gaussian(field,
+    sigma, mode='reflect', truncate=3)."""
+    count, _, height, width = images.shape
+    field = uniform(images, (count, 2, height, width), -1, 1, generator)
+    smooth = gaussian_filter(field, sigma, truncate=3, border="reflect")
+    return (smooth * alpha).permute(0, 2, 3, 1)
 
 
 CORRUPTION_FUNCTIONS: dict[str, Corruption] = {
