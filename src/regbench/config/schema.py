@@ -93,6 +93,11 @@ class DatasetConfig:
     # "random labels"), 0 otherwise; a value with corruption=none means random_labels at that
     # fraction (Zhang's partially corrupted labels, Fig. 1c).
     label_noise: Optional[float] = None
+    # Train, validate and test on these class indices only, renumbered 0..k-1 in the order listed;
+    # the other classes' test images stay aside for evaluation.ood=[held_out_classes] (classes
+    # never seen in training). null: every class. Indices unknown to the dataset are refused when
+    # it is loaded (datasets/base.py keep_classes).
+    classes: Optional[List[int]] = None
 
     def __post_init__(self) -> None:
         if self.train_size is not None:
@@ -120,6 +125,18 @@ class DatasetConfig:
                   "dataset.label_noise", self.label_noise,
                   f"only with dataset.corruption=none or random_labels (not "
                   f"{self.corruption.value}, which corrupts the images)")
+        if self.classes is not None:
+            self.check_classes()
+
+    def check_classes(self) -> None:
+        """dataset.classes: two classes at least, each once, none negative."""
+        classes = list(self.classes)
+        repeated = sorted({index for index in classes if classes.count(index) > 1})
+        check(not repeated, "dataset.classes", classes,
+              f"each class once (repeated: {', '.join(map(str, repeated))})")
+        check(len(classes) >= 2, "dataset.classes", classes,
+              "2 class indices or more (a classifier needs two classes), or null for all")
+        check(min(classes) >= 0, "dataset.classes", classes, "class indices >= 0")
 
     @property
     def label_noise_fraction(self) -> float:
@@ -218,6 +235,17 @@ class CalibratorName(str, Enum):
     matrix = "matrix"
 
 
+class ShiftMode(str, Enum):
+    """evaluation.shift: which corrupted test sets a run is measured on (run/shift_stage.py)."""
+
+    standard = "standard"  # the test split under evaluation/shift.py's corruptions, made in the run
+    published = "published"  # CIFAR-10-C, CIFAR-100-C or MNIST-C's files under dataset.root
+
+
+# Hendrycks & Dietterich 2019's five severities (evaluation/shift.py SEVERITIES).
+SHIFT_SEVERITIES = (1, 2, 3, 4, 5)
+
+
 @dataclass
 class EvaluationConfig:
     # Calibrators fitted on the validation split and measured on the test split, next to the raw
@@ -226,12 +254,35 @@ class EvaluationConfig:
     calibrators: List[CalibratorName] = field(default_factory=lambda: [
         CalibratorName.temperature, CalibratorName.platt, CalibratorName.vector,
         CalibratorName.isotonic])
+    # After training, the test split under corruption (Hendrycks & Dietterich 2019; README,
+    # "Corruption shift"): null (off: the default job stays as fast), standard (made on the device
+    # from the test split) or published (the released files under dataset.root).
+    shift: Optional[ShiftMode] = None
+    # The corruptions measured; null: every one that applies (standard: evaluation/shift.py's
+    # standard_suite, saturate on RGB only; published: every file of the release).
+    shift_corruptions: Optional[List[str]] = None
+    # The severities measured: all five, as CIFAR-10-C publishes them (MNIST-C has one level).
+    shift_severities: List[int] = field(default_factory=lambda: list(SHIFT_SEVERITIES))
     # The test phase's figures: the reliability diagram, confidence histogram, reliability panel
     # and class-probability heat-map (PNG files and TensorBoard images) and the projector's
     # features. false skips them (metrics, curves, histograms and test_calibration.json, from which
     # the report draws its own figures, stay): for sweeps of many short runs, where they cost more
     # than training (README, Performance).
     figures: bool = True
+    # Out-of-distribution sets scored against the test split after training (run/ood_stage.py):
+    # held_out_classes (needs dataset.classes), the synthetic gaussian, uniform, rademacher, blobs,
+    # a dataset name (its test split), folder:<path> (every image under it). []: none.
+    ood: List[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        severities = list(self.shift_severities)
+        check(bool(severities) and len(set(severities)) == len(severities)
+              and set(severities) <= set(SHIFT_SEVERITIES), "evaluation.shift_severities",
+              severities, "a non-empty list of distinct severities from 1 to 5")
+        if self.shift_corruptions is not None:
+            names = list(self.shift_corruptions)
+            check(bool(names) and len(set(names)) == len(names), "evaluation.shift_corruptions",
+                  names, "a non-empty list of distinct corruption names, or null for all that apply")
 
 
 @dataclass

@@ -45,7 +45,9 @@ from regbench.regularizers import (
     StepOutput,
     build_regularizers,
 )
+from regbench.run import shift_stage
 from regbench.run.checkpoint import rng_state, set_rng_state
+from regbench.run.ood_stage import OodSets
 from regbench.run.probes import (
     fit_metrics,
     scale_invariance_record,
@@ -190,6 +192,8 @@ class Run:
         self.stop_signal: Optional[str] = None
         # The test phase's calibration panel: test probabilities per calibrator (validation_metrics).
         self.panel: dict[str, torch.Tensor] = {}
+        # evaluation.ood's sets, checked and loaded by build before training (run/ood_stage.py).
+        self.ood_sets = OodSets()
 
     @classmethod
     def build(cls, settings: Config, show_progress: bool = False) -> "Run":
@@ -198,7 +202,10 @@ class Run:
         torch.set_num_threads(trainer.num_threads or free_cores())
         seed_everything(settings.seed, trainer.deterministic)
         device = resolve_device(trainer.device)
+        shift_stage.check_shift_settings(settings)  # refused before the data is loaded
         data = build_data(settings.dataset, trainer.batch_size, device, settings.seed)
+        shift_stage.check_shift_images(settings, data.input_shape)
+        ood_sets = OodSets.build(settings, data)
         context = RunContext(
             dataset=settings.dataset.name, model=settings.model.name, num_classes=data.num_classes,
             epochs=trainer.epochs, optimizer=settings.optimizer.name.value,
@@ -213,7 +220,9 @@ class Run:
             regularizer.on_model_built(model)
         optimizer = build_optimizer(settings.optimizer, param_groups(model, regularizers))
         scheduler = build_scheduler(settings.optimizer, optimizer, trainer.epochs, len(data.train))
-        return cls(settings, device, data, regularizers, model, optimizer, scheduler, show_progress)
+        run = cls(settings, device, data, regularizers, model, optimizer, scheduler, show_progress)
+        run.ood_sets = ood_sets
+        return run
 
     # --- where the run stands ----------------------------------------------------------------
     @property
@@ -406,15 +415,18 @@ class Run:
     def test(self, recorder: Optional[RunRecorder] = None) -> dict[str, Any]:
         """Final metrics, in named stages with a stop check between them: the regularizers' end of
         training, the test split (touched only here), the train split in eval mode and the gaps,
-        the validation split and the calibration panel (calibrators fitted on it), what the run
-        records of its test phase, and the probes (variance shift, time to fit)."""
+        the validation split and the calibration panel (calibrators fitted on it), the OOD sets
+        (evaluation.ood), what the run records of its test phase, and the probes (variance shift,
+        time to fit)."""
         self.check_stop()
         end_of_training = self.end_of_training()
         test = self.evaluate(self.data.test)
         metrics = self.test_split_metrics(test)
-        for stage in (self.train_split_metrics, self.validation_metrics):
+        for stage in (self.train_split_metrics, self.validation_metrics, self.shift_metrics):
             self.check_stop()
             metrics.update(stage(metrics, test))
+        self.check_stop()
+        metrics.update(self.ood_sets.evaluate(self, test, recorder))
         self.check_stop()
         if recorder is not None:
             self.record_test_phase(recorder, test, metrics)
@@ -463,9 +475,16 @@ class Run:
         return {**found, **{key: value for key, value in calibrated.items()
                             if key not in metrics and key not in found}}
 
+    def shift_metrics(self, metrics: dict[str, Any], test: Evaluation) -> dict[str, float]:
+        """evaluation.shift: the test split under corruption, with the validation split's
+        temperature (run/shift_stage.py); nothing when it is null."""
+        return shift_stage.shift_metrics(self, metrics)
+
     def record_test_phase(self, recorder: RunRecorder, test: Evaluation, metrics: dict[str, Any]) -> None:
-        """test_calibration.json, and the figures when evaluation.figures is on."""
+        """test_calibration.json, test_logits.npz, and the figures when evaluation.figures is on."""
         recorder.write_calibration_summary(test.logits, test.labels)
+        recorder.log_shift_by_severity(shift_stage.severity_curves(metrics))
+        recorder.write_test_logits(test.logits, test.labels)
         if self.settings.evaluation.figures:
             self.draw_figures(recorder, test, self.panel, metrics)
 

@@ -59,6 +59,12 @@ CHECKPOINT_FILE = "last.pt"
 BEST_CHECKPOINT_FILE = "best.pt"  # trainer.keep_checkpoint=best
 FOLDED_FILE = "folded.pt"  # python -m regbench.fold
 CALIBRATION_FILE = "test_calibration.json"
+# The test split's raw logits (float32 [N, K], test-split order) and labels (int64 [N]), a
+# numpy .npz the recorder writes after the test phase and the report ensembles over seeds.
+TEST_LOGITS_FILE = "test_logits.npz"
+# evaluation.ood: each OOD score of the test split (in_<score>) and of every set (<set>_<score>),
+# float32 arrays of a numpy .npz (run/ood_stage.py writes it, the report reads it).
+TEST_OOD_FILE = "test_ood.npz"
 LOCK_FILE = ".regbench.lock"
 LOG_FILE = "regbench.log"  # Hydra's job log: <hydra.job.name>.log (configs/config.yaml)
 HYDRA_SUBDIR = ".hydra"
@@ -77,6 +83,7 @@ TEST_ACC = "test/acc"
 TRAIN_ACC = "train/acc"
 TEST_NLL = "test/nll"
 TEST_ECE = "test/ece"
+TEST_BRIER = "test/brier"
 TEST_ECE_TEMPERATURE = "test/ece@temperature"
 TEST_MEAN_CONFIDENCE = "test/mean_confidence"
 GAP_ACC = "gap/acc"
@@ -88,12 +95,46 @@ STATUS = "status"
 DID_NOT_LEARN = "did_not_learn"
 # What every completed run's metrics.json holds (its last lines and the report read them).
 COMPLETED_KEYS = (TEST_ACC, TEST_NLL, TEST_ECE, TEST_MEAN_CONFIDENCE, EPOCHS, SECONDS)
-LOWER_IS_BETTER_WORDS = ("nll", "ece", "mce", "loss", "brier", "gap", "entropy", "seconds")
+LOWER_IS_BETTER_WORDS = ("nll", "ece", "mce", "loss", "brier", "gap", "entropy", "seconds", "fpr")
+# OOD detection areas are higher-is-better whatever score they rate (ood/auroc_entropy is the AUROC
+# of the entropy score), so they are checked first.
+HIGHER_IS_BETTER_WORDS = ("auroc", "aupr")
 
 
 def lower_is_better(metric: str) -> bool:
     """Whether a smaller value of ``metric`` (a metric key) is the better one."""
-    return any(word in metric.lower() for word in LOWER_IS_BETTER_WORDS)
+    name = metric.lower()
+    if any(word in name for word in HIGHER_IS_BETTER_WORDS):
+        return False
+    return any(word in name for word in LOWER_IS_BETTER_WORDS)
+
+
+# Corruption shift (evaluation.shift) and OOD detection (evaluation.ood): the summary keys of
+# metrics.json that the report compares (names fixed by issue #23).
+SHIFT_ACC = "shift/acc"
+SHIFT_ECE = "shift/ece"
+SHIFT_NLL = "shift/nll"
+SHIFT_ECE_TEMPERATURE = "shift/ece@temperature"
+
+
+def severity_key(metric: str, severity: int) -> str:
+    """``shift/ece@s5``: ``metric`` averaged over the corruptions at one severity."""
+    return f"shift/{metric}@s{severity}"
+
+
+def corruption_key(corruption: str, severity: int, metric: str) -> str:
+    """``shift/gaussian_noise/s3/acc``: one corruption at one severity."""
+    return f"shift/{corruption}/s{severity}/{metric}"
+
+
+def ood_mean_key(metric: str, score: str) -> str:
+    """``ood/auroc_msp``: a detection metric of one score, averaged over the OOD sets."""
+    return f"ood/{metric}_{score}"
+
+
+def ood_set_key(set_name: str, metric: str, score: str) -> str:
+    """``ood/gaussian/fpr95_energy``: a detection metric of one score on one OOD set."""
+    return f"ood/{set_name}/{metric}_{score}"
 
 
 # Probes of published claims (probes.py, report_probes.py).
