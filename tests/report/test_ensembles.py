@@ -49,11 +49,12 @@ def write_logits(folder: Path, probabilities: np.ndarray, labels: np.ndarray = L
              labels=labels.astype(np.int64))
 
 
-def sweep_with(tmp_path: Path, runs: list[tuple[str, int, np.ndarray]], labels: dict[int, np.ndarray] = {}) -> Path:
+def sweep_with(tmp_path: Path, runs: list[tuple[str, int, np.ndarray]],
+               labels: dict[int, np.ndarray] | None = None) -> Path:
     """A fake sweep whose job i holds runs[i]'s probabilities (labels[i] instead of LABELS)."""
     sweep = fake_sweep(tmp_path / "sweep", [(regularizer, seed, METRICS) for regularizer, seed, _ in runs])
     for number, (_, _, probabilities) in enumerate(runs):
-        write_logits(sweep / str(number), probabilities, labels.get(number, LABELS))
+        write_logits(sweep / str(number), probabilities, (labels or {}).get(number, LABELS))
     return sweep
 
 
