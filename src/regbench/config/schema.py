@@ -98,6 +98,11 @@ class DatasetConfig:
     # never seen in training). null: every class. Indices unknown to the dataset are refused when
     # it is loaded (datasets/base.py keep_classes).
     classes: Optional[List[int]] = None
+    # The out-of-distribution sets usual for this dataset, which suite=shift_ood evaluates
+    # (configs/suite/shift_ood.yaml): another dataset where the literature uses one (MNIST <->
+    # Fashion-MNIST, CIFAR-10/100 and SVHN), plus Outlier Exposure's synthetic sets (Hendrycks et al.
+    # 2019), which need no download.
+    ood_sets: List[str] = field(default_factory=lambda: ["gaussian", "uniform", "rademacher", "blobs"])
 
     def __post_init__(self) -> None:
         if self.train_size is not None:

@@ -23,6 +23,7 @@ RESULT_NEUTRAL_KEYS = frozenset({
     "dataset.root",         # where the same files are
     "dataset.download",     # whether missing files may be fetched
     "dataset.num_workers",  # how many processes decode the same images
+    "dataset.ood_sets",     # what suite=shift_ood would pick (evaluation.ood is what a run does)
     "trainer.progress",     # progress bar on or off
     "trainer.num_threads",  # CPU threads (set per machine for parallel sweeps)
     "trainer.device",       # where the same computation runs
