@@ -14,20 +14,25 @@ from regbench.report.analysis import analyse
 from regbench.report.calibration import unusable_calibration_files
 from regbench.report.comparisons import COMPARISON_COLUMNS, comparison_rows
 from regbench.report.duplicates import merge_duplicates
+from regbench.report.ensembles import ENSEMBLE_COLUMNS, build_ensembles, ensemble_rows
 from regbench.report.events import write_report_events
 from regbench.report.groups import group_jobs
 from regbench.report.jobs import ReportError, load_sweeps
+from regbench.report.ood import write_ood_plots
 from regbench.report.outputs import (
     COMPARISONS_CSV,
     COMPARISONS_PNG,
+    ENSEMBLES_CSV,
     PLOT_FILES,
     RANKS_PNG,
     REPORT_EVENTS_DIR,
+    SHIFT_CSV,
     SUMMARY_CSV,
     SUMMARY_MD,
 )
 from regbench.report.plots import write_plots
 from regbench.report.probes import write_probe_plots
+from regbench.report.shift import shift_table, write_shift_plots
 from regbench.report.tables import csv_rows, markdown_report, markdown_table, write_csv
 from regbench.run.spec import TEST_ACC
 
@@ -44,12 +49,18 @@ def make_report(sweep: Path | Sequence[Path], baseline: Sequence[str] = (),
     header, rows = csv_rows(jobs, grouping)
     write_csv(out / SUMMARY_CSV, header, rows)
     write_csv(out / COMPARISONS_CSV, list(COMPARISON_COLUMNS), comparison_rows(analysis.comparisons))
-    text = markdown_report(sweeps, jobs, grouping, analysis)
+    if shift := shift_table(grouping, analysis.selectors):
+        write_csv(out / SHIFT_CSV, *shift)
+    ensembles = build_ensembles(grouping, analysis.selectors)
+    write_csv(out / ENSEMBLES_CSV, list(ENSEMBLE_COLUMNS), ensemble_rows(ensembles))
+    text = markdown_report(sweeps, jobs, grouping, analysis, ensembles)
     for line in unusable_calibration_files(grouping.groups):
         print(f"{PROGRAM}: warning: {line}", file=sys.stderr)
     atomic_write_bytes(out / SUMMARY_MD, text.encode())
     figures = write_plots(out, grouping, analysis)
     write_probe_plots(out, grouping.groups)
+    figures.update(write_shift_plots(out, grouping.groups))
+    figures.update(write_ood_plots(out, grouping.groups))
     write_report_events(out, jobs, {"report/summary": text, "report/groups": markdown_table(grouping)},
                         figures)
     return text
@@ -83,7 +94,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"{PROGRAM}: error: {error}", file=sys.stderr)
         sys.exit(2)
     print(text, end="")
-    outputs = ", ".join([SUMMARY_CSV, SUMMARY_MD, COMPARISONS_CSV, *PLOT_FILES.values(),
+    outputs = ", ".join([SUMMARY_CSV, SUMMARY_MD, COMPARISONS_CSV, ENSEMBLES_CSV, *PLOT_FILES.values(),
                          COMPARISONS_PNG, RANKS_PNG, f"{REPORT_EVENTS_DIR}/ (TensorBoard)"])
     print(f"\nwrote {outputs} in {args.sweep[0]}")
     print(f"see it:       tensorboard --logdir {args.sweep[0]}  (Text, Images, HParams tabs)")

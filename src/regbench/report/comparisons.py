@@ -15,6 +15,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import yaml
 
+from regbench.evaluation.ood import SCORES
 from regbench.report.groups import (
     ABSENT,
     Group,
@@ -49,13 +50,27 @@ from regbench.run.spec import (
     BASELINE,
     GAP_ACC,
     REGULARIZER_KEY,
+    SHIFT_ACC,
+    SHIFT_ECE,
+    SHIFT_ECE_TEMPERATURE,
+    SHIFT_NLL,
     TEST_ACC,
     TEST_ECE,
     TEST_ECE_TEMPERATURE,
     TEST_MEAN_CONFIDENCE,
     TEST_NLL,
     canonical,
+    lower_is_better,
+    ood_mean_key,
+    severity_key,
 )
+
+def ood_metric_name(metric: str, score: str) -> str:
+    """"OOD FPR95 of msp (lower is better)": the direction, which the metric's name alone does
+    not say, from spec.lower_is_better."""
+    direction = "lower" if lower_is_better(ood_mean_key(metric, score)) else "higher"
+    return f"OOD {metric.upper()} of {score} ({direction} is better)"
+
 
 # The metrics every group is compared on: metrics.json key, name in sentences, whether it is a
 # fraction shown in percentage points.
@@ -66,6 +81,16 @@ KEY_METRICS = (
     (TEST_ECE_TEMPERATURE, "test ECE after temperature scaling", False),
     (TEST_MEAN_CONFIDENCE, "mean confidence", False),
     (GAP_ACC, "accuracy gap", True),
+    # Corruption shift (evaluation.shift): means over every corruption and severity, and the
+    # worst severity, where Ovadia et al. 2019 saw calibration degrade most.
+    (SHIFT_ACC, "accuracy under corruption", True),
+    (SHIFT_NLL, "NLL under corruption", False),
+    (SHIFT_ECE, "ECE under corruption", False),
+    (SHIFT_ECE_TEMPERATURE, "ECE under corruption after temperature scaling", False),
+    (severity_key("ece", 5), "ECE at corruption severity 5", False),
+    # OOD detection (evaluation.ood): AUROC and FPR95 of each score, means over the OOD sets.
+    *((ood_mean_key(metric, score), ood_metric_name(metric, score), False)
+      for metric in ("auroc", "fpr95") for score in SCORES),
 )
 METRIC_NAMES = {key: name for key, name, _ in KEY_METRICS}
 PERCENT_METRICS = {key for key, _, percent in KEY_METRICS if percent}
@@ -358,8 +383,8 @@ def comparison_method_text(comparisons: Sequence[Comparison], selectors: Sequenc
         f"(pairs per group: {per_group}). Difference = group − baseline, mean over pairs with its "
         f"{LEVEL:.0%} t-interval; p: two-sided paired t-test (scipy.stats.ttest_rel); p_holm: "
         f"Holm–Bonferroni over the {family} comparisons of each metric; higher/lower when "
-        f"p_holm < {ALPHA}, else indistinguishable. Accuracy and accuracy gap in percentage points, "
-        "NLL in nats, ECE and confidence as fractions. Seeds needed (for indistinguishable "
+        f"p_holm < {ALPHA}, else indistinguishable. Accuracies and accuracy gap in percentage points, "
+        "NLL in nats, ECE, confidence, AUROC and FPR95 as fractions. Seeds needed (for indistinguishable "
         f"differences): n = ((z_{{1-α/2}} + z_{{{POWER}}}) · sd / |mean diff|)², the normal "
         "approximation at the observed standard deviation of the paired differences (it "
         "underestimates what a t-test needs at a handful of seeds); where every pair differs by "

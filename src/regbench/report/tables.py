@@ -20,6 +20,7 @@ from regbench.report.calibration import (
 )
 from regbench.report.comparisons import comparison_method_text, verdict_line
 from regbench.report.duplicates import merge_line
+from regbench.report.ensembles import EnsembleReport, build_ensembles, ensemble_section
 from regbench.report.groups import (
     ABSENT,
     Grouping,
@@ -31,9 +32,11 @@ from regbench.report.groups import (
     show,
 )
 from regbench.report.jobs import Job
+from regbench.report.ood import ood_section
 from regbench.report.outputs import COMPARISONS_PNG, PLOT_FILES, RANKS_PNG
 from regbench.report.probes import probe_sections
 from regbench.report.ranks import ranking_lines
+from regbench.report.shift import shift_section
 from regbench.run.spec import (DID_NOT_LEARN, EPOCHS, GAP_ACC, REGULARIZER_KEY, SECONDS, SEED_KEY,
                                TEST_ACC, TEST_ECE, TEST_ECE_TEMPERATURE, TEST_MEAN_CONFIDENCE,
                                TEST_NLL)
@@ -215,9 +218,12 @@ def unusable_file_notes(grouping: Grouping) -> list[str]:
 
 
 def markdown_report(sweep: Path | Sequence[Path], jobs: Sequence[Job], grouping: Grouping,
-                    analysis: Optional[Analysis] = None) -> str:
+                    analysis: Optional[Analysis] = None,
+                    ensembles: Optional[EnsembleReport] = None) -> str:
+    """``ensembles``: the report's ensembles when already built (make_report writes their CSV)."""
     sweeps = [sweep] if isinstance(sweep, Path) else list(sweep)
     analysis = analysis or Analysis()
+    ensembles = ensembles or build_ensembles(grouping, analysis.selectors)
     problems = problem_lines(jobs)
     title = (f"# Sweep {sweeps[0].resolve().name}" if len(sweeps) == 1 else
              "# Sweeps " + ", ".join(str(s) for s in sweeps))
@@ -230,6 +236,9 @@ def markdown_report(sweep: Path | Sequence[Path], jobs: Sequence[Job], grouping:
         markdown_table(grouping),
         *ranking_section(analysis),
         *calibration_section(grouping),
+        *shift_section(grouping, analysis.selectors),
+        *ood_section(grouping.groups),
+        *ensemble_section(ensembles),
         *probe_sections(grouping.groups),
         "## Runs that did not complete",
         "\n".join(problems) if problems else "None.",
