@@ -14,8 +14,14 @@ folder:
 - ``comparisons.csv`` / ``comparisons.png``: every group against its baseline group (by default
   ``regularizer=none`` with the same other settings), paired by seed, per key metric: mean
   difference, 95 % t-interval, paired t-test, Holm-adjusted p, probability of improvement, verdict;
+- ``ensembles.csv``: per group with two completed runs or more, the ensemble of its seeds (mean of
+  their test probabilities, from each run's ``test_logits.npz``) next to its members' mean, and in
+  summary.md whether a single run beats its baseline group's ensemble;
 - ``ranks.png``: with several datasets/models ("blocks"), the regularizers' average ranks, Friedman
   test and Nemenyi critical-difference diagram (Demšar 2006);
+- ``shift.csv`` / ``shift_severity.png`` and ``ood_histograms.png``, when runs recorded corruption
+  shift or OOD sets: each group's mean corruption error against its baseline, accuracy and ECE
+  against severity, OOD score histograms (the shift and OOD summary keys join the verdicts);
 - ``report/``: the same in TensorBoard (Text, Images and HParams tabs).
 
 Several sweep folders can be given together; their jobs are pooled and the outputs go to the first.
@@ -26,13 +32,14 @@ unfinished, one whose status is not ``completed`` as failed; neither is averaged
 
 The modules, from the bottom up: outputs (every file name written), jobs (reading a job folder),
 duplicates (one run counted once), groups (grouping, the number helpers), statistics (pure tests), comparisons (against the baseline),
-ranks, analysis (both, once), calibration and probes (their summary.md sections), tables
+ranks, analysis (both, once), calibration, shift, ood, probes and ensembles (their summary.md sections), tables
 (summary.csv, summary.md), plots, events (TensorBoard), command (the entrypoint). Importing this
 package imports none of them, so no matplotlib or scipy.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
@@ -50,6 +57,8 @@ def main(argv: Any = None) -> None:
         from regbench.report.command import main as report_main
 
         report_main(argv)
+        # Everything is written: a Ctrl-C now would only turn the interpreter's exit into a kill.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     except KeyboardInterrupt:
         print(f"{PROGRAM}: interrupted; the files written are whole and the others keep their "
               "previous version: run the same command again to write them all", file=sys.stderr)
