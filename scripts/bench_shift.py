@@ -4,7 +4,8 @@ CIFAR-sized batch (10,000 of 3x32x32), against one training epoch of the default
 
 Every repetition runs each measurement once, in the same order (interleaved); medians are
 reported. A warm-up pass over the digits (torchvision's imports, first calls) comes first and is
-not counted.
+not counted. Torch threads are the default job's (Run.build applies trainer.num_threads=0: the
+cores other processes leave free); the JSON records them and the load average.
 
     python scripts/bench_shift.py [--repeats 3] [--device cpu] [--cifar-count 10000] [--out FILE]
 """

@@ -21,7 +21,8 @@ from regbench.datasets.corrupted import (
 PER_SEVERITY = 5
 
 
-def write_cifar_c(root: Path, folder: str = "CIFAR-10-C", classes: int = 10) -> dict[str, np.ndarray]:
+def write_cifar_c(root: Path, folder: str = "CIFAR-10-C",
+                  classes: int = 10) -> dict[str, np.ndarray]:
     """Every file of the release, 5 images per severity; pixel values say which corruption,
     severity and image a row is: [0, 0, 0, 0] = corruption index, [0, 0, 0, 1] = severity,
     [0, 0, 0, 2] = image index."""
@@ -100,12 +101,12 @@ def test_mnist_c_sets_are_one_severity_each_without_the_clean_identity_copy(tmp_
 
 
 @pytest.mark.parametrize("dataset, words", [
-    ("cifar10", "lacks 20 of its 20 files (gaussian_noise.npy, shot_noise.npy, impulse_noise.npy and "
-                "17 more); download CIFAR-10-C.tar from https://zenodo.org/records/2535967"),
+    ("cifar10", ("lacks 20 of its 20 files (gaussian_noise.npy, shot_noise.npy, impulse_noise.npy "
+                 "and 17 more); download CIFAR-10-C.tar from https://zenodo.org/records/2535967")),
     ("cifar100", "CIFAR-100-C.tar from https://zenodo.org/records/3555552"),
-    ("mnist", "lacks 30 of its 30 files (shot_noise/test_images.npy, shot_noise/test_labels.npy, "
-              "impulse_noise/test_images.npy and 27 more); download mnist_c.zip from "
-              "https://zenodo.org/records/3239543"),
+    ("mnist", ("lacks 30 of its 30 files (shot_noise/test_images.npy, shot_noise/test_labels.npy, "
+               "impulse_noise/test_images.npy and 27 more); download mnist_c.zip from "
+               "https://zenodo.org/records/3239543")),
 ])
 def test_missing_files_are_refused_naming_the_folder_the_files_and_the_download(tmp_path, dataset,
                                                                                 words):

@@ -5,6 +5,7 @@ corruptions keep (dtype, shape, device, determinism, gray and RGB of any size)."
 from __future__ import annotations
 
 import io
+import itertools
 import math
 
 import numpy as np
@@ -13,7 +14,12 @@ import torch
 
 from regbench.config.errors import ConfigError
 from regbench.evaluation import shift
-from regbench.evaluation.shift import CORRUPTIONS, SEVERITIES, SEVERITY_PARAMETERS, corrupt
+from regbench.evaluation.shift import (
+    CORRUPTIONS,
+    SEVERITIES,
+    SEVERITY_PARAMETERS,
+    corrupt,
+)
 
 # torchvision 0.29 deprecates torchvision.io's JPEG codec in favour of TorchCodec; it still works.
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
@@ -41,7 +47,8 @@ def smooth_rgb(count: int, height: int = 32, width: int = 32, seed: int = 0) -> 
     torch.manual_seed(seed)
     coarse = torch.rand(count, 3, height // 4, width // 4)
     images = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear")
-    return (0.7 * images + 0.3 * torch.rand(count, 3, height, width)).mul(255).round().to(torch.uint8)
+    images = 0.7 * images + 0.3 * torch.rand(count, 3, height, width)
+    return images.mul(255).round().to(torch.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +81,21 @@ def test_the_same_generator_seed_gives_the_same_images_and_another_seed_other_on
     first = corrupt(images, name, 3, generator(1))
     assert torch.equal(first, corrupt(images, name, 3, generator(1)))
     assert torch.equal(first, corrupt(images, name, 3, generator(2))) == (name not in RANDOM)
+
+
+def test_each_corrupted_set_of_a_run_has_its_own_generator_whatever_was_made_before():
+    images = smooth_rgb(4)
+
+    def gaussian_noise_s3(seed: int) -> torch.Tensor:
+        own = shift.corruption_generator(seed, "gaussian_noise", 3)
+        return corrupt(images, "gaussian_noise", 3, own)
+    first = gaussian_noise_s3(0)
+    corrupt(images, "fog", 5, shift.corruption_generator(0, "fog", 5))
+    assert torch.equal(gaussian_noise_s3(0), first)
+    assert not torch.equal(gaussian_noise_s3(1), first)
+    seeds = {shift.corruption_generator(0, name, severity).initial_seed()
+             for name in CORRUPTIONS for severity in SEVERITIES}
+    assert len(seeds) == len(CORRUPTIONS) * len(SEVERITIES)
 
 
 def test_the_published_lengths_in_pixels_are_kept_below_32_and_scaled_above():
@@ -250,8 +272,9 @@ def test_clipped_zoom_equals_the_published_one_with_scipys_zoom():
 
 
 def test_zoom_blur_averages_numpys_arange_of_factors_and_keeps_a_constant_image():
-    assert [len(shift.zoom_factors(end)) for end in SEVERITY_PARAMETERS["zoom_blur"]] == [
-        len(np.arange(1, end, 0.01)) for end in SEVERITY_PARAMETERS["zoom_blur"]] == [7, 12, 16, 21, 26]
+    ends = SEVERITY_PARAMETERS["zoom_blur"]
+    assert [len(shift.zoom_factors(end)) for end in ends] == [
+        len(np.arange(1, end, 0.01)) for end in ends] == [7, 12, 16, 21, 26]
     for severity in SEVERITIES:
         for shape in SHAPES:
             images = constant(91, *shape)
@@ -386,7 +409,8 @@ def test_pixelate_equals_pils_box_resizes_within_one_level(severity):
     out = corrupt(images, "pixelate", severity, generator())
     for image, ours in zip(images, out):
         pil = Image.fromarray(image.permute(1, 2, 0).numpy())
-        pil = pil.resize((int(45 * fraction), int(37 * fraction)), Image.BOX).resize((45, 37), Image.BOX)
+        pil = pil.resize((int(45 * fraction), int(37 * fraction)), Image.BOX)
+        pil = pil.resize((45, 37), Image.BOX)
         reference = torch.from_numpy(np.array(pil)).permute(2, 0, 1)
         assert (ours.int() - reference.int()).abs().max() <= 1
     assert [int(32 * f) for f in SEVERITY_PARAMETERS["pixelate"]] == [30, 28, 27, 24, 20]
@@ -447,8 +471,9 @@ def test_elastic_transform_at_severity_1_is_affine():
     inside = (slice(10, -10), slice(10, -10))
     design = torch.stack([xs[inside].flatten(), ys[inside].flatten(), torch.ones(144)], dim=1)
     for image in out[:, 0]:
-        plane = torch.linalg.lstsq(design.double(), image[inside].flatten().double()[:, None]).solution
-        residual = design.double() @ plane - image[inside].flatten().double()[:, None]
+        values = image[inside].flatten().double()[:, None]
+        plane = torch.linalg.lstsq(design.double(), values).solution
+        residual = design.double() @ plane - values
         assert residual.abs().max() < 1e-5
         assert not torch.allclose(image, ramp[0, 0], atol=1e-3)  # it moved
 
@@ -469,7 +494,7 @@ def changes_by_severity(images: torch.Tensor, name: str) -> list[float]:
 def test_the_change_a_corruption_makes_grows_with_severity_on_rgb_images(name):
     for images in (smooth_rgb(64), smooth_rgb(16, 37, 45)):
         changes = changes_by_severity(images, name)
-        assert all(a <= b for a, b in zip(changes, changes[1:])), changes
+        assert all(a <= b for a, b in itertools.pairwise(changes)), changes
         assert changes[0] < changes[-1]
 
 
@@ -478,7 +503,7 @@ def test_the_change_a_corruption_makes_grows_with_severity_on_real_digits(name, 
     """pixelate is left out at 8x8: int(8 c) keeps 7, 7, 6, 6, 5 pixels, and the 5 of severity 5
     pair the border columns (mostly blank in digits) where the 6 pair the strokes."""
     changes = changes_by_severity(digits, name)
-    assert all(a <= b for a, b in zip(changes, changes[1:])), changes
+    assert all(a <= b for a, b in itertools.pairwise(changes)), changes
     assert changes[0] < changes[-1]
 
 

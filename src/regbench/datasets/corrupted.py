@@ -78,7 +78,8 @@ def published_sets(root: Path, dataset: str) -> PublishedSets:
     folder = Path(root).expanduser() / release.folder
     missing = [file for file in release.files() if not (folder / file).is_file()]
     if missing:
-        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        shown = ", ".join(missing[:3]) + more
         raise DatasetNotFoundError(
             f"published corrupted test set of {dataset!r}: {folder} lacks {len(missing)} of its "
             f"{len(release.files())} files ({shown}); download {release.download} and extract "

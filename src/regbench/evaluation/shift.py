@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -113,6 +113,16 @@ def standard_suite(channels: int) -> tuple[str, ...]:
     return CORRUPTIONS if channels == 3 else tuple(n for n in CORRUPTIONS if n not in RGB_ONLY)
 
 
+def corruption_generator(seed: int, name: str, severity: int,
+                         device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of one corrupted set of a run: seeded from the run's seed, the corruption's
+    place in CORRUPTIONS and the severity, so that a set's images do not depend on which sets were
+    made before it (nor on the order). Distinct for every (name, severity) of a seed >= 0."""
+    check_corruption(name, severity)
+    generator = torch.Generator(device=device)
+    return generator.manual_seed(seed * 1000 + CORRUPTIONS.index(name) * 10 + severity)
+
+
 def check_images(images: torch.Tensor, name: str) -> None:
     """Refuse a batch the corruptions cannot take, in one line."""
     shape = tuple(images.shape)
@@ -124,7 +134,8 @@ def check_images(images: torch.Tensor, name: str) -> None:
                           f"allowed: at least {MIN_SIDE}x{MIN_SIDE}")
     if name in RGB_ONLY and shape[1] != 3:
         raise ConfigError(f"corruption {name!r} is not allowed on gray images (1 channel): it "
-                          f"changes colour saturation and needs RGB; standard_suite(1) leaves it out")
+                          f"changes colour saturation and needs RGB; standard_suite(1) leaves "
+                          f"it out")
 
 
 def corrupt(images: torch.Tensor, name: str, severity: int,
@@ -194,7 +205,8 @@ def pad_border(images: torch.Tensor, radius: int, dim: int, border: str) -> torc
     return images.index_select(dim, index)
 
 
-def gaussian_filter(images: torch.Tensor, sigma: float, truncate: float, border: str) -> torch.Tensor:
+def gaussian_filter(images: torch.Tensor, sigma: float, truncate: float,
+                    border: str) -> torch.Tensor:
     """scipy.ndimage.gaussian_filter over H and W (what scikit-image's gaussian calls): taps
     exp(-d^2 / 2 sigma^2), |d| <= int(truncate sigma + 0.5), normalized; ``border`` as in
     ``pad_border``. Separable, 2 (2r + 1) products a pixel where torchvision's gaussian_blur makes
@@ -362,7 +374,8 @@ def plasma_fractal(images: torch.Tensor, size: int, decay: float,
     return maps / maps.amax(dim=(1, 2), keepdim=True)
 
 
-def fog(images: torch.Tensor, haze: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
+def fog(images: torch.Tensor, haze: tuple[float, float],
+        generator: torch.Generator) -> torch.Tensor:
     """x + a * plasma, rescaled by max / (max + a) with the image's max over all channels."""
     strength, decay = haze
     height, width = images.shape[-2:]
@@ -391,12 +404,15 @@ def pixelate(images: torch.Tensor, fraction: float, generator: torch.Generator) 
     axis: rows (up @ down) @ image @ columns (up @ down)^T."""
     height, width = images.shape[-2:]
     small_height, small_width = int(height * fraction), int(width * fraction)
-    rows = box_resampling(small_height, height, images) @ box_resampling(height, small_height, images)
-    columns = box_resampling(small_width, width, images) @ box_resampling(width, small_width, images)
+    rows = (box_resampling(small_height, height, images)
+            @ box_resampling(height, small_height, images))
+    columns = (box_resampling(small_width, width, images)
+               @ box_resampling(width, small_width, images))
     return rows @ images @ columns.T
 
 
-def jpeg_compression(images: torch.Tensor, quality: int, generator: torch.Generator) -> torch.Tensor:
+def jpeg_compression(images: torch.Tensor, quality: int,
+                     generator: torch.Generator) -> torch.Tensor:
     """A real JPEG encode and decode at ``quality`` through torchvision's list API: libjpeg with its
     4:2:0 defaults, as PIL's (torchvision calls it image by image); nvjpeg, batched, for RGB on
     CUDA (its gray support is not relied on)."""
@@ -415,7 +431,8 @@ def jpeg_compression(images: torch.Tensor, quality: int, generator: torch.Genera
 def warp(images: torch.Tensor, source: torch.Tensor, mirror_about_centres: bool) -> torch.Tensor:
     """Each output pixel read bilinearly at ``source`` ([N, H, W, 2] pixel coordinates (x, y)),
     reflected beyond the image: about the edge pixels' centres (OpenCV's BORDER_REFLECT_101,
-    scipy's 'mirror') or about the image's outer border, the edge pixel doubled (scipy's 'reflect')."""
+    scipy's 'mirror') or about the image's outer border, the edge pixel doubled (scipy's
+    'reflect')."""
     height, width = images.shape[-2:]
     size = torch.tensor([width, height], device=images.device, dtype=source.dtype)
     # grid_sample's -1 and 1 are the edge pixels' centres with align_corners=True, the outer
@@ -440,7 +457,8 @@ def random_affine(images: torch.Tensor, jitter: float, generator: torch.Generato
     that moves them so (OpenCV warpAffine: bilinear, BORDER_REFLECT_101)."""
     count, _, height, width = images.shape
     centre_x, centre_y, reach = width // 2, height // 2, min(height, width) // 3
-    points = torch.tensor([[centre_x + reach, centre_y + reach], [centre_x + reach, centre_y - reach],
+    points = torch.tensor([[centre_x + reach, centre_y + reach],
+                           [centre_x + reach, centre_y - reach],
                            [centre_x - reach, centre_y - reach]], device=images.device,
                           dtype=torch.float64)
     moved = points + uniform(images, (count, 3, 2), -jitter, jitter, generator).double()
