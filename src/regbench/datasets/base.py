@@ -97,6 +97,10 @@ def download_failure(error: BaseException) -> str:
     return reasons[-1] if reasons else message
 
 
+# How a damaged downloaded file is replaced, said in every loader's one-line refusal.
+REDOWNLOAD = "delete it and rerun with dataset.download=true"
+
+
 def require_files(cfg: DatasetConfig, directory: Path, expected: Sequence[str],
                   fetch: Callable[[], object], how: str) -> None:
     """Download missing files when dataset.download allows it; refuse in one line if they stay missing.

@@ -16,6 +16,7 @@ import torch
 
 from regbench.config import DatasetConfig, one_line
 from regbench.datasets.base import (
+    REDOWNLOAD,
     CorruptDatasetError,
     ImageTensors,
     RawSplits,
@@ -26,7 +27,6 @@ from regbench.datasets.base import (
 if TYPE_CHECKING:  # torchvision is imported where it is used: DEVELOPERS.md, "Start-up"
     from torchvision.datasets import CIFAR10
 
-REDO = "delete it and rerun with dataset.download=true"
 # What unpickling a truncated or garbled batch raises, besides UnpicklingError.
 PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError, AttributeError,
                  IndexError)
@@ -62,9 +62,9 @@ def read_cifar_split(name: str, dataset_class: type[CIFAR10], root: Path, train:
                     if not check_integrity(directory / file, md5)]
         if not modified:
             raise CorruptDatasetError(f"dataset {name!r}: {directory} cannot be read "
-                                      f"({one_line(error)}); {REDO}") from None
+                                      f"({one_line(error)}); {REDOWNLOAD}") from None
         raise CorruptDatasetError(f"dataset {name!r}: {directory / modified[0]} differs from the "
-                                  f"official release (md5 mismatch: truncated or modified); {REDO}"
+                                  f"official release (md5 mismatch: truncated or modified); {REDOWNLOAD}"
                                   ) from None
     except PICKLE_ERRORS as error:
         batches = dataset_class.train_list if train else dataset_class.test_list
@@ -72,7 +72,7 @@ def read_cifar_split(name: str, dataset_class: type[CIFAR10], root: Path, train:
         culprit = unpicklable([directory / file for file in files]) or directory
         reason = one_line(error) or type(error).__name__
         raise CorruptDatasetError(f"dataset {name!r}: {culprit} is not a valid CIFAR python batch "
-                                  f"({reason}); {REDO}") from None
+                                  f"({reason}); {REDOWNLOAD}") from None
 
 
 def to_tensors(name: str, dataset: CIFAR10) -> ImageTensors:
@@ -83,10 +83,10 @@ def to_tensors(name: str, dataset: CIFAR10) -> ImageTensors:
     num_classes = len(dataset.classes)
     if len(images) != len(labels):
         raise CorruptDatasetError(f"dataset {name!r}: the batches in {directory} hold "
-                                  f"{len(images)} images but {len(labels)} labels; {REDO}")
+                                  f"{len(images)} images but {len(labels)} labels; {REDOWNLOAD}")
     if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < num_classes:
         raise CorruptDatasetError(f"dataset {name!r}: the batches in {directory} hold labels "
-                                  f"outside 0..{num_classes - 1} (its meta file's classes); {REDO}")
+                                  f"outside 0..{num_classes - 1} (its meta file's classes); {REDOWNLOAD}")
     return ImageTensors(images, labels)
 
 

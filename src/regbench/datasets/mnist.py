@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from regbench.config import DatasetConfig, one_line
 from regbench.datasets.base import (
+    REDOWNLOAD,
     CorruptDatasetError,
     ImageTensors,
     RawSplits,
@@ -51,7 +52,7 @@ def read_idx_split(name: str, dataset_class: type[MNIST], root: Path, split_file
         culprit = unreadable_idx_file(split_files) or " / ".join(map(str, split_files))
         reason = one_line(error) or type(error).__name__  # torchvision's asserts carry no message
         raise CorruptDatasetError(f"dataset {name!r}: {culprit} is not a valid IDX file ({reason}); "
-                                  f"delete it and rerun with dataset.download=true") from None
+                                  f"{REDOWNLOAD}") from None
     images, labels = dataset.data, dataset.targets
     images_file, labels_file = split_files  # torchvision lists each split's images, then labels
     redo = "delete them and rerun with dataset.download=true"

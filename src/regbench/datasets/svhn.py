@@ -19,6 +19,7 @@ import torch
 
 from regbench.config import DatasetConfig, one_line
 from regbench.datasets.base import (
+    REDOWNLOAD,
     CorruptDatasetError,
     ImageTensors,
     RawSplits,
@@ -29,7 +30,6 @@ from regbench.datasets.base import (
 if TYPE_CHECKING:  # torchvision is imported where it is used: DEVELOPERS.md, "Start-up"
     from torchvision.datasets import SVHN
 
-REDO = "delete it and rerun with dataset.download=true"
 SPLITS = ("train", "test")
 CLASSES = [str(digit) for digit in range(10)]
 # What scipy.io.loadmat and torchvision's reshaping raise on a truncated or garbled .mat file,
@@ -61,10 +61,10 @@ def read_svhn_split(name: str, dataset_class: type[SVHN], root: Path, split: str
     except RuntimeError:
         # torchvision's integrity check: require_files saw the file, so its md5 differs.
         raise CorruptDatasetError(f"dataset {name!r}: {path} differs from the official release "
-                                  f"(md5 mismatch: truncated or modified); {REDO}") from None
+                                  f"(md5 mismatch: truncated or modified); {REDOWNLOAD}") from None
     except (MatReadError, *MAT_ERRORS) as error:
         raise CorruptDatasetError(f"dataset {name!r}: {path} is not a valid SVHN .mat file "
-                                  f"({one_line(error)}); {REDO}") from None
+                                  f"({one_line(error)}); {REDOWNLOAD}") from None
 
 
 def to_tensors(name: str, dataset: SVHN, path: Path) -> ImageTensors:
@@ -73,15 +73,15 @@ def to_tensors(name: str, dataset: SVHN, path: Path) -> ImageTensors:
         count, channels, height, width = dataset.data.shape  # X was height x width x channels x N
         raise CorruptDatasetError(f"dataset {name!r}: {path} holds X of shape "
                                   f"{(height, width, channels, count)} {dataset.data.dtype}, not "
-                                  f"SVHN's 32x32x3xN uint8; {REDO}")
+                                  f"SVHN's 32x32x3xN uint8; {REDOWNLOAD}")
     images = torch.from_numpy(dataset.data).contiguous()
     labels = torch.as_tensor(dataset.labels, dtype=torch.int64).reshape(-1)
     if len(images) != len(labels):
         raise CorruptDatasetError(f"dataset {name!r}: {path} holds {len(images)} images but "
-                                  f"{len(labels)} labels; {REDO}")
+                                  f"{len(labels)} labels; {REDOWNLOAD}")
     if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(CLASSES):
         raise CorruptDatasetError(f"dataset {name!r}: {path} holds labels outside 1..10 (10 is "
-                                  f"digit 0); {REDO}")
+                                  f"digit 0); {REDOWNLOAD}")
     return ImageTensors(images, labels)
 
 
