@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,11 @@ import torch
 from regbench.cli.compose import compose_config
 from regbench.run.folder import RunFolder
 from regbench.train import train
+
+# A suite started in the background (`nohup pytest &`, some CI runners) inherits SIGINT ignored, and
+# so would every command a test starts: the Ctrl-C tests need the default disposition there.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Small, fast settings for runs inside tests; tests add their own overrides after these. No test-phase
 # figures (they cost more than 3 epochs of training): the tests of figures turn them on.
