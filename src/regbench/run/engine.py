@@ -415,9 +415,9 @@ class Run:
     def test(self, recorder: Optional[RunRecorder] = None) -> dict[str, Any]:
         """Final metrics, in named stages with a stop check between them: the regularizers' end of
         training, the test split (touched only here), the train split in eval mode and the gaps,
-        the validation split and the calibration panel (calibrators fitted on it), the OOD sets
-        (evaluation.ood), what the run records of its test phase, and the probes (variance shift,
-        time to fit)."""
+        the validation split and the calibration panel (calibrators fitted on it), the test split
+        under corruption (evaluation.shift), the OOD sets (evaluation.ood), what the run records
+        of its test phase, and the probes (variance shift, time to fit)."""
         self.check_stop()
         end_of_training = self.end_of_training()
         test = self.evaluate(self.data.test)
