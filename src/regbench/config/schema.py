@@ -214,6 +214,12 @@ class TrainerConfig:
     # test_calibration.json), so large sweeps should use it. best: last.pt deleted, best.pt kept:
     # the model weights of the epoch with the best `objective` (a val/ metric).
     keep_checkpoint: KeepCheckpoint = KeepCheckpoint.last
+    # Fine-tuning (run/finetune.py): train only the model's head for this many epochs, then every
+    # layer; 0: every layer from the start; = epochs: the head only (fastai's fine_tune freezes
+    # for 1 epoch by default; its 4-epoch Pets example trains the head only).
+    freeze_epochs: int = 0
+    # While the body is frozen its BatchNorm layers still train (fastai's train_bn=True default).
+    train_bn: bool = True
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "trainer.epochs", self.epochs, "an integer >= 1")
@@ -223,6 +229,8 @@ class TrainerConfig:
               self.checkpoint_interval_s, "a number of seconds >= 0 (0: after every epoch)")
         check(0 < self.fit_threshold <= 1, "trainer.fit_threshold", self.fit_threshold,
               "an accuracy in (0, 1]")
+        check(0 <= self.freeze_epochs <= self.epochs, "trainer.freeze_epochs", self.freeze_epochs,
+              f"an integer in [0, trainer.epochs={self.epochs}] (epochs with only the head trained)")
         cores = os.cpu_count() or 1
         check(0 <= self.num_threads <= cores, "trainer.num_threads", self.num_threads,
               f"an integer in [0, {cores}] (0: every core; this machine has {cores})")

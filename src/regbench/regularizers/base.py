@@ -11,7 +11,15 @@ regularizer does not need keeps the do-nothing default below. The order of a tra
 5. every training step: ``transform_batch`` (training data only), then ``base_loss`` of the one
    regularizer that owns it (else cross-entropy), then every ``loss_terms``
 6. every epoch: ``on_epoch_end`` (may ask to stop), ``state_dict`` goes into the checkpoint
+   after every optimizer step: ``on_step_end(model)`` (e.g. update a weight average)
 7. ``on_fit_end(model)``         e.g. restore the best weights; returns extra metrics
+
+Weight averaging (EMA, SWA). ``wrap_scheduler`` may replace the learning-rate schedule (built once,
+after the optimizer). ``averaged_weights`` returns a model state to evaluate instead of the trained
+weights (validation every epoch, and the test phase after ``on_fit_end``), or None; the loop then
+also measures the trained weights under ``val_raw/`` and ``test_raw/`` unless ``evaluate_raw`` is
+False, and with ``recompute_bn`` it recomputes BatchNorm statistics of the averaged weights over
+the training split (``torch.optim.swa_utils.update_bn``) before the test phase.
 
 Soft targets. ``transform_batch`` gets uint8 images and int64 labels [B] and may return float
 images in [0, 1] (torchvision's float convention, normalized like uint8 ones) and soft targets: a
@@ -90,6 +98,10 @@ class Regularizer:
     name: ClassVar[str]
     # True: ``base_loss`` replaces the cross-entropy (at most one regularizer per run).
     owns_base_loss: ClassVar[bool] = False
+    # True: the averaged weights need BatchNorm statistics recomputed before the test (SWA).
+    recompute_bn: ClassVar[bool] = False
+    # False: the trained (raw) weights are not measured beside averaged_weights().
+    evaluate_raw: bool = True
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -120,6 +132,19 @@ class Regularizer:
     def loss_terms(self, step: StepOutput) -> dict[str, torch.Tensor]:
         """Scalar terms added to the base loss, logged as train/loss_<key>."""
         return {}
+
+    def on_step_end(self, model: nn.Module) -> None:
+        """Called after every optimizer step (and the scheduler's)."""
+
+    def wrap_scheduler(self, optimizer: torch.optim.Optimizer, scheduler: Any,
+                       steps_per_epoch: int) -> Any:
+        """The per-step learning-rate scheduler to use instead of ``scheduler`` (it needs
+        ``step``, ``state_dict`` and ``load_state_dict``); by default ``scheduler`` itself."""
+        return scheduler
+
+    def averaged_weights(self) -> Optional[dict[str, torch.Tensor]]:
+        """A model state dict to evaluate instead of the trained weights, or None."""
+        return None
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float], model: nn.Module) -> bool:
         """Called after validation; return True to stop training."""

@@ -45,7 +45,13 @@ from regbench.regularizers import (
     StepOutput,
     build_regularizers,
 )
-from regbench.run import shift_stage
+from regbench.run import finetune, shift_stage
+from regbench.run.averaging import (
+    RAW,
+    averaging_regularizer,
+    recompute_batchnorm,
+    swapped_in,
+)
 from regbench.run.checkpoint import rng_state, set_rng_state
 from regbench.run.ood_stage import OodSets
 from regbench.run.probes import (
@@ -216,10 +222,13 @@ class Run:
         for regularizer in regularizers:
             regularizer.configure_model(options)
         model = build_model(settings.model, data.input_shape, data.num_classes, options).to(device)
+        finetune.use_weights_statistics(model, data)
         for regularizer in regularizers:
             regularizer.on_model_built(model)
         optimizer = build_optimizer(settings.optimizer, param_groups(model, regularizers))
         scheduler = build_scheduler(settings.optimizer, optimizer, trainer.epochs, len(data.train))
+        for regularizer in regularizers:
+            scheduler = regularizer.wrap_scheduler(optimizer, scheduler, len(data.train))
         run = cls(settings, device, data, regularizers, model, optimizer, scheduler, show_progress)
         run.ood_sets = ood_sets
         return run
@@ -302,6 +311,7 @@ class Run:
         """One pass over the training split; ``epoch`` is 0-based. Steps are counted from 1 in
         errors (the step that diverged or was interrupted)."""
         self.model.train()
+        finetune.freeze_body(self.model, epoch, self.settings.trainer)
         sums: dict[str, torch.Tensor] = {}
         # The epoch's logits and labels stay on the device for the epoch-level train/ metrics.
         epoch_logits: list[torch.Tensor] = []
@@ -326,6 +336,8 @@ class Run:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            for regularizer in self.regularizers:
+                regularizer.on_step_end(self.model)
             # Sums stay on the device; they are transferred once per epoch.
             batch = len(labels)
             seen += batch
@@ -370,13 +382,21 @@ class Run:
         return self.optimizer.param_groups[0]["lr"]
 
     def validate(self, epoch: int, recorder: Optional[RunRecorder]) -> dict[str, float]:
-        """Validation metrics and prediction histograms for one epoch."""
+        """Validation metrics and prediction histograms for one epoch; of the averaged weights when
+        a regularizer keeps an average (and of the trained ones under val_raw/)."""
         if len(self.data.val) == 0:
             return {}
-        val = self.evaluate(self.data.val)
+        averaging = averaging_regularizer(self.regularizers)
+        if averaging is None:
+            val = self.evaluate(self.data.val)
+            raw = {}
+        else:
+            with swapped_in(self.model, averaging.averaged_weights()):
+                val = self.evaluate(self.data.val)
+            raw = self.evaluate(self.data.val).metrics("val" + RAW) if averaging.evaluate_raw else {}
         if recorder is not None:
             recorder.log_prediction_histograms("val", val.logits, val.labels, epoch)
-        return val.metrics("val")
+        return {**val.metrics("val"), **raw}
 
     # --- the whole run ---------------------------------------------------------------------
     def fit(self, recorder: Optional[RunRecorder] = None,
@@ -441,6 +461,14 @@ class Run:
         metrics: dict[str, float] = {}
         for regularizer in self.regularizers:
             metrics.update(regularizer.on_fit_end(self.model))
+        averaging = averaging_regularizer(self.regularizers)
+        if averaging is not None:
+            if averaging.evaluate_raw:
+                metrics.update(self.evaluate(self.data.test).metrics("test" + RAW))
+            self.model.load_state_dict(averaging.averaged_weights())
+            if averaging.recompute_bn:
+                recompute_batchnorm(self.model, self.data.train, self.prepare, self.device)
+            log.info("the test phase measures %s's averaged weights", averaging.name)
         return metrics
 
     def test_split_metrics(self, test: Evaluation) -> dict[str, Any]:
