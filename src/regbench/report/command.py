@@ -17,6 +17,7 @@ from regbench.report.duplicates import merge_duplicates
 from regbench.report.ensembles import ENSEMBLE_COLUMNS, build_ensembles, ensemble_rows
 from regbench.report.events import write_report_events
 from regbench.report.groups import group_jobs
+from regbench.report.html import HtmlReport, write_html_report
 from regbench.report.jobs import ReportError, load_sweeps
 from regbench.report.ood import write_ood_plots
 from regbench.report.outputs import (
@@ -26,6 +27,7 @@ from regbench.report.outputs import (
     PLOT_FILES,
     RANKS_PNG,
     REPORT_EVENTS_DIR,
+    REPORT_HTML,
     SHIFT_CSV,
     SUMMARY_CSV,
     SUMMARY_MD,
@@ -58,11 +60,15 @@ def make_report(sweep: Path | Sequence[Path], baseline: Sequence[str] = (),
         print(f"{PROGRAM}: warning: {line}", file=sys.stderr)
     atomic_write_bytes(out / SUMMARY_MD, text.encode())
     figures = write_plots(out, grouping, analysis)
-    write_probe_plots(out, grouping.groups)
+    probe_files = write_probe_plots(out, grouping.groups)
     figures.update(write_shift_plots(out, grouping.groups))
     figures.update(write_ood_plots(out, grouping.groups))
     write_report_events(out, jobs, {"report/summary": text, "report/groups": markdown_table(grouping)},
                         figures)
+    # Last: the page embeds every figure and table written above.
+    write_html_report(HtmlReport(sweeps, jobs, grouping, analysis, ensembles,
+                                 {**figures, **{name: out / name for name in probe_files}},
+                                 baseline, rank_metric))
     return text
 
 
@@ -95,6 +101,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         sys.exit(2)
     print(text, end="")
     outputs = ", ".join([SUMMARY_CSV, SUMMARY_MD, COMPARISONS_CSV, ENSEMBLES_CSV, *PLOT_FILES.values(),
-                         COMPARISONS_PNG, RANKS_PNG, f"{REPORT_EVENTS_DIR}/ (TensorBoard)"])
+                         COMPARISONS_PNG, RANKS_PNG, REPORT_HTML, f"{REPORT_EVENTS_DIR}/ (TensorBoard)"])
     print(f"\nwrote {outputs} in {args.sweep[0]}")
+    print(f"open it:      {(args.sweep[0] / REPORT_HTML).resolve()}  (one self-contained page)")
     print(f"see it:       tensorboard --logdir {args.sweep[0]}  (Text, Images, HParams tabs)")

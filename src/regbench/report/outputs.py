@@ -18,5 +18,7 @@ EFFECTIVE_LR_PNG = "effective_lr.png"
 SHIFT_CSV = "shift.csv"
 SHIFT_SEVERITY_PNG = "shift_severity.png"
 OOD_HISTOGRAMS_PNG = "ood_histograms.png"
+# The whole report as one self-contained page (html.py): verdicts, tables, figures, commands.
+REPORT_HTML = "report.html"
 # Under the sweep folder, so `tensorboard --logdir <sweep>` shows it as the run "report".
 REPORT_EVENTS_DIR = "report"

@@ -1,0 +1,696 @@
+"""``report.html``: the sweep's report as one page that opens offline in any browser.
+
+Nothing in it is fetched: no script, no external style sheet or font, every figure embedded as a
+``data:`` URI (SVG rendered from the matplotlib figure itself, PNG where the SVG would be large).
+Verdicts first (a matrix of better/worse per group and metric, then every verdict in words), then
+the tables (groups, comparisons, ranks, corruption shift, OOD and ensembles when present), the
+calibration panel (its tables and the reliability and confidence figures), the other figures, the
+runs (failed and unfinished ones named), and the commands that reproduce the sweep and the report.
+
+What make_report already has is rendered from its objects (analysis, grouping, jobs, summary.csv's
+rows), every string through ``html.escape``. The sections other modules write only as markdown
+(calibration, ranks, shift, OOD, ensembles, probes, duplicates) are converted with Python-Markdown
+(a tensorboard dependency, so always installed) with raw HTML, entities, links and images turned
+off: whatever a label or an error message holds is shown as text.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from regbench.files import atomic_write_bytes
+from regbench.report.analysis import Analysis
+from regbench.report.comparisons import (
+    COMPARISON_COLUMNS,
+    METRIC_NAMES,
+    PERCENT_METRICS,
+    Comparison,
+    comparison_method_text,
+    comparison_rows,
+    format_difference,
+    format_p,
+    verdict_line,
+)
+from regbench.report.ensembles import EnsembleReport, ensemble_section
+from regbench.report.groups import Grouping, did_not_learn, finite_values, format_mean_std, mean_std
+from regbench.report.jobs import Job
+from regbench.report.ood import ood_section
+from regbench.report.outputs import (
+    COMPARISONS_CSV,
+    PLOT_FILES,
+    REPORT_HTML,
+    SUMMARY_CSV,
+)
+from regbench.report.probes import probe_sections
+from regbench.report.shift import shift_section
+from regbench.report.statistics import HIGHER, INDISTINGUISHABLE, LOWER
+from regbench.report.tables import (
+    TABLE_COLUMNS,
+    bootstrap_columns,
+    calibration_section,
+    csv_rows,
+    interval_widths,
+    merge_section,
+    ranking_section,
+    status_counts,
+    table_text,
+)
+from regbench.run.spec import TEST_ACC, TEST_MEAN_CONFIDENCE, lower_is_better
+
+# Hydra's record of a multirun's command-line overrides, in the sweep folder.
+MULTIRUN_FILE = "multirun.yaml"
+# Beyond this many bytes of SVG (thousands of path points: many groups' histograms) the PNG
+# written next to the report is several times smaller and just as sharp at its size.
+SVG_LIMIT = 1_500_000
+# More rows than this and a long listing starts folded (<details>), so the page stays skimmable.
+OPEN_ROWS = 24
+# Metrics whose higher or lower value is neither better nor worse: confidence should match accuracy.
+NEUTRAL_METRICS = {TEST_MEAN_CONFIDENCE}
+# The calibration panel shows these figures; the Figures section the others.
+CALIBRATION_FIGURES = (PLOT_FILES["reliability"], PLOT_FILES["confidence_hist"])
+CAPTIONS = {
+    PLOT_FILES["accuracy_vs_ece"]: "Test accuracy against test ECE, raw and after temperature "
+                                   "scaling: mean ± std over seeds, numbered as in Groups.",
+    PLOT_FILES["reliability"]: "Reliability per group: test predictions' bins pooled over seeds.",
+    PLOT_FILES["confidence_hist"]: "Test confidence per group, correct and incorrect predictions.",
+    "comparisons.png": "Each group minus its baseline, mean over seed pairs with its 95 % interval.",
+    "ranks.png": "Average ranks across blocks with the Nemenyi critical difference (Demšar 2006).",
+}
+MIME_TYPES = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+
+
+@dataclass
+class HtmlReport:
+    """What make_report has computed, and how it was called (for the commands to reproduce)."""
+
+    sweeps: Sequence[Path]
+    jobs: Sequence[Job]
+    grouping: Grouping
+    analysis: Analysis
+    ensembles: EnsembleReport
+    # File name -> the matplotlib Figure drawn for it, or the path of an image already written.
+    figures: Mapping[str, Any] = field(default_factory=dict)
+    baseline: Sequence[str] = ()  # the --baseline selectors as given
+    rank_metric: str = TEST_ACC
+
+
+def write_html_report(report: HtmlReport) -> Path:
+    """``report.html`` in the first sweep folder, whole or not at all; returns its path."""
+    path = Path(report.sweeps[0]) / REPORT_HTML
+    atomic_write_bytes(path, render_page(report).encode())
+    return path
+
+
+# --- small builders ---------------------------------------------------------------------------------
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def element(tag: str, content: str, **attributes: Any) -> str:
+    """``<tag a="v">content</tag>``; ``content`` is HTML already, attribute values are escaped;
+    ``class_`` stands for ``class``, a None value leaves the attribute out."""
+    text = "".join(f' {name.rstrip("_").replace("_", "-")}="{esc(value)}"'
+                   for name, value in attributes.items() if value is not None)
+    return f"<{tag}{text}>{content}</{tag}>"
+
+
+def slug(title: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "section"
+
+
+@dataclass
+class Section:
+    title: str
+    body: str
+    anchor: str = ""
+
+    def html(self) -> str:
+        return element("section", f"<h2>{esc(self.title)}</h2>\n{self.body}",
+                       id=self.anchor or slug(self.title))
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[str]], numeric: Sequence[bool] = (),
+          class_: Optional[str] = None) -> str:
+    """A table in its own horizontally scrolling box; cells are HTML already (``cell``);
+    ``numeric[i]``: column i is right-aligned with tabular digits."""
+    numeric = list(numeric) + [False] * (len(header) - len(numeric))
+    head = "".join(element("th", esc(title), class_="num" if num else None)
+                   for title, num in zip(header, numeric))
+    body = "\n".join("<tr>" + "".join(cells) + "</tr>" for cells in rows)
+    return element("div", element("table", f"<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n"
+                                           "</tbody>", class_=class_), class_="scroll")
+
+
+def cell(text: Any, numeric: bool = False, value: Any = None, title: Any = None,
+         class_: Optional[str] = None) -> str:
+    """A <td> of escaped text; ``value``: the full-precision number behind a rounded one
+    (data-value, what the tests compare with the CSV files)."""
+    classes = " ".join(name for name in ("num" if numeric else "", class_ or "") if name) or None
+    return element("td", esc(text), class_=classes, data_value=value, title=title)
+
+
+def folded(summary: str, content: str, open_: bool) -> str:
+    return f"<details{' open' if open_ else ''}><summary>{esc(summary)}</summary>\n{content}\n</details>"
+
+
+# --- verdicts ---------------------------------------------------------------------------------------
+
+def outcome(c: Comparison) -> str:
+    """"better", "worse", "higher"/"lower" (a metric with no better direction), or the verdict."""
+    if c.verdict not in (HIGHER, LOWER):
+        return c.verdict
+    if c.metric in NEUTRAL_METRICS:
+        return c.verdict
+    return "better" if (c.verdict == HIGHER) != lower_is_better(c.metric) else "worse"
+
+
+def outcome_class(word: str) -> str:
+    return {"better": "better", "worse": "worse", HIGHER: "neutral", LOWER: "neutral",
+            INDISTINGUISHABLE: "same"}.get(word, "few")
+
+
+def metric_title(metric: str) -> str:
+    unit = " (pp)" if metric in PERCENT_METRICS else ""
+    return f"{METRIC_NAMES.get(metric, metric)}{unit}"
+
+
+def verdict_matrix(comparisons: Sequence[Comparison]) -> str:
+    """A row per (group, baseline), a column per metric: the mean difference and its outcome,
+    coloured; the whole verdict line as the cell's tooltip."""
+    metrics = list(dict.fromkeys(c.metric for c in comparisons))
+    pairs = list(dict.fromkeys((c.group.label, c.baseline.label) for c in comparisons))
+    found = {(c.group.label, c.baseline.label, c.metric): c for c in comparisons}
+    rows = []
+    for group, baseline in pairs:
+        cells = [element("th", f"{esc(group)} <span class=\"muted\">vs {esc(baseline)}</span>",
+                         scope="row")]
+        for metric in metrics:
+            c = found.get((group, baseline, metric))
+            if c is None:
+                cells.append(cell("–"))
+                continue
+            word = outcome(c)
+            difference = "" if math.isnan(c.paired.mean_diff) else format_difference(metric, c.paired.mean_diff)
+            content = f"<span class=\"diff\">{esc(difference)}</span><span class=\"word\">{esc(word)}</span>"
+            cells.append(element("td", content, class_=f"verdict {outcome_class(word)}",
+                                 title=verdict_line(c)))
+        rows.append(cells)
+    return table(["group vs baseline", *map(metric_title, metrics)], rows,
+                 [False] + [True] * len(metrics), class_="matrix")
+
+
+LEGEND = (("better", "better: the difference is significant and in the metric's better direction"),
+          ("worse", "worse: significant, in the worse direction"),
+          ("neutral", "higher / lower: significant, on a metric with no better direction "
+                      "(mean confidence)"),
+          ("same", f"{INDISTINGUISHABLE}: not significant after Holm's adjustment"),
+          ("few", "too few seeds for a test"))
+
+
+def verdict_counts(comparisons: Sequence[Comparison]) -> str:
+    counts: dict[str, int] = {}
+    for c in comparisons:
+        counts[outcome(c)] = counts.get(outcome(c), 0) + 1
+    total = len(comparisons)
+    parts = ", ".join(f"{count} {word}" for word, count in counts.items())
+    return f"{total} comparison{'' if total == 1 else 's'}: {parts}."
+
+
+def verdict_lines(comparisons: Sequence[Comparison]) -> str:
+    """Every verdict in words, by metric."""
+    blocks = []
+    for metric in dict.fromkeys(c.metric for c in comparisons):
+        items = "".join(element("li", esc(verdict_line(c)), class_=outcome_class(outcome(c)))
+                        for c in comparisons if c.metric == metric)
+        blocks.append(element("h3", esc(metric_title(metric))) + element("ul", items, class_="verdicts"))
+    return "\n".join(blocks)
+
+
+def verdict_section(analysis: Analysis) -> Section:
+    comparisons = analysis.comparisons
+    notes = "".join(element("li", esc(note)) for note in analysis.comparison_notes)
+    parts = []
+    if comparisons:
+        legend = " ".join(element("span", esc(text), class_=f"chip {name}") for name, text in LEGEND)
+        parts += [element("p", esc(verdict_counts(comparisons)), class_="lead"),
+                  verdict_matrix(comparisons), element("p", legend, class_="legend"),
+                  folded(f"All {len(comparisons)} verdicts in words", verdict_lines(comparisons),
+                         len(comparisons) <= OPEN_ROWS),
+                  folded("How the verdicts are computed",
+                         element("p", esc(comparison_method_text(comparisons, analysis.selectors))),
+                         False)]
+    else:
+        parts.append(element("p", "No comparisons: only one group." if not notes else "No comparisons."))
+    if notes:
+        parts.append(element("ul", notes, class_="notes"))
+    return Section("Verdicts against the baseline", "\n".join(parts), "verdicts")
+
+
+# --- groups, comparisons and runs tables ------------------------------------------------------------
+
+def swatch(number: int) -> str:
+    """The group's number and colour in the figures (plots.group_styles, numbered from 1)."""
+    from regbench.report.plots import group_styles
+
+    color = group_styles(number)[number - 1]["color"]
+    return element("span", str(number), class_="swatch", style=f"background:{color}")
+
+
+def group_rows(grouping: Grouping) -> list[list[str]]:
+    done_jobs = [job for group in grouping.groups for job in group.completed]
+    intervals = bootstrap_columns(done_jobs)
+    warnings = [did_not_learn(group) for group in grouping.groups]
+    rows = []
+    for number, (group, warning) in enumerate(zip(grouping.groups, warnings), 1):
+        done = group.completed
+        cells = [element("td", f"{swatch(number)} {esc(group.label)}", class_="label"),
+                 cell(len(done), numeric=True)]
+        for key, _, spec in TABLE_COLUMNS:
+            values = finite_values(done, key)
+            cells.append(cell(format_mean_std(values, spec, len(done)), numeric=True,
+                              value=repr(mean_std(values)[0]) if values else None))
+        for low, high, _ in intervals:
+            widths = interval_widths(done, low, high)
+            cells.append(cell(f"{sum(widths) / len(widths):.4f}" if widths else "–", numeric=True))
+        if any(warnings):
+            cells.append(cell(f"⚠ {warning}" if warning else "", class_="warn" if warning else None))
+        rows.append(cells)
+    return rows
+
+
+def group_section(jobs: Sequence[Job], grouping: Grouping) -> Section:
+    done_jobs = [job for group in grouping.groups for job in group.completed]
+    intervals = bootstrap_columns(done_jobs)
+    header = ["settings", "seeds", *(title for _, title, _ in TABLE_COLUMNS),
+              *(title for _, _, title in intervals)]
+    if any(did_not_learn(group) for group in grouping.groups):
+        header.append("warning")
+    body = element("p", esc(table_text(jobs, grouping))) + table(
+        header, group_rows(grouping), [False] + [True] * (len(TABLE_COLUMNS) + len(intervals) + 1),
+        class_="groups")
+    return Section("Groups", body, "groups")
+
+
+# Columns of comparisons.csv shown in the group − baseline unit (pp for accuracies), and p-values.
+DIFFERENCE_COLUMN = re.compile(r"(^|_)(diff|ci|low|high)(_|$)")
+P_COLUMN = re.compile(r"(^|_)p(_|$)|^p_value")
+
+
+def comparison_text(column: str, value: Any, metric: str) -> str:
+    if value == "" or value is None:
+        return "–"
+    if isinstance(value, float) and math.isnan(value):
+        return "–"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if P_COLUMN.search(column):
+            return format_p(float(value))
+        if DIFFERENCE_COLUMN.search(column):
+            return format_difference(metric, float(value), sign=column == "mean_diff")
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+    if column == "metric":
+        return metric_title(str(value))
+    return str(value)
+
+
+def comparison_section(analysis: Analysis) -> Optional[Section]:
+    """comparisons.csv's rows (every column some row fills), differences in the verdicts' units."""
+    rows = comparison_rows(analysis.comparisons)
+    if not rows:
+        return None
+    columns = [column for column in COMPARISON_COLUMNS if any(row.get(column) != "" for row in rows)]
+    numeric = [isinstance(rows[0].get(column), (int, float)) or column in ("seeds_needed",)
+               for column in columns]
+    body_rows = [[cell(comparison_text(column, row.get(column), row["metric"]), num,
+                       value=row.get(column) if isinstance(row.get(column), float) else None,
+                       class_=outcome_class(outcome(c)) if column == "verdict" else None)
+                  for column, num in zip(columns, numeric)]
+                 for row, c in zip(rows, analysis.comparisons)]
+    text = (f"Every group against its baseline on every key metric, as in {COMPARISONS_CSV} "
+            "(full precision there): differences are group − baseline, accuracies in percentage "
+            "points; p_holm is the p-value after Holm's adjustment; prob_improvement the share "
+            "of (group run, baseline run) pairs in which the group's value is higher.")
+    return Section("Comparisons", element("p", esc(text)) + table(columns, body_rows, numeric,
+                                                                   class_="comparisons"),
+                   "comparisons")
+
+
+def run_columns(header: Sequence[str]) -> list[str]:
+    """summary.csv's identity columns and the group table's metrics, then why a run failed."""
+    metrics = [key for key, _, _ in TABLE_COLUMNS if key in header]
+    identity = [key for key in header[:header.index("seed") + 1] if key != "job"]
+    return ["job", *identity, *metrics, "detail"]
+
+
+def run_section(jobs: Sequence[Job], grouping: Grouping) -> Section:
+    header, rows = csv_rows(jobs, grouping)
+    columns = run_columns(header)
+    metric_keys = {key for key, _, _ in TABLE_COLUMNS}
+    numeric = [column == "seed" or column in metric_keys for column in columns]
+    body = []
+    for row in rows:
+        cells = []
+        for column, num in zip(columns, numeric):
+            value = row.get(column, "")
+            text = f"{value:.4f}" if isinstance(value, float) else ("–" if value == "" else value)
+            cells.append(cell(text, num, value=value if isinstance(value, (int, float)) else None,
+                              class_=("status " + str(value)) if column == "status" else None))
+        body.append(cells)
+    failed = [job for job in jobs if not job.completed]
+    text = (f"{len(jobs)} jobs: {status_counts(jobs)}. One row per job folder, as in {SUMMARY_CSV} "
+            "(every metric there); a run that failed or has not finished is not averaged.")
+    parts = [element("p", esc(text)),
+             folded(f"All {len(rows)} runs", table(columns, body, numeric, class_="runs"),
+                    len(rows) <= OPEN_ROWS)]
+    if failed:
+        parts.insert(1, problem_list(failed))
+    return Section("Runs", "\n".join(parts), "runs")
+
+
+def problem_list(failed: Sequence[Job]) -> str:
+    items = []
+    for job in failed:
+        detail = f": {esc(job.detail)}" if job.detail else ""
+        overrides = f" <code>{esc(shlex.join(job.overrides))}</code>" if job.overrides else ""
+        items.append(element("li", f"<code>{esc(job.name)}</code> <strong>{esc(job.status)}</strong>"
+                                   f"{detail}{overrides}"))
+    return element("h3", "Runs that did not complete") + element("ul", "".join(items), class_="problems")
+
+
+# --- the sections other modules write as markdown ----------------------------------------------------
+
+IMAGE_LINE = re.compile(r"^!\[[^\]]*\]\(([^)\s]+)\)$")
+# Python-Markdown's processors for raw HTML, entities, links and images (3.x registry names): off,
+# so text is only ever text and nothing points outside the page.
+UNSAFE_PROCESSORS = {"preprocessors": ("html_block",),
+                     "inlinePatterns": ("html", "entity", "autolink", "automail", "link",
+                                        "image_link", "reference", "image_reference",
+                                        "short_reference", "short_image_ref")}
+
+
+def markdown_converter() -> Any:
+    import markdown
+
+    converter = markdown.Markdown(extensions=["tables"])
+    for registry, names in UNSAFE_PROCESSORS.items():
+        for name in names:
+            getattr(converter, registry).deregister(name, strict=False)
+    return converter
+
+
+def markdown_html(text: str, converter: Any) -> str:
+    """One markdown block as HTML, tables in their own scrolling box."""
+    converter.reset()
+    converted = converter.convert(text)
+    return converted.replace("<table>", '<div class="scroll"><table>').replace("</table>", "</table></div>")
+
+
+def image_files(part: str) -> Optional[list[str]]:
+    """The files of a part made only of ``![alt](file)`` lines, else None."""
+    lines = [line.strip() for line in part.strip().splitlines() if line.strip()]
+    matches = [IMAGE_LINE.match(line) for line in lines]
+    return [m.group(1) for m in matches] if lines and all(matches) else None
+
+
+def markdown_sections(parts: Sequence[str], figures: "FigureSet") -> list[Section]:
+    """summary.md parts ("## Title", then its blocks) as Sections; an image line becomes the
+    embedded figure of that file (figures not drawn are left out)."""
+    converter = markdown_converter()
+    sections: list[Section] = []
+    for part in parts:
+        if part.startswith("## "):
+            sections.append(Section(part[3:].strip(), ""))
+            continue
+        if not sections:
+            sections.append(Section("Notes", ""))
+        files = image_files(part)
+        if files is not None:
+            sections[-1].body += "".join(figures.take(name) for name in files)
+        else:
+            sections[-1].body += card_grid(part, converter)
+    return sections
+
+
+def card_grid(part: str, converter: Any) -> str:
+    """A block of several "title, table" pairs (the calibration panel's metrics) as a grid of
+    cards, each pair side by side at wide windows; any other block as it is."""
+    blocks = [block for block in re.split(r"\n\s*\n", part) if block.strip()]
+    tables = [i for i, block in enumerate(blocks) if block.lstrip().startswith("|")]
+    if len(tables) < 2:
+        return markdown_html(part, converter)
+    cards, start = [], 0
+    for index in tables:
+        cards.append(element("div", "".join(markdown_html(block, converter)
+                                            for block in blocks[start:index + 1]), class_="card"))
+        start = index + 1
+    rest = "".join(markdown_html(block, converter) for block in blocks[start:])
+    return element("div", "".join(cards), class_="cards") + rest
+
+
+# --- figures ----------------------------------------------------------------------------------------
+
+def data_uri(mime: str, data: bytes) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def render_figure(figure: Any, format_: str) -> bytes:
+    """The figure's file in memory; SVG without its date and with fixed ids, so the same sweep
+    gives the same page."""
+    import matplotlib
+
+    buffer = io.BytesIO()
+    with matplotlib.rc_context({"svg.hashsalt": "regbench-report"}):
+        figure.savefig(buffer, format=format_, **({"metadata": {"Date": None}} if format_ == "svg" else {}))
+    return buffer.getvalue()
+
+
+def figure_uri(folder: Path, name: str, figure: Any) -> Optional[str]:
+    """A data: URI of the figure; None for a figure with no axes (a plot that was skipped drawn as
+    its reason: the page says it in the text)."""
+    if hasattr(figure, "savefig"):
+        if not figure.axes:
+            return None
+        svg = render_figure(figure, "svg")
+        if len(svg) <= SVG_LIMIT:
+            return data_uri(MIME_TYPES[".svg"], svg)
+        written = folder / name
+        png = written.read_bytes() if written.suffix == ".png" and written.is_file() else \
+            render_figure(figure, "png")
+        return data_uri(MIME_TYPES[".png"], png)
+    path = folder / Path(figure)
+    return data_uri(MIME_TYPES.get(path.suffix.lower(), "application/octet-stream"), path.read_bytes())
+
+
+@dataclass
+class FigureSet:
+    """The report's figures, each embedded once, in the first place that asks for it."""
+
+    folder: Path
+    figures: Mapping[str, Any]
+    used: set[str] = field(default_factory=set)
+    problems: list[str] = field(default_factory=list)
+
+    def take(self, name: str) -> str:
+        if name in self.used or name not in self.figures:
+            return ""
+        self.used.add(name)
+        try:
+            uri = figure_uri(self.folder, name, self.figures[name])
+        except OSError as error:
+            self.problems.append(f"{name} could not be read ({error.strerror or error})")
+            return ""
+        if uri is None:
+            return ""
+        caption = CAPTIONS.get(name, Path(name).stem.replace("_", " "))
+        return element("figure", f'<img src="{uri}" alt="{esc(caption)}" loading="eager">'
+                                 + element("figcaption", f"{esc(caption)} <code>{esc(name)}</code>"))
+
+    def rest(self) -> str:
+        return "".join(self.take(name) for name in self.figures)
+
+
+# --- commands to reproduce ----------------------------------------------------------------------------
+
+def sweep_command(sweep: Path) -> Optional[str]:
+    """``python -m regbench -m <overrides>`` from Hydra's multirun.yaml (the task overrides, then
+    Hydra's own but for the -m that set hydra.mode); None without a readable file."""
+    from omegaconf import OmegaConf
+
+    try:
+        config = OmegaConf.load(sweep / MULTIRUN_FILE)
+        task = OmegaConf.select(config, "hydra.overrides.task", default=None)
+        hydra = OmegaConf.select(config, "hydra.overrides.hydra", default=None)
+    except Exception:  # a missing, torn or hand-written file: omegaconf raises several types
+        return None
+    overrides = [*(task or []), *(o for o in hydra or [] if o != "hydra.mode=MULTIRUN")]
+    if not all(isinstance(o, str) for o in overrides):
+        return None
+    return shlex.join(["python", "-m", "regbench", "-m", *overrides])
+
+
+def report_command(report: HtmlReport) -> str:
+    options = [option for selector in report.baseline for option in ("--baseline", selector)]
+    if report.rank_metric != TEST_ACC:
+        options += ["--rank-metric", report.rank_metric]
+    return shlex.join(["python", "-m", "regbench.report", *map(str, report.sweeps), *options])
+
+
+def command_block(command: str) -> str:
+    return element("pre", element("code", esc(command)))
+
+
+def reproduce_section(report: HtmlReport) -> Section:
+    parts = []
+    for sweep in report.sweeps:
+        command = sweep_command(Path(sweep))
+        where = element("code", esc(sweep))
+        if command:
+            parts += [element("p", f"The sweep in {where}, as Hydra recorded it in "
+                                   f"<code>{MULTIRUN_FILE}</code>:"), command_block(command)]
+        else:
+            parts.append(element("p", f"{where} has no readable <code>{MULTIRUN_FILE}</code> "
+                                      "(not a Hydra multirun): each run's command is below."))
+    parts += [element("p", "This report:"), command_block(report_command(report))]
+    runs = "\n".join(shlex.join(["python", "-m", "regbench", *job.overrides])
+                     for job in report.jobs if job.overrides)
+    if runs:
+        parts.append(folded("Each run on its own (its .hydra/overrides.yaml)", command_block(runs),
+                            False))
+    return Section("Commands to reproduce", "\n".join(parts), "reproduce")
+
+
+# --- the page -------------------------------------------------------------------------------------------
+
+def title_of(sweeps: Sequence[Path]) -> str:
+    if len(sweeps) == 1:
+        return f"Sweep {Path(sweeps[0]).resolve().name}"
+    return "Sweeps " + ", ".join(str(sweep) for sweep in sweeps)
+
+
+def calibration_panel(report: HtmlReport, figures: FigureSet) -> list[Section]:
+    """summary.md's Calibration section with the reliability and confidence figures."""
+    sections = markdown_sections(calibration_section(report.grouping), figures)
+    drawn = "".join(figures.take(name) for name in CALIBRATION_FIGURES)
+    if drawn and not sections:
+        sections = [Section("Calibration", "")]
+    if sections:
+        sections[0].body += drawn
+    return sections
+
+
+def body_sections(report: HtmlReport, figures: FigureSet) -> list[Section]:
+    grouping, analysis = report.grouping, report.analysis
+    markdown_parts = [*ranking_section(analysis), *shift_section(grouping, analysis.selectors),
+                      *ood_section(grouping.groups), *ensemble_section(report.ensembles)]
+    sections = [verdict_section(analysis), group_section(report.jobs, grouping),
+                comparison_section(analysis), *markdown_sections(markdown_parts, figures),
+                *calibration_panel(report, figures),
+                *markdown_sections([*probe_sections(grouping.groups), *merge_section(report.jobs)],
+                                   figures)]
+    if other := figures.rest():
+        sections.append(Section("Figures", other, "figures"))
+    sections += [run_section(report.jobs, grouping), reproduce_section(report)]
+    return [section for section in sections if section is not None]
+
+
+def warnings_of(report: HtmlReport, figures: FigureSet) -> list[str]:
+    from regbench.report.calibration import unusable_calibration_files
+
+    failed = [job for job in report.jobs if not job.completed]
+    lines = []
+    if failed:
+        lines.append(f"{len(failed)} of {len(report.jobs)} jobs did not complete "
+                     f"({status_counts(failed)}): they are not averaged; see Runs.")
+    lines += unusable_calibration_files(report.grouping.groups)
+    lines += figures.problems
+    return lines
+
+
+def render_page(report: HtmlReport) -> str:
+    figures = FigureSet(Path(report.sweeps[0]), report.figures)
+    sections = body_sections(report, figures)
+    title = title_of(report.sweeps)
+    done = sum(job.completed for job in report.jobs)
+    baseline = " ".join(f"{key}={value}" for key, value in report.analysis.selectors)
+    facts = (f"{len(report.jobs)} jobs ({done} completed), {len(report.grouping.groups)} groups, "
+             f"baseline {baseline}; varying: {', '.join(report.grouping.varying) or 'nothing'}.")
+    nav = " ".join(element("a", esc(section.title), href=f"#{section.anchor or slug(section.title)}")
+                   for section in sections)
+    warnings = "".join(element("li", esc(line)) for line in warnings_of(report, figures))
+    header = (element("h1", esc(title)) + element("p", esc(facts), class_="facts")
+              + (element("ul", warnings, class_="warnings") if warnings else "")
+              + element("nav", nav))
+    body = "\n".join(section.html() for section in sections)
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f"<title>{esc(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<main>\n"
+            f"<header>{header}</header>\n{body}\n<footer>Written by regbench-report from "
+            f"{esc(SUMMARY_CSV)}'s runs; the same numbers, full precision, in the CSV files next "
+            "to this page.</footer>\n</main>\n</body>\n</html>\n")
+
+
+# Readable at any width: text column up to 72 rem, tables scroll inside their own box, long
+# words (paths, overrides) wrap instead of widening the page. Okabe-Ito blue/vermillion for
+# better/worse, with the word written out, so colour is never the only cue.
+STYLE = """
+:root { color-scheme: light; --text: #1f2328; --muted: #59636e; --line: #d1d9e0;
+  --soft: #f6f8fa; --better: #0072b2; --worse: #d55e00; }
+* { box-sizing: border-box; }
+body { margin: 0; color: var(--text); background: #fff; line-height: 1.5; font-size: 16px;
+  font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
+  overflow-wrap: anywhere; }
+main { max-width: 76rem; margin: 0 auto; padding: 1.5rem 1.25rem 3rem; }
+h1 { font-size: 1.75rem; margin: 0 0 .25rem; }
+h2 { font-size: 1.35rem; margin: 2.25rem 0 .75rem; padding-bottom: .3rem;
+  border-bottom: 1px solid var(--line); }
+h3 { font-size: 1.05rem; margin: 1.25rem 0 .4rem; }
+p, ul { max-width: 60rem; }
+code, pre { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: .875em; }
+pre { background: var(--soft); border: 1px solid var(--line); border-radius: 6px; padding: .75rem;
+  white-space: pre-wrap; overflow-wrap: anywhere; max-width: 100%; }
+nav { display: flex; flex-wrap: wrap; gap: .25rem .5rem; margin: .75rem 0 0; font-size: .9rem; }
+nav a { color: var(--better); text-decoration: none; border: 1px solid var(--line);
+  border-radius: 999px; padding: .1rem .6rem; }
+.facts, .muted, figcaption, footer { color: var(--muted); }
+.warnings { background: #fff8c5; border: 1px solid #d4a72c; border-radius: 6px;
+  padding: .5rem .75rem .5rem 2rem; max-width: none; }
+.lead { font-weight: 600; }
+.scroll { overflow-x: auto; max-width: 100%; margin: .5rem 0 1rem; }
+table { border-collapse: collapse; font-size: .875rem; font-variant-numeric: tabular-nums; }
+th, td { border: 1px solid var(--line); padding: .3rem .55rem; vertical-align: top;
+  overflow-wrap: normal; }
+thead th { background: var(--soft); text-align: left; }
+th.num, td.num { text-align: right; white-space: nowrap; }
+td.label { min-width: 10rem; }
+tbody tr:nth-child(even) { background: #fbfcfd; }
+.swatch { display: inline-block; min-width: 1.4em; border-radius: 999px; color: #000;
+  text-align: center; font-size: .75rem; font-weight: 700; border: 1px solid #0003; }
+table.matrix td.verdict { text-align: center; white-space: nowrap; }
+.verdict .diff { display: block; font-weight: 600; }
+.verdict .word { display: block; font-size: .75rem; }
+.better { background: #dbeefa; } .worse { background: #fbe3d3; }
+.neutral { background: #ece8f5; } .same { background: #fff; } .few { background: #f3f3f3; color: var(--muted); }
+td.better, li.better { border-left: 4px solid var(--better); }
+td.worse, li.worse { border-left: 4px solid var(--worse); }
+ul.verdicts { list-style: none; padding-left: 0; }
+ul.verdicts li { padding: .2rem .5rem; margin: .2rem 0; border-radius: 4px; }
+.legend { display: flex; flex-wrap: wrap; gap: .35rem; font-size: .8rem; max-width: none; }
+.chip { border: 1px solid var(--line); border-radius: 4px; padding: .05rem .45rem; }
+.warn, td.status.failed, td.status.diverged, td.status.unreadable { color: #9a3412; }
+td.status.unfinished { color: var(--muted); }
+details { margin: .5rem 0; } summary { cursor: pointer; font-weight: 600; }
+.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(30rem, 1fr)); gap: 0 1.25rem; }
+.card p { margin: .75rem 0 0; font-size: .9rem; }
+figure { margin: 1.25rem 0; } figure img { display: block; max-width: 100%; height: auto;
+  border: 1px solid var(--line); border-radius: 6px; }
+figcaption { font-size: .875rem; margin-top: .35rem; }
+footer { margin-top: 3rem; font-size: .85rem; border-top: 1px solid var(--line); padding-top: .75rem; }
+"""
