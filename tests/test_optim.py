@@ -1,5 +1,6 @@
 """The learning-rate schedule by hand: warmup, step, cosine and none (``optim.lr_factor``), torch's
-OneCycleLR as ``build_scheduler`` sets it up, and the optimizer each ``optimizer=`` option builds."""
+OneCycleLR as ``build_scheduler`` sets it up, the optimizer each ``optimizer=`` option builds, and
+discriminative learning rates (``optimizer.body_lr_factor``) under every schedule."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
+from conftest import FAST
+from regbench.cli.compose import compose_settings
+from regbench.config import ConfigError
 from regbench.optim import (
     AdamConfig,
     AdamWConfig,
@@ -16,7 +21,11 @@ from regbench.optim import (
     build_optimizer,
     build_scheduler,
     lr_factor,
+    param_groups,
 )
+from regbench.regularizers import REGULARIZERS
+from regbench.regularizers.l2 import L2Config
+from regbench.run.engine import Run
 
 STEPS_PER_EPOCH = 10
 
@@ -150,3 +159,118 @@ def test_a_group_keeps_the_weight_decay_a_regularizer_gave_it():
         {"params": [torch.nn.Parameter(torch.zeros(1))], "weight_decay": 1e-4},
         {"params": [torch.nn.Parameter(torch.zeros(1))]}])
     assert [group["weight_decay"] for group in optimizer.param_groups] == [1e-4, 0.0]
+
+
+# --- discriminative learning rates: optimizer.body_lr_factor --------------------------------------
+
+class BodyAndHead(nn.Module):
+    """The split every regbench model has (models/base.Classifier): ``body`` then ``head``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(4, 2)  # registered first, as in TorchvisionResNet
+        self.body = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+
+
+def lr_of(optimizer: torch.optim.Optimizer, parameter: nn.Parameter) -> float:
+    return next(group["lr"] for group in optimizer.param_groups
+                if any(p is parameter for p in group["params"]))
+
+
+def test_the_body_steps_at_lr_times_body_lr_factor_and_the_head_at_lr():
+    # Plain SGD, every gradient 1: one step moves each body parameter by -lr * 0.1 = -0.01 and each
+    # head parameter by -lr = -0.1; the head's group comes first (the lr a run logs is group 0's).
+    model = BodyAndHead()
+    cfg = SGDConfig(lr=0.1, momentum=0.0, body_lr_factor=0.1)
+    optimizer = build_optimizer(cfg, param_groups(model, []))
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([0.1, 0.01])
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for parameter in model.parameters():
+        parameter.grad = torch.ones_like(parameter)
+    optimizer.step()
+    for name, parameter in model.named_parameters():
+        step = -0.01 if name.startswith("body.") else -0.1
+        assert torch.allclose(parameter.detach(), before[name] + step), name
+
+
+def test_body_lr_factor_keeps_the_weight_decay_groups_of_the_regularizers():
+    # Decoupled L2 on the weights only: four groups, (head, body) x (decayed, not), each with its
+    # weight decay, at lr for the head and lr * 0.01 for the body.
+    model = BodyAndHead()
+    l2 = REGULARIZERS.get("l2")(L2Config(coef=0.05, decoupled=True))
+    l2.on_model_built(model)
+    cfg = AdamWConfig(lr=1e-3, body_lr_factor=0.01)
+    optimizer = build_optimizer(cfg, param_groups(model, [l2]))
+    assert len(optimizer.param_groups) == 4
+    for name, parameter in model.named_parameters():
+        group = next(g for g in optimizer.param_groups if any(p is parameter for p in g["params"]))
+        decayed = parameter.ndim > 1
+        assert group["weight_decay"] == (0.05 if decayed else 0.0), name
+        assert group["lr"] == pytest.approx(1e-5 if name.startswith("body.") else 1e-3), name
+
+
+def test_a_factor_of_one_builds_the_groups_the_regularizers_gave():
+    model = BodyAndHead()
+    l2 = REGULARIZERS.get("l2")(L2Config(decoupled=True))
+    l2.on_model_built(model)
+    optimizer = build_optimizer(AdamWConfig(), param_groups(model, [l2]))
+    assert len(optimizer.param_groups) == 2  # decayed and not, body and head together
+    assert all("in_body" not in group for group in optimizer.param_groups)
+
+
+@pytest.mark.parametrize("options", [
+    dict(schedule=Schedule.none, warmup_epochs=1),
+    dict(schedule=Schedule.step, step_epochs=2, warmup_epochs=1),
+    dict(schedule=Schedule.cosine, warmup_epochs=1),
+    dict(schedule=Schedule.onecycle),
+])
+def test_every_schedule_keeps_the_body_at_its_factor_of_the_heads_lr(options):
+    model = BodyAndHead()
+    cfg = SGDConfig(lr=0.05, body_lr_factor=0.2, **options)
+    optimizer = build_optimizer(cfg, param_groups(model, []))
+    scheduler = build_scheduler(cfg, optimizer, 6, STEPS_PER_EPOCH)
+    head, body = model.head.weight, model.body[0].weight
+    for step in range(6 * STEPS_PER_EPOCH):
+        assert lr_of(optimizer, body) == pytest.approx(0.2 * lr_of(optimizer, head)), step
+        optimizer.step()
+        scheduler.step()
+
+
+def test_onecycle_gives_the_body_its_own_start_and_peak():
+    # OneCycleLR with one max_lr per group: the body starts at 0.2 * 0.05 / 25 = 4e-4 and peaks at
+    # 0.2 * 0.05 = 0.01 at step pct_start * 100 - 1 = 29 (the head: 0.002 and 0.05).
+    model = BodyAndHead()
+    cfg = SGDConfig(lr=0.05, body_lr_factor=0.2, schedule=Schedule.onecycle)
+    optimizer = build_optimizer(cfg, param_groups(model, []))
+    scheduler = build_scheduler(cfg, optimizer, 10, STEPS_PER_EPOCH)
+    seen = {}
+    for step in range(30):
+        seen[step] = [group["lr"] for group in optimizer.param_groups]
+        optimizer.step()
+        scheduler.step()
+    assert seen[0] == pytest.approx([0.002, 4e-4])
+    assert seen[29] == pytest.approx([0.05, 0.01])
+
+
+@pytest.mark.parametrize("factor", ["0", "-0.1", "inf", "nan"])
+def test_a_body_lr_factor_that_is_not_positive_and_finite_is_refused_in_one_line(factor):
+    with pytest.raises(ConfigError) as error:
+        compose_settings([f"optimizer.body_lr_factor={factor}"])
+    message = str(error.value)
+    assert message.startswith(f"optimizer.body_lr_factor={float(factor)!r} is not allowed: "
+                              f"a number > 0 and finite") and "\n" not in message
+
+
+def test_a_small_body_lr_factor_moves_the_body_less_in_a_real_run():
+    # The same seed, 3 epochs on digits: the body's weights end closer to their initial values
+    # with factor 0.01 than with 1 (by about the factor), and the logged lr is the head's.
+    def body_travel(factor: float) -> float:
+        run = Run.build(compose_settings([*FAST, "model.hidden_sizes=[64]",
+                                          f"optimizer.body_lr_factor={factor}"]))
+        initial = [p.detach().clone() for p in run.model.body.parameters()]
+        run.fit()
+        assert run.history[0]["lr"] == pytest.approx(0.05)  # sgd's lr, the head's
+        return sum((p.detach() - q).norm() ** 2 for p, q in zip(run.model.body.parameters(),
+                                                               initial)).sqrt().item()
+
+    assert body_travel(0.01) < 0.2 * body_travel(1.0)

@@ -51,6 +51,10 @@ class OptimizerConfig:
     step_gamma: float = 0.1
     # onecycle: share of the run spent increasing the lr (Smith & Topin 2019; torch's default).
     onecycle_pct_start: float = 0.3
+    # Discriminative learning rates (Howard & Ruder 2018, ULMFiT §3.2; fastai's slice(lo, hi)):
+    # the body's parameters (models/base.Classifier: under ``body.``) train at lr * this factor,
+    # the head's at lr, under every schedule. 1: one lr for every layer.
+    body_lr_factor: float = 1.0
 
     def __post_init__(self) -> None:
         check(is_finite_positive(self.lr), "optimizer.lr", self.lr,
@@ -63,6 +67,9 @@ class OptimizerConfig:
               "a factor in (0, 1] (the lr is multiplied by it every step_epochs)")
         check(0 < self.onecycle_pct_start < 1, "optimizer.onecycle_pct_start",
               self.onecycle_pct_start, "a number in (0, 1)")
+        check(is_finite_positive(self.body_lr_factor), "optimizer.body_lr_factor",
+              self.body_lr_factor, "a number > 0 and finite (the body's lr as a multiple of the "
+              "head's; 1: the same lr)")
 
 
 # builder(its schema, parameter groups) -> optimizer. Weight decay belongs to the l2 regularizer
@@ -134,8 +141,15 @@ def build_adamw(cfg: AdamWConfig, groups: list[dict[str, Any]]) -> torch.optim.O
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=0.0)
 
 
+# The parameter-group key that marks which of a group's parameters are the body's (a list of bools,
+# one per parameter); build_optimizer splits on it and removes it.
+IN_BODY = "in_body"
+BODY_PREFIX = "body."  # models/base.Classifier: the body's parameter names; the head's are "head."
+
+
 def param_groups(model: nn.Module, regularizers: Iterable) -> list[dict[str, Any]]:
-    """Group parameters whose regularizer-given options are equal (e.g. decay / no decay)."""
+    """Group parameters whose regularizer-given options are equal (e.g. decay / no decay); each
+    group says which of its parameters belong to the model's body (``IN_BODY``)."""
     groups: dict[tuple, dict[str, Any]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
@@ -144,12 +158,40 @@ def param_groups(model: nn.Module, regularizers: Iterable) -> list[dict[str, Any
         for regularizer in regularizers:
             options.update(regularizer.param_group_options(name, parameter))
         key = tuple(sorted(options.items()))
-        groups.setdefault(key, {"params": [], **options})["params"].append(parameter)
+        group = groups.setdefault(key, {"params": [], IN_BODY: [], **options})
+        group["params"].append(parameter)
+        group[IN_BODY].append(name.startswith(BODY_PREFIX))
     return list(groups.values())
 
 
+def body_lr_groups(cfg: OptimizerConfig, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The optimizer's groups: with ``body_lr_factor`` 1, ``groups`` as they are; else each group
+    split into its head part (first, at lr: the lr a run logs is group 0's) and its body part at
+    lr * body_lr_factor, the regularizers' options (weight decay) kept on both.
+
+    fastai's ``slice(lo, hi)`` spreads lrs geometrically over its 3 groups of a ResNet (stem to
+    layer2, layer3 and layer4, head; fastcore's ``even_mults``) and ``slice(hi)`` gives every
+    group but the head hi / 10 (fastai/optimizer.py ``set_hyper``; in fastai v1
+    ``Learner.lr_range``, fastai/basic_train.py). regbench has two groups, body and head: factor
+    0.1 is ``slice(hi)`` exactly; ``fine_tune``'s ``slice(lr / 100, lr)`` gives the body lr/100
+    (stem to layer2) and lr/10 (layer3, layer4), between factors 0.01 and 0.1."""
+    plain = [{key: value for key, value in group.items() if key != IN_BODY} for group in groups]
+    if cfg.body_lr_factor == 1.0:
+        return plain
+    head, body = [], []
+    for group, options in zip(groups, plain):
+        in_body = group.get(IN_BODY, [False] * len(group["params"]))
+        head_params = [p for p, inside in zip(group["params"], in_body) if not inside]
+        body_params = [p for p, inside in zip(group["params"], in_body) if inside]
+        if head_params:
+            head.append({**options, "params": head_params})
+        if body_params:
+            body.append({**options, "params": body_params, "lr": cfg.lr * cfg.body_lr_factor})
+    return head + body
+
+
 def build_optimizer(cfg: OptimizerConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
-    return OPTIMIZERS.get(OptimizerName(cfg.name).value)(cfg, groups)
+    return OPTIMIZERS.get(OptimizerName(cfg.name).value)(cfg, body_lr_groups(cfg, groups))
 
 
 def lr_factor(cfg: OptimizerConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
@@ -172,7 +214,9 @@ def build_scheduler(cfg: OptimizerConfig, optimizer: torch.optim.Optimizer, epoc
     total_steps = epochs * steps_per_epoch
     if cfg.schedule == Schedule.onecycle:
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=cfg.onecycle_pct_start,
+            # One peak per group: a single number would give the body the head's lr.
+            optimizer, max_lr=[group["lr"] for group in optimizer.param_groups],
+            total_steps=total_steps, pct_start=cfg.onecycle_pct_start,
             cycle_momentum=cfg.name == OptimizerName.sgd and cfg.momentum > 0,
         )
     return torch.optim.lr_scheduler.LambdaLR(
