@@ -96,8 +96,8 @@ class TorchvisionResNetConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         check(self.weights is None or self.weights_path is None, "model.weights_path",
-              self.weights_path, f"null when model.weights is set (weights_path is the old name "
-              f"of model.weights; give the file as model.weights only)")
+              self.weights_path, "null when model.weights is set (weights_path is the old name "
+              "of model.weights; give the file as model.weights only)")
         check_weights("model.weights", self.weights)
         if self.weights == IMAGENET:
             check_downloadable(self.name, self.download)
