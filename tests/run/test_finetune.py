@@ -1,14 +1,19 @@
 """Fine-tuning (run/finetune.py): a frozen body keeps its weights over a step while the head trains,
 its BatchNorm layers follow trainer.train_bn, the body unfreezes at trainer.freeze_epochs, the
 backward pass stops at the head when nothing in the body trains, a run resumed in the frozen phase
-ends exactly as an uninterrupted one, and the refusals and the warning come before training."""
+ends exactly as an uninterrupted one, the refusals and the warning come before training, and
+experiment=pets_finetune composes and trains a step on synthetic Pets files with ImageNet weights
+from a temporary torch.hub cache."""
 
 from __future__ import annotations
 
 import logging
+import urllib.error
+from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from conftest import FAST, train_in_process
@@ -91,15 +96,14 @@ def test_the_backward_pass_stops_at_the_head_when_nothing_in_the_body_trains(tra
     assert recorded == [records_the_body] * 2  # 64 images in batches of 32
 
 
-@pytest.mark.parametrize("train_bn", ["true", "false"])
-def test_a_run_resumed_in_the_frozen_phase_ends_as_an_uninterrupted_one(tmp_path, monkeypatch,
-                                                                        train_bn):
+def test_a_run_resumed_in_the_frozen_phase_ends_as_an_uninterrupted_one(tmp_path, monkeypatch):
     # 4 epochs, the body frozen for 3; stopped during epoch 3, so the checkpoint is epoch 2's: the
-    # resumed run must freeze again for epoch 3, then unfreeze for epoch 4.
+    # resumed run must freeze again for epoch 3 (its BatchNorm layers back in eval mode, with
+    # train_bn=false), then unfreeze for epoch 4.
     from test_run_lifecycle import interrupt_during_epoch, without_timings  # one SIGTERM helper
 
     job = ["model.hidden_sizes=[32]", "regularizer=batchnorm", "trainer.epochs=4",
-           "trainer.freeze_epochs=3", f"trainer.train_bn={train_bn}"]
+           "trainer.freeze_epochs=3", "trainer.train_bn=false"]
     reference = train_in_process(tmp_path / "reference", job)
     interrupt_during_epoch(monkeypatch, epoch=3)
     with pytest.raises(InterruptedRun):
@@ -154,11 +158,90 @@ def test_freezing_a_model_without_a_body_and_head_is_refused_in_one_line():
 
 
 def test_every_registered_model_has_the_body_and_head_that_freezing_needs():
-    from regbench.models import MODELS
+    from regbench.models import MODELS, ModelOptions, build_model
 
     for name in MODELS.names():
-        model = Run.build(compose_settings([*FAST, f"model={name}", "dataset.train_size=32",
-                                            "dataset.val_size=0"])).model
+        settings = compose_settings([f"model={name}"])
+        model = build_model(settings.model, (1, 8, 8), 10, ModelOptions())
         assert finetune.split_body(model, 1) is model.body, name
-        body_or_head = [n.split(".")[0] in ("body", "head") for n, _ in model.named_parameters()]
-        assert all(body_or_head), name
+        assert all(n.split(".")[0] in ("body", "head") for n, _ in model.named_parameters()), name
+
+
+# --- experiment=pets_finetune -------------------------------------------------------------------
+
+# torchvision's cache file name of ResNet34_Weights.IMAGENET1K_V1.
+RESNET34_FILE = "resnet34-b627a593.pth"
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def write_pets(root: Path, per_split: dict[str, int]) -> None:
+    """Pets' on-disk layout (oxford-iiit-pet/images/*.jpg, annotations/{trainval,test}.txt) with 3
+    breeds of solid-colour images of varied sizes."""
+    base = root / "oxford-iiit-pet"
+    (base / "images").mkdir(parents=True)
+    (base / "annotations").mkdir()
+    breeds = [("Abyssinian", 1, 1), ("american_bulldog", 2, 2), ("Bengal", 3, 1)]
+    number = 0
+    for split, count in per_split.items():
+        lines = []
+        for breed, class_id, species in breeds:
+            for _ in range(count):
+                number += 1
+                colour = (60 * class_id, 255 - 60 * class_id, (37 * number) % 256)
+                size = (40 + 3 * (number % 5), 36 + 4 * (number % 3))
+                Image.new("RGB", size, colour).save(base / "images" / f"{breed}_{number}.jpg")
+                lines.append(f"{breed}_{number} {class_id} {species} {class_id}")
+        (base / "annotations" / f"{split}.txt").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def imagenet_resnet34(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ResNet-34 state dict (random, seeded) under torchvision's cache file name in a temporary
+    $TORCH_HOME, read through the real weights API; a download would fail as offline."""
+    import torchvision
+
+    home = tmp_path / "torch"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # no set_dir() left over from elsewhere
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    folder = home / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.manual_seed(34)
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), folder / RESNET34_FILE)
+
+
+def test_the_pets_preset_composes_and_trains_a_step_on_synthetic_pets_files(tmp_path,
+                                                                            imagenet_resnet34):
+    write_pets(tmp_path / "data", {"trainval": 4, "test": 2})
+    settings = compose_settings([
+        "experiment=pets_finetune", "regularizer=[augmentation,l2,label_smoothing]", "seed=1",
+        f"dataset.root={tmp_path / 'data'}", "dataset.download=false", "model.download=false",
+        "dataset.image_size=32", "dataset.val_size=3", "trainer.num_threads=1",
+        "trainer.progress=false", "evaluation.figures=false"])
+    # fastai v1's Pets recipe, as the preset sets it.
+    trainer, optimizer = settings.trainer, settings.optimizer
+    assert (trainer.epochs, trainer.freeze_epochs, trainer.train_bn, trainer.batch_size) == \
+        (4, 4, True, 64)
+    assert (optimizer.name.value, optimizer.lr, optimizer.body_lr_factor, optimizer.betas,
+            optimizer.schedule.value) == ("adamw", 3e-3, 0.1, [0.9, 0.99], "onecycle")
+    assert (settings.model.name, settings.model.weights, settings.model.head.value) == \
+        ("resnet34", "imagenet", "fastai")
+    assert settings.regularizer["l2"].decoupled and settings.regularizer["l2"].coef == 1e-2
+    assert settings.regularizer["label_smoothing"].epsilon == 0.1
+
+    run = Run.build(settings)
+    assert (run.data.mean, run.data.std) == (IMAGENET_MEAN, IMAGENET_STD)
+    conv1, head = run.model.body.resnet.conv1.weight, list(run.model.head.parameters())
+    before = conv1.detach().clone(), [p.detach().clone() for p in head]
+    run.train_epoch(0)  # 9 training images: one step
+    assert torch.equal(conv1, before[0])  # the pretrained body stays as loaded
+    assert all(not torch.equal(p, q) for p, q in zip(head, before[1]) if p.requires_grad)
+    # The body's BatchNorm parameters train at a tenth of the head's lr.
+    bn1 = run.model.body.resnet.bn1.weight
+    (bn1_lr,) = [group["lr"] for group in run.optimizer.param_groups
+                 if any(p is bn1 for p in group["params"])]
+    assert bn1_lr == pytest.approx(0.1 * run.optimizer.param_groups[0]["lr"])
