@@ -55,14 +55,17 @@ def hole_size(cfg: CutoutConfig, height: int, width: int) -> int:
     return max(1, round(min(height, width) * SIZE_FRACTION))
 
 
-def cutout_squares(batch: int, height: int, width: int, size: int,
-                   device: torch.device) -> Rectangles:
-    """One size x size square per image, centred uniformly over the image, unclipped (the masks
-    clip it at the border)."""
-    centre_row = torch.randint(0, height, (batch,), device=device)
-    centre_col = torch.randint(0, width, (batch,), device=device)
-    sides = torch.full((batch,), size, device=device)
-    every = torch.ones(batch, dtype=torch.bool, device=device)
+def random_centres(batch: int, height: int, width: int,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, columns) int64 [B]: each image's hole centre, uniform over the whole image."""
+    return (torch.randint(0, height, (batch,), device=device),
+            torch.randint(0, width, (batch,), device=device))
+
+
+def squares_at(centre_row: torch.Tensor, centre_col: torch.Tensor, size: int) -> Rectangles:
+    """size x size squares around the given centres, unclipped (the masks clip them)."""
+    sides = torch.full_like(centre_row, size)
+    every = torch.ones_like(centre_row, dtype=torch.bool)
     return Rectangles(centre_row - size // 2, centre_col - size // 2, sides, sides, every)
 
 
@@ -71,6 +74,6 @@ class Cutout(Regularizer):
     def transform_batch(self, images: torch.Tensor,
                         labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch, _, height, width = images.shape
-        squares = cutout_squares(batch, height, width, hole_size(self.cfg, height, width),
-                                 images.device)
+        rows, cols = random_centres(batch, height, width, images.device)
+        squares = squares_at(rows, cols, hole_size(self.cfg, height, width))
         return erase(images, rectangle_masks(squares, height, width), self.cfg.fill), labels
