@@ -1,5 +1,6 @@
 """Cutout: one size x size hole per image, centred uniformly over the image and clipped at the
-border, half the image's side by default; every image its own hole; refusals; the effect on a run."""
+border, half the image's side by default; every image its own hole; refusals; its effect on a
+run."""
 
 from __future__ import annotations
 
@@ -82,7 +83,8 @@ def test_hole_is_filled_with_the_batch_mean_by_default():
 @pytest.mark.parametrize("size", ["0", "-4"])
 def test_size_below_one_pixel_is_refused_in_one_line(size):
     cfg = compose_config(["regularizer=cutout", f"regularizer.cutout.size={size}"])
-    with pytest.raises(ConfigError, match=rf"regularizer\.cutout\.size={size} is not allowed") as error:
+    refusal = rf"regularizer\.cutout\.size={size} is not allowed"
+    with pytest.raises(ConfigError, match=refusal) as error:
         OmegaConf.to_object(cfg)
     assert "\n" not in str(error.value)
 

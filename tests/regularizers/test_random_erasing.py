@@ -98,8 +98,8 @@ def test_erased_pixels_normalize_to_about_zero_in_a_real_run():
     from regbench.cli.compose import compose_settings
     from regbench.run.engine import Run
 
-    run = Run.build(compose_settings(["regularizer=random_erasing", "regularizer.random_erasing.p=1",
-                                      "trainer.num_threads=1"]))
+    run = Run.build(compose_settings(["regularizer=random_erasing", "trainer.num_threads=1",
+                                      "regularizer.random_erasing.p=1"]))
     images, labels = next(iter(run.data.train))
     erasing = run.regularizers[0]
     torch.manual_seed(0)
@@ -111,6 +111,11 @@ def test_erased_pixels_normalize_to_about_zero_in_a_real_run():
     erasing.cfg.fill = ErasingFill.zero
     black = run.prepare(erasing.transform_batch(images, labels)[0])[:, 0][masks]
     assert black.max().item() == pytest.approx(-0.305 / 0.376, abs=1e-4)
+
+
+def rectangle_masks_of(erased: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Where any channel changed: the erased pixels (less the few equal to the fill by chance)."""
+    return (erased != images).any(dim=1)
 
 
 def test_random_fill_has_the_batch_channel_statistics():
@@ -130,11 +135,6 @@ def test_random_fill_has_the_batch_channel_statistics():
         assert filled.std().item() == pytest.approx(pixels.std().item(), rel=0.05)
 
 
-def rectangle_masks_of(erased: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    """Where any channel changed: the erased pixels (a few equal to the fill by chance are missed)."""
-    return (erased != images).any(dim=1)
-
-
 def test_float_images_in_zero_one_are_filled_with_their_mean():
     torch.manual_seed(0)
     images = torch.rand(16, 1, 16, 16)  # what mixup or CutMix hand on
@@ -151,7 +151,8 @@ def test_float_images_in_zero_one_are_filled_with_their_mean():
     ("ratio", "[0,3.3]"), ("ratio", "[3.3,0.3]"), ("ratio", "[-1,2]"),
 ])
 def test_bad_values_are_refused_in_one_line(key, value):
-    cfg = compose_config(["regularizer=random_erasing", f"regularizer.random_erasing.{key}={value}"])
+    cfg = compose_config(["regularizer=random_erasing",
+                          f"regularizer.random_erasing.{key}={value}"])
     with pytest.raises(ConfigError, match=rf"regularizer\.random_erasing\.{key}=") as error:
         OmegaConf.to_object(cfg)
     assert "\n" not in str(error.value)
