@@ -26,8 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
+from regbench.evaluation.panel import METRICS, metric_key
 from regbench.files import atomic_write_bytes
 from regbench.report.analysis import Analysis
+from regbench.report.calibration import (
+    CALIBRATOR_COLUMNS,
+    calibration_table_markdown,
+    mean_or_none,
+    present,
+    unusable_calibration_files,
+)
+from regbench.report.calibration import SPEC as CALIBRATION_SPEC
 from regbench.report.comparisons import (
     COMPARISON_COLUMNS,
     METRIC_NAMES,
@@ -40,7 +49,15 @@ from regbench.report.comparisons import (
     verdict_line,
 )
 from regbench.report.ensembles import EnsembleReport, ensemble_section
-from regbench.report.groups import Grouping, did_not_learn, finite_values, format_mean_std, mean_std
+from regbench.report.groups import (
+    Group,
+    Grouping,
+    did_not_learn,
+    finite_values,
+    format_mean_std,
+    label_keys,
+    mean_std,
+)
 from regbench.report.jobs import Job
 from regbench.report.ood import ood_section
 from regbench.report.outputs import (
@@ -151,11 +168,11 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]], numeric: Sequenc
 
 
 def cell(text: Any, numeric: bool = False, value: Any = None, title: Any = None,
-         class_: Optional[str] = None) -> str:
-    """A <td> of escaped text; ``value``: the full-precision number behind a rounded one
-    (data-value, what the tests compare with the CSV files)."""
+         class_: Optional[str] = None, key: Optional[str] = None) -> str:
+    """A <td> of escaped text; ``value``: the full-precision number behind a rounded one and
+    ``key`` its metrics.json key (data-value, data-key: what the tests compare with the CSVs)."""
     classes = " ".join(name for name in ("num" if numeric else "", class_ or "") if name) or None
-    return element("td", esc(text), class_=classes, data_value=value, title=title)
+    return element("td", esc(text), class_=classes, data_key=key, data_value=value, title=title)
 
 
 def folded(summary: str, content: str, open_: bool) -> str:
@@ -276,7 +293,7 @@ def group_rows(grouping: Grouping) -> list[list[str]]:
                  cell(len(done), numeric=True)]
         for key, _, spec in TABLE_COLUMNS:
             values = finite_values(done, key)
-            cells.append(cell(format_mean_std(values, spec, len(done)), numeric=True,
+            cells.append(cell(format_mean_std(values, spec, len(done)), numeric=True, key=key,
                               value=repr(mean_std(values)[0]) if values else None))
         for low, high, _ in intervals:
             widths = interval_widths(done, low, high)
@@ -301,14 +318,14 @@ def group_section(jobs: Sequence[Job], grouping: Grouping) -> Section:
 
 
 # Columns of comparisons.csv shown in the group − baseline unit (pp for accuracies), and p-values.
-DIFFERENCE_COLUMN = re.compile(r"(^|_)(diff|ci|low|high)(_|$)")
+DIFFERENCE_COLUMN = re.compile(r"(^|_)diff(_|$)|_(low|high)$")
 P_COLUMN = re.compile(r"(^|_)p(_|$)|^p_value")
+# Columns the metric header rows and the merged intervals make redundant.
+INTERVAL_ENDS = ("_low", "_high")
 
 
 def comparison_text(column: str, value: Any, metric: str) -> str:
-    if value == "" or value is None:
-        return "–"
-    if isinstance(value, float) and math.isnan(value):
+    if value == "" or value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if P_COLUMN.search(column):
@@ -316,43 +333,84 @@ def comparison_text(column: str, value: Any, metric: str) -> str:
         if DIFFERENCE_COLUMN.search(column):
             return format_difference(metric, float(value), sign=column == "mean_diff")
         return f"{value:.4g}" if isinstance(value, float) else str(value)
-    if column == "metric":
-        return metric_title(str(value))
     return str(value)
 
 
+def comparison_columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, ...]]:
+    """comparisons.csv's columns that some row fills, the metric aside (it heads its rows), each
+    ``x_low`` with its ``x_high`` as one interval column: (column,) or (low, high)."""
+    filled = [column for column in COMPARISON_COLUMNS
+              if column != "metric" and any(row.get(column) != "" for row in rows)]
+    columns: list[tuple[str, ...]] = []
+    for column in filled:
+        if column.endswith(INTERVAL_ENDS[1]) and column.replace("_high", "_low") in filled:
+            continue
+        high = column[:-len(INTERVAL_ENDS[0])] + INTERVAL_ENDS[1] if column.endswith(INTERVAL_ENDS[0]) else ""
+        columns.append((column, high) if high in filled else (column,))
+    return columns
+
+
+def comparison_cell(row: Mapping[str, Any], column: tuple[str, ...], c: Comparison) -> str:
+    metric = row["metric"]
+    if len(column) == 2:
+        low, high = (comparison_text(name, row.get(name), metric) for name in column)
+        return cell("–" if low == "–" else f"[{low}, {high}]", numeric=True)
+    name = column[0]
+    value = row.get(name)
+    return cell(comparison_text(name, value, metric), isinstance(value, (int, float)),
+                value=repr(value) if isinstance(value, float) else None,
+                class_=outcome_class(outcome(c)) if name == "verdict" else None)
+
+
+def column_title(column: tuple[str, ...]) -> str:
+    if len(column) == 2:
+        stem = column[0][:-len(INTERVAL_ENDS[0])]
+        return "95 % interval" if stem == "ci" else f"{stem.replace('_', ' ')} interval"
+    return column[0].replace("_", " ")
+
+
 def comparison_section(analysis: Analysis) -> Optional[Section]:
-    """comparisons.csv's rows (every column some row fills), differences in the verdicts' units."""
+    """comparisons.csv's rows under a header row per metric, differences in the verdicts' units."""
     rows = comparison_rows(analysis.comparisons)
     if not rows:
         return None
-    columns = [column for column in COMPARISON_COLUMNS if any(row.get(column) != "" for row in rows)]
-    numeric = [isinstance(rows[0].get(column), (int, float)) or column in ("seeds_needed",)
+    columns = comparison_columns(rows)
+    numeric = [len(column) == 2 or isinstance(rows[0].get(column[0]), (int, float))
                for column in columns]
-    body_rows = [[cell(comparison_text(column, row.get(column), row["metric"]), num,
-                       value=row.get(column) if isinstance(row.get(column), float) else None,
-                       class_=outcome_class(outcome(c)) if column == "verdict" else None)
-                  for column, num in zip(columns, numeric)]
-                 for row, c in zip(rows, analysis.comparisons)]
+    body_rows: list[list[str]] = []
+    previous = None
+    for row, c in zip(rows, analysis.comparisons):
+        if row["metric"] != previous:
+            body_rows.append([element("th", esc(metric_title(row["metric"])), colspan=len(columns),
+                                      scope="rowgroup", class_="rowgroup")])
+        previous = row["metric"]
+        body_rows.append([comparison_cell(row, column, c) for column in columns])
     text = (f"Every group against its baseline on every key metric, as in {COMPARISONS_CSV} "
             "(full precision there): differences are group − baseline, accuracies in percentage "
-            "points; p_holm is the p-value after Holm's adjustment; prob_improvement the share "
-            "of (group run, baseline run) pairs in which the group's value is higher.")
-    return Section("Comparisons", element("p", esc(text)) + table(columns, body_rows, numeric,
-                                                                   class_="comparisons"),
-                   "comparisons")
+            "points; p holm: the p-value after Holm's adjustment over the groups; prob "
+            "improvement: the share of (group run, baseline run) pairs in which the group's value "
+            "is the higher.")
+    return Section("Comparisons", element("p", esc(text)) + table(
+        [column_title(column) for column in columns], body_rows, numeric, class_="comparisons"),
+        "comparisons")
 
 
-def run_columns(header: Sequence[str]) -> list[str]:
-    """summary.csv's identity columns and the group table's metrics, then why a run failed."""
+def shown_settings(jobs: Sequence[Job], grouping: Grouping) -> list[str]:
+    """The varying settings that tell groups apart (groups.label_keys), regularizer first."""
+    return label_keys([job.settings for job in jobs if job.settings is not None], grouping.varying)
+
+
+def run_columns(header: Sequence[str], settings: Sequence[str]) -> list[str]:
+    """summary.csv's job, status, regularizer, the settings that tell groups apart and the seed,
+    then the group table's metrics and why a run failed."""
     metrics = [key for key, _, _ in TABLE_COLUMNS if key in header]
-    identity = [key for key in header[:header.index("seed") + 1] if key != "job"]
-    return ["job", *identity, *metrics, "detail"]
+    shown = [key for key in settings if key in header]
+    return ["job", "status", "regularizer", *shown, "seed", *metrics, "detail"]
 
 
 def run_section(jobs: Sequence[Job], grouping: Grouping) -> Section:
     header, rows = csv_rows(jobs, grouping)
-    columns = run_columns(header)
+    columns = run_columns(header, shown_settings(jobs, grouping))
     metric_keys = {key for key, _, _ in TABLE_COLUMNS}
     numeric = [column == "seed" or column in metric_keys for column in columns]
     body = []
@@ -362,7 +420,8 @@ def run_section(jobs: Sequence[Job], grouping: Grouping) -> Section:
             value = row.get(column, "")
             text = f"{value:.4f}" if isinstance(value, float) else ("–" if value == "" else value)
             cells.append(cell(text, num, value=value if isinstance(value, (int, float)) else None,
-                              class_=("status " + str(value)) if column == "status" else None))
+                              class_=("status " + str(value)) if column == "status" else None,
+                              key=column))
         body.append(cells)
     failed = [job for job in jobs if not job.completed]
     text = (f"{len(jobs)} jobs: {status_counts(jobs)}. One row per job folder, as in {SUMMARY_CSV} "
@@ -569,15 +628,60 @@ def reproduce_section(report: HtmlReport) -> Section:
 
 # --- the page -------------------------------------------------------------------------------------------
 
+# Where calibration_panel puts its table among the converted markdown parts.
+TABLE_MARKER = "REGBENCH-CALIBRATION-TABLE"
+
+
 def title_of(sweeps: Sequence[Path]) -> str:
     if len(sweeps) == 1:
         return f"Sweep {Path(sweeps[0]).resolve().name}"
     return "Sweeps " + ", ".join(str(sweep) for sweep in sweeps)
 
 
+def calibration_rows(groups: Sequence[Group], columns: Sequence[str]) -> list[list[str]]:
+    """A header row per metric, then a row per group: mean ± std over its seeds under each
+    calibrator, the lowest mean of each column in bold (all these metrics: lower is better)."""
+    rows: list[list[str]] = []
+    for metric in METRICS:
+        keys = [metric_key(metric, name) for name in columns]
+        if not any(present(groups, key) for key in keys):
+            continue
+        rows.append([element("th", f"test/{esc(metric)} <span class=\"muted\">lower is better</span>",
+                             colspan=len(columns) + 2, scope="rowgroup", class_="rowgroup")])
+        means = [[mean_or_none(group, key) for key in keys] for group in groups]
+        best = [min((m[i] for m in means if m[i] is not None), default=None) for i in range(len(keys))]
+        for group, group_means in zip(groups, means):
+            done = group.completed
+            cells = [cell(group.label, class_="label"), cell(len(done), numeric=True)]
+            cells += [cell(format_mean_std(finite_values(done, key), CALIBRATION_SPEC, len(done)),
+                           numeric=True, value=None if mean is None else repr(mean), key=key,
+                           class_="best" if mean is not None and mean == low else None)
+                      for key, mean, low in zip(keys, group_means, best)]
+            rows.append(cells)
+    return rows
+
+
+def calibration_table(groups: Sequence[Group]) -> str:
+    """summary.md's calibration tables (one per metric) as one table: the same cells, one header."""
+    columns = [name for name in CALIBRATOR_COLUMNS
+               if any(present(groups, metric_key(metric, name)) for metric in METRICS)]
+    rows = calibration_rows(groups, columns)
+    if not rows:
+        return ""
+    return table(["settings", "seeds", *columns], rows, [False] + [True] * (len(columns) + 1),
+                 class_="calibration")
+
+
 def calibration_panel(report: HtmlReport, figures: FigureSet) -> list[Section]:
-    """summary.md's Calibration section with the reliability and confidence figures."""
-    sections = markdown_sections(calibration_section(report.grouping), figures)
+    """summary.md's Calibration section, its tables as one (calibration_table), with the
+    reliability and confidence figures."""
+    groups = report.grouping.groups
+    markdown_tables = calibration_table_markdown(groups)
+    parts = [TABLE_MARKER if part == markdown_tables else part
+             for part in calibration_section(report.grouping)]
+    sections = markdown_sections(parts, figures)
+    for section in sections:
+        section.body = section.body.replace(f"<p>{TABLE_MARKER}</p>", calibration_table(groups))
     drawn = "".join(figures.take(name) for name in CALIBRATION_FIGURES)
     if drawn and not sections:
         sections = [Section("Calibration", "")]
@@ -602,8 +706,6 @@ def body_sections(report: HtmlReport, figures: FigureSet) -> list[Section]:
 
 
 def warnings_of(report: HtmlReport, figures: FigureSet) -> list[str]:
-    from regbench.report.calibration import unusable_calibration_files
-
     failed = [job for job in report.jobs if not job.completed]
     lines = []
     if failed:
@@ -620,8 +722,9 @@ def render_page(report: HtmlReport) -> str:
     title = title_of(report.sweeps)
     done = sum(job.completed for job in report.jobs)
     baseline = " ".join(f"{key}={value}" for key, value in report.analysis.selectors)
+    varying = shown_settings(report.jobs, report.grouping)
     facts = (f"{len(report.jobs)} jobs ({done} completed), {len(report.grouping.groups)} groups, "
-             f"baseline {baseline}; varying: {', '.join(report.grouping.varying) or 'nothing'}.")
+             f"baseline {baseline}; varying: {', '.join(varying) or 'nothing'}.")
     nav = " ".join(element("a", esc(section.title), href=f"#{section.anchor or slug(section.title)}")
                    for section in sections)
     warnings = "".join(element("li", esc(line)) for line in warnings_of(report, figures))
@@ -647,7 +750,7 @@ STYLE = """
 body { margin: 0; color: var(--text); background: #fff; line-height: 1.5; font-size: 16px;
   font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
   overflow-wrap: anywhere; }
-main { max-width: 76rem; margin: 0 auto; padding: 1.5rem 1.25rem 3rem; }
+main { max-width: 82rem; margin: 0 auto; padding: 1.5rem 1.25rem 3rem; }
 h1 { font-size: 1.75rem; margin: 0 0 .25rem; }
 h2 { font-size: 1.35rem; margin: 2.25rem 0 .75rem; padding-bottom: .3rem;
   border-bottom: 1px solid var(--line); }
@@ -665,10 +768,13 @@ nav a { color: var(--better); text-decoration: none; border: 1px solid var(--lin
 .lead { font-weight: 600; }
 .scroll { overflow-x: auto; max-width: 100%; margin: .5rem 0 1rem; }
 table { border-collapse: collapse; font-size: .875rem; font-variant-numeric: tabular-nums; }
-th, td { border: 1px solid var(--line); padding: .3rem .55rem; vertical-align: top;
+th, td { border: 1px solid var(--line); padding: .3rem .5rem; vertical-align: top;
   overflow-wrap: normal; }
-thead th { background: var(--soft); text-align: left; }
-th.num, td.num { text-align: right; white-space: nowrap; }
+thead th { background: var(--soft); text-align: left; vertical-align: bottom; }
+th.num { text-align: right; } td.num { text-align: right; white-space: nowrap; }
+td[style*="right"] { white-space: nowrap; }
+th.rowgroup { background: #eef1f4; text-align: left; font-weight: 600; padding-top: .45rem; }
+td.best { font-weight: 700; }
 td.label { min-width: 10rem; }
 tbody tr:nth-child(even) { background: #fbfcfd; }
 .swatch { display: inline-block; min-width: 1.4em; border-radius: 999px; color: #000;
