@@ -20,8 +20,10 @@ from regbench.evaluation.calibrators import (
     fit_calibrator,
     fit_sigmoid,
     fit_temperature,
+    warn_if_worse_than_raw,
+    worse_than_raw,
 )
-from regbench.evaluation.panel import calibration_panel
+from regbench.evaluation.panel import calibration_panel, negative_log_likelihood
 
 ALL = [name for name in CALIBRATORS]
 
@@ -141,3 +143,94 @@ def test_calibrators_fitted_on_fewer_than_300_validation_examples_warn_in_one_li
     assert warnings == ([f"calibrators (temperature, isotonic) fitted on {examples} validation "
                          f"examples, fewer than 300: their test/*@<calibrator> metrics are noisy; "
                          f"raise dataset.val_size to compare them"] if warned else [])
+
+
+# --- isotonic's floor and the NLL flag --------------------------------------------------------------
+
+def confident_data(examples: int, seed: int, classes: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """An accurate, confident model as on MNIST (test acc 0.966, NLL 0.12): the true class's logit
+    9 above Gaussian noise of sd 2.5, so a few mistakes give the true class a tiny probability."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, classes, (examples,), generator=generator)
+    logits = 2.5 * torch.randn(examples, classes, generator=generator)
+    logits[torch.arange(examples), labels] += 9.0
+    return logits, labels
+
+
+def isotonic_on_zero_one_targets(val_logits, val_labels, test_logits) -> np.ndarray:
+    """The isotonic calibrator as it was: 1[y = k] targets, rows renormalized."""
+    from sklearn.isotonic import IsotonicRegression
+
+    p, q = val_logits.double().softmax(1).numpy(), test_logits.double().softmax(1).numpy()
+    scores = [IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(p[:, k], val_labels == k)
+              .predict(q[:, k]) for k in range(p.shape[1])]
+    scores = np.stack(scores, axis=1)
+    return scores / scores.sum(axis=1, keepdims=True)
+
+
+def test_isotonic_is_the_zero_one_fit_mapped_onto_platts_targets():
+    # Pool adjacent violators is equivariant to an increasing affine map of the targets: per class,
+    # the fit on Platt's targets is t- + (t+ - t-) x the fit on 0/1 targets, t+ = (N+ + 1)/(N+ + 2),
+    # t- = 1/(N- + 2). Checked before renormalization through one class's model.
+    from sklearn.isotonic import IsotonicRegression
+
+    from regbench.evaluation.calibrators import smoothed_targets
+
+    val_logits, val_labels = confident_data(400, seed=1)
+    p = val_logits.double().softmax(1).numpy()[:, 3]
+    positive = (val_labels == 3).numpy()
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    assert smoothed_targets(positive).tolist() == [(n_pos + 1) / (n_pos + 2) if y else 1 / (n_neg + 2)
+                                                   for y in positive]
+    zero_one = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(p, positive).predict(p)
+    smoothed = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(
+        p, smoothed_targets(positive)).predict(p)
+    low, high = 1 / (n_neg + 2), (n_pos + 1) / (n_pos + 2)
+    assert smoothed == pytest.approx(low + (high - low) * zero_one, abs=1e-12)
+    assert zero_one.min() == 0 and smoothed.min() == pytest.approx(low)
+
+
+def test_isotonic_gives_no_class_probability_zero_and_fixes_the_mnist_like_nll():
+    # The issue's case: isotonic fitted on a validation split of 1,000 gave some test examples
+    # probability 0 for their class (NLL floor 1e-12: 27.6 nats each): NLL 0.33 against 0.12 raw.
+    val_logits, val_labels = confident_data(1000, seed=1)
+    test_logits, test_labels = confident_data(10000, seed=2)
+    rows = torch.arange(len(test_labels))
+    before = torch.from_numpy(isotonic_on_zero_one_targets(val_logits, val_labels.numpy(), test_logits))
+    after = fit_calibrator("isotonic", val_logits, val_labels)(test_logits).double()
+    raw = test_logits.double().softmax(1)
+    assert (before[rows, test_labels] == 0).float().mean() > 0.005  # the problem, reproduced
+    nll = {name: negative_log_likelihood(probabilities, test_labels)
+           for name, probabilities in (("raw", raw), ("before", before), ("after", after))}
+    assert nll["raw"] == pytest.approx(0.1206, abs=1e-3)
+    assert nll["before"] == pytest.approx(0.3265, abs=1e-3)
+    assert nll["after"] == pytest.approx(0.1419, abs=1e-3)
+    # Every class keeps at least the floor 1/(N- + 2) over a row sum below K = 10.
+    assert after.min() > 1 / (1000 + 2) / 10
+    # With a validation split of 5,000 the floored isotonic beats raw (0.1180 < 0.1206); the 0/1 fit
+    # did not (0.1604).
+    val_logits, val_labels = confident_data(5000, seed=1)
+    larger = fit_calibrator("isotonic", val_logits, val_labels)(test_logits).double()
+    assert negative_log_likelihood(larger, test_labels) == pytest.approx(0.1180, abs=1e-3)
+
+
+def test_a_calibrator_that_makes_test_nll_worse_than_raw_warns_in_one_line(caplog):
+    val_logits, val_labels = confident_data(1000, seed=1)
+    test_logits, test_labels = confident_data(2000, seed=2)
+    metrics, _ = calibration_panel(val_logits, val_labels, test_logits, test_labels,
+                                   calibrators=["isotonic"])
+    assert worse_than_raw(metrics) == ["isotonic"]
+    assert metrics["test/nll@isotonic"] > metrics["test/nll"]
+    with caplog.at_level(logging.WARNING, logger="regbench"):
+        warn_if_worse_than_raw(metrics)
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert warnings == [
+        f"calibrator isotonic made test NLL worse than the raw softmax "
+        f"({metrics['test/nll@isotonic']:.4f} > {metrics['test/nll']:.4f}): its probabilities are "
+        "further from the labels than the model's own; prefer raw or temperature scaling, or raise "
+        "dataset.val_size"]
+    assert worse_than_raw({"test/nll": 0.2, "test/nll@platt": 0.2, "test/ece@platt": 0.9,
+                           "test/nll@vector": 0.19}) == []
+    assert worse_than_raw({"test/nll": 0.2, "test/nll@platt": 0.21, "test/nll@vector": 0.3},
+                          ) == ["platt", "vector"]
+    assert worse_than_raw({"test/nll@platt": 0.3}) == []  # no raw NLL, nothing to compare with
