@@ -31,7 +31,8 @@ def layer_summary(head: nn.Sequential) -> list[tuple]:
         elif isinstance(layer, nn.Dropout):
             summary.append(("Dropout", layer.p))
         elif isinstance(layer, nn.Linear):
-            summary.append(("Linear", layer.in_features, layer.out_features, layer.bias is not None))
+            biased = layer.bias is not None
+            summary.append(("Linear", layer.in_features, layer.out_features, biased))
         else:
             summary.append((type(layer).__name__,))
     return summary

@@ -234,6 +234,14 @@ def test_resnet50_with_places_for_dropout_and_stochastic_depth_is_torchvisions()
     blocks = [m for m in model.body.resnet.modules() if hasattr(m, "stochastic_depth")]
     assert len(blocks) == 16 and all(isinstance(b.dropout, nn.Dropout2d) for b in blocks)
     assert blocks[-1].stochastic_depth.p == 0.5 and blocks[0].stochastic_depth.p == 0.5 / 16
+    # A forward pass goes through every block's places once.
+    called = []
+    for block in blocks:
+        for place in (block.dropout, block.stochastic_depth):
+            place.register_forward_hook(lambda module, i, o: called.append(module))
+    with torch.no_grad():
+        model(IMAGES)
+    assert len(called) == 32 and len({id(module) for module in called}) == 32
     # In eval mode the places are identities: the same output as torchvision's network.
     model.eval()
     reference.load_state_dict({k.removeprefix("body.resnet.").replace("head.", "fc."): v
@@ -263,7 +271,8 @@ def test_a_normalization_regularizer_may_not_change_the_pretrained_batchnorm(res
 
 def test_the_log_says_what_the_regularizers_do_to_a_pretrained_body(resnet18_file, caplog):
     path, _ = resnet18_file
-    options = ModelOptions(dropout=lambda site: nn.Dropout2d(0.1) if site == "conv" else None,
+    layers = {"conv": lambda: nn.Dropout2d(0.1), "linear": lambda: nn.Dropout(0.5)}
+    options = ModelOptions(dropout=lambda site: layers[site]() if site in layers else None,
                            dropout_placement="before_bn", stochastic_depth_survival=0.8)
     with caplog.at_level(logging.INFO, logger="regbench.models"):
         build_model(ResNet18Config(weights=str(path)), (3, 32, 32), 10, options)
@@ -272,7 +281,7 @@ def test_the_log_says_what_the_regularizers_do_to_a_pretrained_body(resnet18_fil
         f"with their loaded statistics, momentum 0.1 while they train); the regularizers add 8 "
         f"dropout layers and stochastic depth on 8 residual blocks to it, acting in training only "
         f"(no parameters: the loaded network is unchanged at test time); the head: linear, 10 "
-        f"classes, new (random weights)")
+        f"classes, new (random weights), after Dropout on the pooled features")
 
 
 def test_a_run_from_imagenet_weights_normalizes_with_their_statistics(

@@ -171,23 +171,28 @@ def check_pretrained_norms(net: nn.Module, label: str) -> None:
                               f"{type(module).__name__}: the weights were trained with BatchNorm")
         if module.eps != PRETRAINED_BN_EPS:
             raise ConfigError(f"regularizer.batchnorm.eps={module.eps!r} is not allowed with "
-                              f"model.weights={label}: the pretrained BatchNorm layers were trained "
-                              f"with eps={PRETRAINED_BN_EPS} (keep the default)")
+                              f"model.weights={label}: the pretrained BatchNorm layers were "
+                              f"trained with eps={PRETRAINED_BN_EPS} (keep the default)")
 
 
-def describe_pretrained_body(label: str, body: nn.Module, head: str) -> None:
-    """One log line: what the regularizers do to the pretrained body, and what the head is."""
+def describe_pretrained_body(label: str, model: nn.Module, head: str) -> None:
+    """One log line: what the regularizers do to the pretrained body (``model.body``: input,
+    resnet, dropout on the pooled features), and what the head is."""
     from torchvision.ops import StochasticDepth  # see DEVELOPERS.md, "Start-up"
 
     from regbench.models.layers import DROPOUT_LAYERS
 
-    norms = [m for m in body.modules() if isinstance(m, nn.BatchNorm2d)]
-    dropouts = sum(isinstance(m, DROPOUT_LAYERS) for m in body.modules())
-    dropped_blocks = sum(isinstance(m, StochasticDepth) for m in body.modules())
+    trunk = [*model.body.input.modules(), *model.body.resnet.modules()]
+    norms = [m for m in trunk if isinstance(m, nn.BatchNorm2d)]
+    dropouts = sum(isinstance(m, DROPOUT_LAYERS) for m in trunk)
+    dropped_blocks = sum(isinstance(m, StochasticDepth) for m in trunk)
     extras = [f"{dropouts} dropout layer{'s' * (dropouts != 1)}"] * (dropouts > 0) + [
         f"stochastic depth on {dropped_blocks} residual blocks"] * (dropped_blocks > 0)
     added = (f"; the regularizers add {' and '.join(extras)} to it, acting in training only (no "
              f"parameters: the loaded network is unchanged at test time)") if extras else ""
+    if isinstance(model.body.dropout, DROPOUT_LAYERS):
+        head += f", after {type(model.body.dropout).__name__} on the pooled features"
+    momentum = norms[0].momentum if norms else None
     log.info("model.weights=%s: the body starts from the loaded weights (its %d BatchNorm layers "
-             "with their loaded statistics, momentum %s while they train)%s; the head: %s", label, len(norms), norms[0].momentum if norms else "-",
-             added, head)
+             "with their loaded statistics, momentum %s while they train)%s; the head: %s",
+             label, len(norms), momentum, added, head)

@@ -181,7 +181,9 @@ def build_torchvision_resnet(cfg: TorchvisionResNetConfig, in_channels: int, num
     fastai = cfg.head == HeadKind.fastai
     pool = AdaptiveConcatPool2d() if fastai else net.avgpool
     conv_dropout = last_conv_dropout(options, feeds_norm=fastai)
-    net.avgpool = pool if isinstance(conv_dropout, nn.Identity) else nn.Sequential(conv_dropout, pool)
+    if not isinstance(conv_dropout, nn.Identity):
+        pool = nn.Sequential(conv_dropout, pool)
+    net.avgpool = pool
     if in_channels != 3:
         net.conv1 = nn.Conv2d(in_channels, STEM_CHANNELS, kernel_size=7, stride=2, padding=3,
                               bias=False)
@@ -276,5 +278,5 @@ def build(cfg: TorchvisionResNetConfig, input_shape: tuple, num_classes: int,
         model.input_statistics = input_statistics(cfg.name, input_shape[0])
         head = "the loaded classifier" if loaded_classifier else \
             f"{cfg.head.value}, {num_classes} classes, new (random weights)"
-        describe_pretrained_body(weights, model.body, head)
+        describe_pretrained_body(weights, model, head)
     return model
