@@ -3,8 +3,9 @@
     python scripts/screenshot_tensorboard.py SWEEP_FOLDER [--out docs] [--port 0]
 
 Starts ``tensorboard --logdir SWEEP_FOLDER`` bound to 127.0.0.1 only, waits until it has loaded the
-runs, and saves one PNG per tab (Custom Scalars, Images, HParams, Text) into ``--out``, shrunk to
-a palette PNG so each stays small. Needs Chromium (Debian: ``apt-get install chromium``) and
+runs, and saves one PNG per tab (Time Series, the landing tab; Scalars; Custom Scalars; Images;
+HParams; Text) into ``--out`` as ``tensorboard_<tab>.png``, each as a browser window of
+``--width`` x ``--height`` pixels shows it on opening, shrunk to a palette PNG so each stays small. Needs Chromium (Debian: ``apt-get install chromium``) and
 Pillow (a matplotlib dependency). Make the sweep first, e.g.
 
     python -m regbench -m regularizer=none,label_smoothing,confidence_penalty seed=0,1 \\
@@ -27,13 +28,18 @@ from pathlib import Path
 from PIL import Image
 
 # TensorBoard's URLs of each tab (the plugin id after "#").
-TABS = {"custom_scalars": "custom_scalars", "images": "images", "hparams": "hparams", "text": "text"}
+TABS = {"time_series": "timeseries", "scalars": "scalars", "custom_scalars": "custom_scalars",
+        "images": "images", "hparams": "hparams", "text": "text"}
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--window-size=1400,1000"]
+                  "--hide-scrollbars"]
 # Milliseconds Chromium lets the page's scripts run before the screenshot (TensorBoard's UI
 # fetches its data after loading).
 RENDER_BUDGET_MS = 15000
+# Time Series draws its charts with WebGL in a worker, which headless Chromium's virtual time does
+# not wait for (some charts came out empty, others not, from one run to the next); TensorBoard's
+# forceSVG flag draws them in the page instead. The other tabs ignore it.
+URL_QUERY = "?forceSVG=true"
 
 
 def free_port() -> int:
@@ -64,9 +70,10 @@ def wait_for_runs(port: int, timeout: float = 120) -> list[str]:
     sys.exit("screenshot_tensorboard: TensorBoard did not load any run in time")
 
 
-def screenshot(chromium: str, url: str, target: Path) -> None:
+def screenshot(chromium: str, url: str, target: Path, size: tuple[int, int]) -> None:
     with tempfile.TemporaryDirectory() as profile:
-        subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+        subprocess.run([chromium, *CHROMIUM_FLAGS, f"--window-size={size[0]},{size[1]}",
+                        f"--user-data-dir={profile}",
                         f"--virtual-time-budget={RENDER_BUDGET_MS}", f"--screenshot={target}", url],
                        check=True, capture_output=True, timeout=180)
 
@@ -82,6 +89,9 @@ def main() -> None:
     parser.add_argument("sweep", type=Path)
     parser.add_argument("--out", type=Path, default=Path("docs"))
     parser.add_argument("--port", type=int, default=0, help="0: a free port")
+    parser.add_argument("--width", type=int, default=1600, help="browser window width (pixels)")
+    parser.add_argument("--height", type=int, default=1000, help="browser window height (pixels)")
+    parser.add_argument("--tabs", nargs="+", choices=list(TABS), default=list(TABS))
     args = parser.parse_args()
     chromium = find_chromium()
     port = args.port or free_port()
@@ -92,9 +102,10 @@ def main() -> None:
     try:
         runs = wait_for_runs(port)
         print(f"TensorBoard on 127.0.0.1:{port}: {len(runs)} runs")
-        for name, plugin in TABS.items():
+        for name in args.tabs:
             target = args.out / f"tensorboard_{name}.png"
-            screenshot(chromium, f"http://127.0.0.1:{port}/#{plugin}", target)
+            screenshot(chromium, f"http://127.0.0.1:{port}/{URL_QUERY}#{TABS[name]}", target,
+                       (args.width, args.height))
             shrink(target)
             print(f"{target}: {target.stat().st_size / 1024:.0f} KB")
     finally:

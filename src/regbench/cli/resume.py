@@ -1,10 +1,14 @@
 """The same command resumes: ``${regbench_run_dir:outputs/runs,<date>/<time>}``, hydra.run.dir's
 default, is the folder of the newest interrupted run of this experiment and seed under
-``outputs/runs``, or a new ``outputs/runs/<date>/<time>``.
+``outputs/runs``, or a new ``outputs/runs/<date>/<time>_<overrides>``: the run's command-line
+overrides (``hydra.job.override_dirname``, without the result-neutral keys) in portable characters,
+capped in length as sweep job folders are (``hydra_hooks.job_dir``), so ``tensorboard --logdir
+outputs`` names each single run by what it changed (``12-03-45_regularizer=dropout,seed=1``).
 
 Interrupted means stopped by a signal (metrics.json says interrupted) or killed outright (no
 metrics.json, a last.pt). A completed, failed or diverged run is never continued this way, a given
-``hydra.run.dir`` is used as given, and ``trainer.resume=false`` always starts a new folder.
+``hydra.run.dir`` is used as given, and ``trainer.resume=false`` always starts a new folder. Run
+folders of either naming (``<time>`` of older regbench versions, ``<time>_<overrides>``) are found.
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ def resumable(folder: RunFolder) -> bool:
 
 
 def interrupted_run(root: Path, identity: dict[str, Any]) -> Optional[Path]:
-    """The newest run folder ``root/<date>/<time>`` of ``identity`` that was interrupted."""
-    for spec_file in sorted(root.glob(f"*/*/{SPEC_FILE}"), reverse=True):
+    """The newest run folder ``root/<date>/<time>[_<overrides>]`` of ``identity`` that was
+    interrupted. Newest by name: the date, then the time that starts every folder's name."""
+    spec_files = sorted(root.glob(f"*/*/{SPEC_FILE}"),
+                        key=lambda path: (path.parent.parent.name, path.parent.name), reverse=True)
+    for spec_file in spec_files:
         folder = RunFolder(spec_file.parent)
         if not resumable(folder):
             continue
@@ -45,6 +52,22 @@ def task_identity(root_config: Any) -> dict[str, Any]:
     as in the config the run gets)."""
     task = OmegaConf.masked_copy(root_config, [key for key in root_config if key != "hydra"])
     return RunSpec.from_config(task).identity
+
+
+def new_run_dir(root: str, new: str, overrides: str) -> str:
+    """``root/<date>/<time>_<overrides>`` (just ``<time>`` without overrides). A folder of that
+    name already there (two runs of the same command started within the clock's resolution)
+    gets a ``-2``, ``-3``... suffix, so a new run never lands in another run's folder."""
+    from regbench.cli.hydra_hooks import job_dir  # here: hydra_hooks imports this module
+
+    date, _, time = new.rpartition("/")
+    name = job_dir(time, overrides)
+    parent = Path(root, date) if date else Path(root)
+    candidate, number = name, 1
+    while (parent / candidate).exists():
+        number += 1
+        candidate = f"{name}-{number}"
+    return str(parent / candidate)
 
 
 # (root, new folder name) -> the folder chosen: Hydra reads hydra.run.dir more than once, and every
@@ -66,7 +89,8 @@ def choose_run_dir(root: str, new: str, root_config: Any) -> str:
             print(f"regbench: resuming the interrupted run in {found} (same experiment and seed; "
                   f"trainer.resume=false starts a new run)", file=sys.stderr, flush=True)
             return str(found)
-    return f"{root}/{new}"
+    overrides = OmegaConf.select(root_config, "hydra.job.override_dirname", default="") or ""
+    return new_run_dir(root, new, str(overrides))
 
 
 def register_resolver() -> None:

@@ -21,7 +21,6 @@ from PIL import Image
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins import projector
 from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from regbench.evaluation.calibration_errors import (
     CONFIDENCE_HISTOGRAM_EDGES,
@@ -44,10 +43,16 @@ from regbench.run.spec import (
     METRICS_FILE,
     RELIABILITY_PANEL_PNG,
     RELIABILITY_PNG,
-    TEST_OOD_FILE,
     TEST_LOGITS_FILE,
+    TEST_OOD_FILE,
 )
-from regbench.run.tensorboard import custom_scalars_layout
+from regbench.run.tensorboard import (
+    RUN_NAME_HPARAM,
+    custom_scalars_layout,
+    epoch_scalars,
+    session_summaries,
+    trial_name,
+)
 
 # matplotlib is imported by the methods that draw: a run with evaluation.figures=false never
 # loads it (DEVELOPERS.md, Start-up).
@@ -58,6 +63,14 @@ if TYPE_CHECKING:
 OOD_HISTOGRAM_BINS = 30
 
 
+def in_sweep() -> bool:
+    """Whether this run is a job of a Hydra multirun (its layout then leaves the report's group
+    charts the first place)."""
+    from regbench.cli.hydra_hooks import in_multirun
+
+    return in_multirun()
+
+
 class RunRecorder:
     """One run's outputs, all in its Hydra run folder."""
 
@@ -66,15 +79,12 @@ class RunRecorder:
         self.history_path = run_dir / HISTORY_FILE
         self.metrics_path = run_dir / METRICS_FILE
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
-        self.writer._get_file_writer().add_summary(custom_scalars_layout())
+        self.writer._get_file_writer().add_summary(custom_scalars_layout(groups_first=in_sweep()))
 
     def log_epoch(self, record: Mapping[str, Any]) -> None:
         """One epoch: scalars to TensorBoard and one line to history.jsonl."""
-        epoch = record["epoch"]
-        for key, value in record.items():
-            if (key != "epoch" and not key.endswith("seconds") and not isinstance(value, bool)
-                    and isinstance(value, (int, float))):
-                self.writer.add_scalar(key, value, epoch)
+        for key, value in epoch_scalars(record).items():
+            self.writer.add_scalar(key, value, record["epoch"])
         self.writer.flush()
         with self.history_path.open("a") as file:
             file.write(json.dumps(json_ready(dict(record))) + "\n")
@@ -177,17 +187,20 @@ class RunRecorder:
         self.writer._get_file_writer().add_summary(
             Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
-    def log_hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float], step: int) -> None:
-        """The run's settings and final metrics for TensorBoard's HParams tab, in this run's own
-        event file (SummaryWriter.add_hparams would start a separate sub-run). The session only,
-        no experiment summary: see ``hparams_experiment`` for why."""
+    def log_hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float],
+                    step: int) -> None:
+        """The run's settings (``tensorboard.hparams_values``) and final metrics for TensorBoard's
+        HParams tab, in this run's own event file (SummaryWriter.add_hparams would start a separate
+        sub-run), as a session named by ``tensorboard.trial_name``. The session only, no
+        experiment summary: see ``hparams_experiment`` for why."""
+        values = dict(hparams)
+        name = str(values.pop(RUN_NAME_HPARAM, self.run_dir.name))
         finite = {key: value for key, value in metrics.items()
                   if isinstance(value, (int, float)) and math.isfinite(value)}
         for key, value in finite.items():
             self.writer.add_scalar(key, value, step)
-        _, session_start, session_end = hparams_summaries(dict(hparams), finite)
         file_writer = self.writer._get_file_writer()
-        for summary in (session_start, session_end):
+        for summary in session_summaries(values, trial_name(self.run_dir, name)):
             file_writer.add_summary(summary)
         self.writer.flush()
 
