@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Optional
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -35,6 +35,7 @@ from regbench.config import Config, ConfigError, check, one_line
 from regbench.run.checkpoint import CheckpointError, CheckpointPolicy, check_keep_checkpoint, resume
 from regbench.run.engine import DivergedError, InterruptedRun, Run, stop_on_signals
 from regbench.run.folder import RunFolder
+from regbench.run.loggers import MLFLOW
 from regbench.run.recorder import RunRecorder
 from regbench.run.spec import (
     DID_NOT_LEARN,
@@ -53,6 +54,9 @@ from regbench.run.spec import (
     Status,
 )
 from regbench.run.tensorboard import hparams_values
+
+if TYPE_CHECKING:  # mlflow is imported only with logger=mlflow
+    from regbench.run.mlflow_logger import MlflowRun
 
 log = logging.getLogger("regbench")
 register_schemas()
@@ -128,26 +132,36 @@ def train_and_test(settings: Config, spec: RunSpec, folder: RunFolder,
     if folder.checkpoint.exists():
         resume(run, folder.checkpoint, spec.identity, settings.trainer.epochs)
         log.info("resuming from %s after epoch %d", folder.checkpoint, run.epochs_done)
+    tracker = start_mlflow(settings, spec, folder.path)  # None unless logger=mlflow
     # Events of epochs after the checkpoint (logged before an interruption) are dropped.
     recorder = RunRecorder(folder.path, purge_step=run.epochs_done + 1)
     recorder.rewrite_history(run.history)
     checkpoints = CheckpointPolicy(folder.path, spec.identity, settings.trainer, settings.objective)
 
-    def checkpoint(finished: Run) -> None:
-        checkpoints.after_epoch(finished.state_dict(), last=finished.training_finished)
+    def after_epoch(finished: Run) -> None:
+        if checkpoints.enabled:
+            checkpoints.after_epoch(finished.state_dict(), last=finished.training_finished)
+        if tracker is not None:
+            tracker.log_epoch(finished.history[-1])
 
     try:
         with stop_on_signals(run):
             try:
-                run.fit(recorder, on_epoch=checkpoint if checkpoints.enabled else None)
+                run.fit(recorder, on_epoch=after_epoch)
             finally:
                 checkpoints.flush()
             metrics = run.test(recorder)
     except (DivergedError, InterruptedRun) as error:
-        recorder.write_metrics({**stopped_record(error), **summary,
-                                **(run.history[-1] if run.history else {}), EPOCHS: run.epochs_done,
-                                SECONDS: time.perf_counter() - started})
+        stopped = {**stopped_record(error), **summary, **(run.history[-1] if run.history else {}),
+                   EPOCHS: run.epochs_done, SECONDS: time.perf_counter() - started}
+        recorder.write_metrics(stopped)
         recorder.close()
+        if tracker is not None:
+            tracker.finish(stopped, stopped[STATUS], run.epochs_done)
+        raise
+    except Exception:
+        if tracker is not None:
+            tracker.finish({}, Status.failed.value, run.epochs_done)
         raise
     metrics = {STATUS: Status.completed.value, **metrics,
                SECONDS: sum(record["seconds"] for record in run.history), **summary}
@@ -157,7 +171,19 @@ def train_and_test(settings: Config, spec: RunSpec, folder: RunFolder,
     recorder.write_metrics(metrics)
     recorder.close()
     checkpoints.finish()
+    if tracker is not None:
+        tracker.finish(metrics, Status.completed.value, run.epochs_done)
     return metrics
+
+
+def start_mlflow(settings: Config, spec: RunSpec, folder: Path) -> Optional["MlflowRun"]:
+    """The run's MLflow run when logger=mlflow is selected (run/mlflow_logger.py), else None;
+    mlflow is imported only then."""
+    if MLFLOW not in settings.logger:
+        return None
+    from regbench.run.mlflow_logger import MlflowRun
+
+    return MlflowRun.start(settings.logger[MLFLOW], folder, spec.identity, spec.name)
 
 
 # --- outcomes: how a run that stops ends, in metrics.json and for the user ------------------------

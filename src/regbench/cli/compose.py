@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 import regbench.models  # noqa: F401  (importing registers every model's schema)
 import regbench.optim  # noqa: F401  (and every optimizer's)
 import regbench.regularizers  # noqa: F401  (and every regularizer's)
+import regbench.run.loggers  # noqa: F401  (and every logger's)
 from regbench.config import Config, register_configs
 
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]

@@ -312,6 +312,8 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     # One entry per selected regularizer, keyed by its name; empty for the baseline.
     regularizer: Dict[str, Any] = field(default_factory=dict)
+    # One entry per selected logger (run/loggers.py): tensorboard, mlflow; never part of a result.
+    logger: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check(0 <= self.seed < SEED_RANGE, "seed", self.seed, "an integer in [0, 2**32)")

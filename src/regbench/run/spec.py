@@ -34,7 +34,7 @@ RESULT_NEUTRAL_KEYS = frozenset({
     "evaluation.figures",   # whether the test phase draws figures
     "objective",            # what a sweeper reads from the finished run
 })
-RESULT_NEUTRAL_PREFIXES = ("hydra.",)
+RESULT_NEUTRAL_PREFIXES = ("hydra.", "logger.")  # where numbers are logged (run/loggers.py)
 SEED_KEY = "seed"
 REGULARIZER_KEY = "regularizer"
 BASELINE = "none"  # the regularizer option that means "no regularization"
