@@ -80,7 +80,7 @@ from regbench.report.tables import (
     status_counts,
     table_text,
 )
-from regbench.run.spec import TEST_ACC, TEST_MEAN_CONFIDENCE, lower_is_better
+from regbench.run.spec import REGULARIZER_KEY, TEST_ACC, TEST_MEAN_CONFIDENCE, lower_is_better
 
 # Hydra's record of a multirun's command-line overrides, in the sweep folder.
 MULTIRUN_FILE = "multirun.yaml"
@@ -98,7 +98,8 @@ CAPTIONS = {
                                    "scaling: mean ± std over seeds, numbered as in Groups.",
     PLOT_FILES["reliability"]: "Reliability per group: test predictions' bins pooled over seeds.",
     PLOT_FILES["confidence_hist"]: "Test confidence per group, correct and incorrect predictions.",
-    "comparisons.png": "Each group minus its baseline, mean over seed pairs with its 95 % interval.",
+    "comparisons.png": "Each group minus its baseline per key metric: mean over seed pairs with its "
+                       "interval (the level in the figure's title).",
     "ranks.png": "Average ranks across blocks with the Nemenyi critical difference (Demšar 2006).",
 }
 MIME_TYPES = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
@@ -238,7 +239,8 @@ def verdict_counts(comparisons: Sequence[Comparison]) -> str:
     for c in comparisons:
         counts[outcome(c)] = counts.get(outcome(c), 0) + 1
     total = len(comparisons)
-    parts = ", ".join(f"{count} {word}" for word, count in counts.items())
+    parts = ", ".join(f"{count} {word}" + (" (no better direction)" if word in (HIGHER, LOWER) else "")
+                      for word, count in counts.items())
     return f"{total} comparison{'' if total == 1 else 's'}: {parts}."
 
 
@@ -320,8 +322,10 @@ def group_section(jobs: Sequence[Job], grouping: Grouping) -> Section:
 # Columns of comparisons.csv shown in the group − baseline unit (pp for accuracies), and p-values.
 DIFFERENCE_COLUMN = re.compile(r"(^|_)diff(_|$)|_(low|high)$")
 P_COLUMN = re.compile(r"(^|_)p(_|$)|^p_value")
-# Columns the metric header rows and the merged intervals make redundant.
+# comparisons.csv's interval columns, shown as one "[low, high]" column.
 INTERVAL_ENDS = ("_low", "_high")
+# Shown even when every row has the same value; other such columns become one sentence.
+ALWAYS_SHOWN = {"group", "mean_diff", "verdict"}
 
 
 def comparison_text(column: str, value: Any, metric: str) -> str:
@@ -365,7 +369,7 @@ def comparison_cell(row: Mapping[str, Any], column: tuple[str, ...], c: Comparis
 def column_title(column: tuple[str, ...]) -> str:
     if len(column) == 2:
         stem = column[0][:-len(INTERVAL_ENDS[0])]
-        return "95 % interval" if stem == "ci" else f"{stem.replace('_', ' ')} interval"
+        return "interval" if stem == "ci" else f"{stem.replace('_', ' ')} interval"
     return column[0].replace("_", " ")
 
 
@@ -375,6 +379,9 @@ def comparison_section(analysis: Analysis) -> Optional[Section]:
     if not rows:
         return None
     columns = comparison_columns(rows)
+    constant = [column for column in columns if len(column) == 1 and len(rows) > 1
+                and column[0] not in ALWAYS_SHOWN and len({str(row[column[0]]) for row in rows}) == 1]
+    columns = [column for column in columns if column not in constant]
     numeric = [len(column) == 2 or isinstance(rows[0].get(column[0]), (int, float))
                for column in columns]
     body_rows: list[list[str]] = []
@@ -390,6 +397,10 @@ def comparison_section(analysis: Analysis) -> Optional[Section]:
             "points; p holm: the p-value after Holm's adjustment over the groups; prob "
             "improvement: the share of (group run, baseline run) pairs in which the group's value "
             "is the higher.")
+    if constant:
+        text += " In every row: " + "; ".join(
+            f"{column_title(column)} {comparison_text(column[0], rows[0][column[0]], rows[0]['metric'])}"
+            for column in constant) + "."
     return Section("Comparisons", element("p", esc(text)) + table(
         [column_title(column) for column in columns], body_rows, numeric, class_="comparisons"),
         "comparisons")
@@ -404,15 +415,15 @@ def run_columns(header: Sequence[str], settings: Sequence[str]) -> list[str]:
     """summary.csv's job, status, regularizer, the settings that tell groups apart and the seed,
     then the group table's metrics and why a run failed."""
     metrics = [key for key, _, _ in TABLE_COLUMNS if key in header]
-    shown = [key for key in settings if key in header]
-    return ["job", "status", "regularizer", *shown, "seed", *metrics, "detail"]
+    shown = [key for key in settings if key in header and key != REGULARIZER_KEY]
+    return ["job", "status", REGULARIZER_KEY, *shown, "seed", *metrics, "detail"]
 
 
 def run_section(jobs: Sequence[Job], grouping: Grouping) -> Section:
     header, rows = csv_rows(jobs, grouping)
     columns = run_columns(header, shown_settings(jobs, grouping))
-    metric_keys = {key for key, _, _ in TABLE_COLUMNS}
-    numeric = [column == "seed" or column in metric_keys for column in columns]
+    titles = {key: title for key, title, _ in TABLE_COLUMNS}
+    numeric = [column == "seed" or column in titles for column in columns]
     body = []
     for row in rows:
         cells = []
@@ -427,7 +438,8 @@ def run_section(jobs: Sequence[Job], grouping: Grouping) -> Section:
     text = (f"{len(jobs)} jobs: {status_counts(jobs)}. One row per job folder, as in {SUMMARY_CSV} "
             "(every metric there); a run that failed or has not finished is not averaged.")
     parts = [element("p", esc(text)),
-             folded(f"All {len(rows)} runs", table(columns, body, numeric, class_="runs"),
+             folded(f"All {len(rows)} runs", table([titles.get(column, column) for column in columns],
+                                                   body, numeric, class_="runs"),
                     len(rows) <= OPEN_ROWS)]
     if failed:
         parts.insert(1, problem_list(failed))
@@ -741,16 +753,17 @@ def render_page(report: HtmlReport) -> str:
 
 
 # Readable at any width: text column up to 72 rem, tables scroll inside their own box, long
-# words (paths, overrides) wrap instead of widening the page. Okabe-Ito blue/vermillion for
-# better/worse, with the word written out, so colour is never the only cue.
+# words (paths, overrides) wrap instead of widening the page. Verdict colours are those of
+# comparisons.png (Okabe & Ito: bluish green better, vermillion worse, blue for a difference with
+# no better direction), always next to the word, so colour is never the only cue.
 STYLE = """
 :root { color-scheme: light; --text: #1f2328; --muted: #59636e; --line: #d1d9e0;
-  --soft: #f6f8fa; --better: #0072b2; --worse: #d55e00; }
+  --soft: #f6f8fa; --link: #0072b2; --better: #009e73; --worse: #d55e00; --neutral: #0072b2; }
 * { box-sizing: border-box; }
 body { margin: 0; color: var(--text); background: #fff; line-height: 1.5; font-size: 16px;
   font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
   overflow-wrap: anywhere; }
-main { max-width: 82rem; margin: 0 auto; padding: 1.5rem 1.25rem 3rem; }
+main { max-width: 82rem; margin: 0 auto; padding: 1.5rem 1rem 3rem; }
 h1 { font-size: 1.75rem; margin: 0 0 .25rem; }
 h2 { font-size: 1.35rem; margin: 2.25rem 0 .75rem; padding-bottom: .3rem;
   border-bottom: 1px solid var(--line); }
@@ -760,32 +773,34 @@ code, pre { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospac
 pre { background: var(--soft); border: 1px solid var(--line); border-radius: 6px; padding: .75rem;
   white-space: pre-wrap; overflow-wrap: anywhere; max-width: 100%; }
 nav { display: flex; flex-wrap: wrap; gap: .25rem .5rem; margin: .75rem 0 0; font-size: .9rem; }
-nav a { color: var(--better); text-decoration: none; border: 1px solid var(--line);
+nav a { color: var(--link); text-decoration: none; border: 1px solid var(--line);
   border-radius: 999px; padding: .1rem .6rem; }
 .facts, .muted, figcaption, footer { color: var(--muted); }
 .warnings { background: #fff8c5; border: 1px solid #d4a72c; border-radius: 6px;
   padding: .5rem .75rem .5rem 2rem; max-width: none; }
 .lead { font-weight: 600; }
 .scroll { overflow-x: auto; max-width: 100%; margin: .5rem 0 1rem; }
-table { border-collapse: collapse; font-size: .875rem; font-variant-numeric: tabular-nums; }
-th, td { border: 1px solid var(--line); padding: .3rem .5rem; vertical-align: top;
+table { border-collapse: collapse; font-size: .8125rem; font-variant-numeric: tabular-nums; }
+th, td { border: 1px solid var(--line); padding: .3rem .4rem; vertical-align: top;
   overflow-wrap: normal; }
 thead th { background: var(--soft); text-align: left; vertical-align: bottom; }
 th.num { text-align: right; } td.num { text-align: right; white-space: nowrap; }
 td[style*="right"] { white-space: nowrap; }
+tbody th { text-align: left; font-weight: 600; }
 th.rowgroup { background: #eef1f4; text-align: left; font-weight: 600; padding-top: .45rem; }
 td.best { font-weight: 700; }
-td.label { min-width: 10rem; }
+td.label { min-width: 8rem; }
 tbody tr:nth-child(even) { background: #fbfcfd; }
 .swatch { display: inline-block; min-width: 1.4em; border-radius: 999px; color: #000;
   text-align: center; font-size: .75rem; font-weight: 700; border: 1px solid #0003; }
-table.matrix td.verdict { text-align: center; white-space: nowrap; }
+table.matrix td.verdict, table.matrix thead th.num { text-align: center; white-space: nowrap; }
 .verdict .diff { display: block; font-weight: 600; }
 .verdict .word { display: block; font-size: .75rem; }
-.better { background: #dbeefa; } .worse { background: #fbe3d3; }
-.neutral { background: #ece8f5; } .same { background: #fff; } .few { background: #f3f3f3; color: var(--muted); }
+.better { background: #d5f0e7; } .worse { background: #fbe3d3; }
+.neutral { background: #dbeefa; } .same { background: #fff; } .few { background: #f3f3f3; color: var(--muted); }
 td.better, li.better { border-left: 4px solid var(--better); }
 td.worse, li.worse { border-left: 4px solid var(--worse); }
+td.neutral, li.neutral { border-left: 4px solid var(--neutral); }
 ul.verdicts { list-style: none; padding-left: 0; }
 ul.verdicts li { padding: .2rem .5rem; margin: .2rem 0; border-radius: 4px; }
 .legend { display: flex; flex-wrap: wrap; gap: .35rem; font-size: .8rem; max-width: none; }
