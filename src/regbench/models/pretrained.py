@@ -139,12 +139,13 @@ def read_state_dict(path: Path, key: str) -> dict[str, torch.Tensor]:
 def input_statistics(model_name: str, channels: int) -> tuple[list[float], list[float]]:
     """The mean and std the pretrained weights expect: those of the ImageNet weights' preset
     (torchvision's ImageClassification: mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225)),
-    also for a local file in torchvision's format. A 1-channel model gets the means of the three,
-    an approximation: the summed RGB filters applied to a gray image equal the RGB network applied
-    to that image in all three channels only when all three are normalized alike; with these values
-    each channel's scale is off by at most 1.3 % (0.226 / 0.229 ... 0.226 / 0.224) and its shift by
-    at most 0.19 std (0.449 - 0.406 = 0.043 = 0.19 x 0.225), a constant per filter of the first
-    convolution that the BatchNorm after it removes in training."""
+    also for a local file in torchvision's format. A 1-channel model gets the means of the three
+    (0.449, 0.226), an approximation: the summed RGB filters applied to a gray image equal the RGB
+    network applied to that image in all three channels only when all three are normalized alike.
+    With these values each channel's scale is off by at most 1.3 % (0.226 / 0.229 ... 0.226 /
+    0.224) and its shift by up to 0.18 std (blue: 0.449 / 0.226 - 0.406 / 0.225); a shift gives
+    each filter of the first convolution a constant offset (away from the zero-padded border),
+    which the BatchNorm right after it removes in training mode (not frozen with train_bn=false)."""
     preset = weights_enum(model_name).transforms()
     mean, std = list(preset.mean), list(preset.std)
     if channels == 3:
