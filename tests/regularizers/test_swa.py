@@ -84,21 +84,24 @@ def test_the_learning_rate_switches_to_swalr_at_the_start_epoch():
     assert used == pytest.approx(expected, abs=1e-12)
 
 
-def test_the_schedule_resumes_exactly_before_and_after_the_switch():
-    def lrs_after(steps: int, resume_at: int) -> list[float]:
+@pytest.mark.parametrize("anneal_epochs, strategy", [(2, "linear"), (0, "cos")])
+def test_the_schedule_resumes_exactly_before_and_after_the_switch(anneal_epochs, strategy):
+    def fresh(model: nn.Module):
+        return swa_run(model, epochs=4, steps_per_epoch=3, start=0.5, anneal_epochs=anneal_epochs,
+                       anneal_strategy=strategy)[1:]
+
+    def lrs_used(resume_at: int) -> list[float]:
         model = nn.Linear(1, 1)
-        _, optimizer, schedule = swa_run(model, epochs=4, steps_per_epoch=3, start=0.5,
-                                         anneal_epochs=2, anneal_strategy="linear")
+        optimizer, schedule = fresh(model)
         used = []
-        for step in range(steps):
+        for step in range(12):
             if step == resume_at:  # a fresh optimizer and schedule from a weights-only checkpoint
                 buffer = io.BytesIO()
                 torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()},
                            buffer)
                 buffer.seek(0)
                 state = torch.load(buffer, weights_only=True)
-                _, optimizer, schedule = swa_run(model, epochs=4, steps_per_epoch=3, start=0.5,
-                                                 anneal_epochs=2, anneal_strategy="linear")
+                optimizer, schedule = fresh(model)
                 optimizer.load_state_dict(state["optimizer"])
                 schedule.load_state_dict(state["schedule"])
             used.append(optimizer.param_groups[0]["lr"])
@@ -106,9 +109,10 @@ def test_the_schedule_resumes_exactly_before_and_after_the_switch():
             schedule.step()
         return used
 
-    uninterrupted = lrs_after(12, resume_at=-1)
-    assert lrs_after(12, resume_at=4) == uninterrupted  # before the switch (step 6)
-    assert lrs_after(12, resume_at=8) == uninterrupted  # during SWALR's anneal
+    uninterrupted = lrs_used(resume_at=-1)
+    assert lrs_used(resume_at=4) == uninterrupted  # before the switch (after step 6)
+    assert lrs_used(resume_at=7) == uninterrupted  # one step after it, SWALR made
+    assert lrs_used(resume_at=10) == uninterrupted
 
 
 def test_update_bn_recomputes_batchnorm_statistics_as_a_hand_pass_does():

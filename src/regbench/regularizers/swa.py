@@ -117,13 +117,11 @@ class SwaSchedule:
         self.before.load_state_dict(state["before"])
         if state["swalr"] is None:
             return
-        # The optimizer's state (loaded first) has the lr; SWALR's constructor must not move it.
-        lrs = [group["lr"] for group in self.optimizer.param_groups]
+        # The optimizer's state (loaded first) has the lr, which SWALR's constructor keeps (with
+        # anneal_steps 0 it sets the SWA lr, the lr the groups have after the switch anyway).
         if self.swalr is None:
             self.swalr = self.make_swalr()
         self.swalr.load_state_dict(state["swalr"])
-        for group, lr in zip(self.optimizer.param_groups, lrs):
-            group["lr"] = lr
 
 
 def has_batchnorm(model: nn.Module) -> bool:
