@@ -1,4 +1,5 @@
-"""regbench.report.statistics against hand calculations, scipy and Demšar 2006's worked example."""
+"""regbench.report.statistics against hand calculations, scipy, simulation and Demšar 2006's worked
+example."""
 
 from __future__ import annotations
 
@@ -11,13 +12,19 @@ from scipy import stats
 
 from regbench.report.statistics import (
     INDISTINGUISHABLE,
+    SEEDS_CAP,
     TOO_FEW_SEEDS,
+    bonferroni_level,
     cliques,
     critical_difference,
+    critical_t,
     holm,
     iman_davenport,
+    mcnemar,
     nemenyi_q,
     paired_comparison,
+    paired_t_power,
+    percentile_interval,
     probability_of_improvement,
     rank_test,
     seeds_needed,
@@ -66,10 +73,15 @@ def test_constant_nonzero_difference_uses_the_sign_flip_p_value():
     result = paired_comparison(group, baseline)
     assert result.mean_diff == pytest.approx(1 / 360)
     assert result.p_value == 2 * 0.5 ** 3  # 0.25: only the observed signs and their mirror
-    assert result.ci_low == result.ci_high == result.mean_diff
+    # Inverting the sign-flip test: every shift but d leaves 3 equal differences (p = 0.25 > 0.05),
+    # so the 95 % interval is the whole line, not [d, d] next to "indistinguishable".
+    assert math.isnan(result.ci_low) and math.isnan(result.ci_high)
     assert verdict(result, result.p_value) == INDISTINGUISHABLE
     six = paired_comparison([1.0] * 6, [0.0] * 6)
     assert six.p_value == 2 / 64 and verdict(six, six.p_value) == "higher"
+    assert six.ci_low == six.ci_high == 1.0  # 2/64 < 0.05: every other shift is rejected
+    # At a Bonferroni level 1 - 0.05/2 = 0.975, 2/64 = 0.031 is not below 0.025: unbounded again.
+    assert math.isnan(paired_comparison([1.0] * 6, [0.0] * 6, level=0.975).ci_low)
 
 
 def test_fewer_than_two_pairs_gives_no_test():
@@ -108,13 +120,94 @@ def test_probability_of_improvement_with_ties():
     assert math.isnan(probability_of_improvement([], [1.0]))
 
 
-def test_seeds_needed_against_hand_calculation():
-    # z_0.975 + z_0.8 = 1.959964 + 0.841621 = 2.801585; (2.801585 · 0.01 / 0.005)² = 31.39 -> 32.
-    assert seeds_needed(0.005, 0.01) == 32
-    assert seeds_needed(-0.005, 0.01) == 32
-    assert seeds_needed(0.01, 0.01) == 8  # 7.85 rounded up
-    assert seeds_needed(1.0, 0.01) == 2   # a test needs at least 2 pairs
+def test_power_reproduces_statsmodels_and_the_notes_table():
+    # statsmodels' ttest_power docstring: d = 0.5, alpha 0.05, power 0.8 -> n = 33.37, so 34 pairs.
+    assert paired_t_power(np.array([33, 34]), 0.5).tolist() == pytest.approx([0.7954, 0.8078], abs=1e-4)
+    # Notes §9.4, derived with scipy: n for power 0.8 at d = 0.5, 0.8, 1, 1.5, 2.
+    for effect, pairs in ((0.5, 34), (0.8, 15), (1.0, 10), (1.5, 6), (2.0, 5)):
+        assert seeds_needed(effect, 1.0) == pairs, effect
+        assert seeds_needed(-effect * 0.01, 0.01) == pairs  # sign and units do not matter
+    # Power with few seeds: n = 3 -> 0.08 / 0.18 / 0.47 for d = 0.5 / 1 / 2; n = 10 -> 0.29 / 0.80.
+    assert paired_t_power(np.array([3, 3, 3]), 1.0).tolist() == pytest.approx([0.18] * 3, abs=0.005)
+    assert float(paired_t_power(np.array([3]), 0.5)[0]) == pytest.approx(0.08, abs=0.005)
+    assert float(paired_t_power(np.array([3]), 2.0)[0]) == pytest.approx(0.47, abs=0.005)
+    assert float(paired_t_power(np.array([10]), 0.5)[0]) == pytest.approx(0.29, abs=0.005)
+
+
+def test_power_matches_simulated_t_tests():
+    # 20,000 simulated studies of 5 pairs with a true difference of 1 sd: the share the t-test
+    # rejects at 0.05 (standard error 0.0035) is the noncentral t's power, 0.40.
+    rng = np.random.default_rng(0)
+    differences = rng.normal(1.0, 1.0, size=(20000, 5))
+    t = differences.mean(axis=1) / (differences.std(axis=1, ddof=1) / math.sqrt(5))
+    rejected = float((np.abs(t) > stats.t.ppf(0.975, 4)).mean())
+    assert rejected == pytest.approx(float(paired_t_power(np.array([5]), 1.0)[0]), abs=0.012)
+
+
+def test_seeds_needed_is_never_fewer_than_the_pairs_run_and_capped():
+    # The issue's "+0.42 pp [-1.35, 2.18] (2 pairs); about 2 seeds would detect a difference this
+    # large": the interval's half width 1.765 pp = t_{0.975, 1} · sd / sqrt(2) gives sd = 0.196 pp,
+    # d = 2.14. The normal approximation said 1.7 -> 2 (the pairs already run, which found
+    # nothing); the noncentral t says 4 (power 0.51 with 3 pairs, 0.80 with 4).
+    sd = 0.01765 * math.sqrt(2) / stats.t.ppf(0.975, 1)
+    assert paired_t_power(np.array([3, 4]), 0.0042 / sd).tolist() == pytest.approx([0.513, 0.803], abs=1e-3)
+    assert seeds_needed(0.0042, sd, pairs_run=2) == 4
+    assert seeds_needed(1.0, 0.01) == 2                  # huge effect: 2 pairs suffice...
+    assert seeds_needed(1.0, 0.01, pairs_run=5) == 5     # ...but never fewer than those run
+    assert seeds_needed(0.5, 1.0, pairs_run=40) == 40
+    # The issue's "about 11672 seeds": a difference negligible next to its spread is "more than
+    # 1000" (cap + 1), not a number to plan by.
+    assert seeds_needed(0.001, 0.036) == SEEDS_CAP + 1
     assert seeds_needed(0.0, 0.01) is None and seeds_needed(math.nan, 0.01) is None
+    assert seeds_needed(0.01, 0.0) is None  # constant differences: the sign-flip count instead
+    # At a stricter level (Bonferroni over 3 comparisons) more pairs are needed.
+    assert seeds_needed(1.0, 1.0, alpha=0.05 / 3) > seeds_needed(1.0, 1.0)
+    assert sign_flip_seeds_needed(pairs_run=7) == 7
+
+
+def test_critical_t_of_two_and_three_pairs():
+    assert critical_t(2) == pytest.approx(12.706, abs=1e-3)  # 1 degree of freedom
+    assert critical_t(3) == pytest.approx(4.303, abs=1e-3)
+
+
+def test_bonferroni_intervals_equal_scipy_and_agree_with_holm():
+    assert bonferroni_level(1) == 0.95 and bonferroni_level(3) == pytest.approx(1 - 0.05 / 3)
+    group, baseline = [0.975, 0.981, 0.969, 0.978], [0.970, 0.972, 0.968, 0.971]
+    wide = paired_comparison(group, baseline, level=bonferroni_level(3))
+    interval = stats.ttest_rel(group, baseline).confidence_interval(1 - 0.05 / 3)
+    assert (wide.ci_low, wide.ci_high) == pytest.approx((interval.low, interval.high), rel=1e-12)
+    # Duality: a family's interval that excludes 0 at 1 - alpha/m has p < alpha/m, and then Holm's
+    # adjusted p is below alpha: never "indistinguishable" with an interval that excludes 0.
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        family = [paired_comparison(rng.normal(rng.normal(0, 0.01), 0.01, 4) + 0.9, [0.9] * 4,
+                                    level=bonferroni_level(3)) for _ in range(3)]
+        for one, adjusted in zip(family, holm([one.p_value for one in family])):
+            if one.ci_low > 0 or one.ci_high < 0:
+                assert verdict(one, adjusted) != INDISTINGUISHABLE
+
+
+def test_mcnemar_against_hand_binomials():
+    def predictions(b: int, c: int, both: int = 100) -> tuple[np.ndarray, np.ndarray]:
+        group = np.array([1] * b + [0] * c + [1] * both, dtype=bool)
+        baseline = np.array([0] * b + [1] * c + [1] * both, dtype=bool)
+        return group, baseline
+
+    # Notes §9.2: b = 30, c = 15 -> exact p = 2 · P(Binomial(45, 1/2) <= 15) = 0.0357.
+    hand = 2 * sum(math.comb(45, k) for k in range(16)) / 2 ** 45
+    test = mcnemar(*predictions(30, 15))
+    assert (test.group_only, test.baseline_only) == (30, 15)
+    assert test.p_value == pytest.approx(hand, rel=1e-10) and round(hand, 4) == 0.0357
+    assert mcnemar(*predictions(0, 5)).p_value == pytest.approx(2 / 32)  # 2 · 0.5^5
+    assert mcnemar(*predictions(7, 7)).p_value == 1.0
+    assert mcnemar(*predictions(0, 0)).p_value == 1.0  # no discordant example: nothing to test
+    assert mcnemar(*predictions(3, 9, both=0)).p_value == mcnemar(*predictions(9, 3)).p_value
+
+
+def test_percentile_interval_is_numpys():
+    values = np.random.default_rng(2).normal(size=2000)
+    assert percentile_interval(values, 0.95) == pytest.approx(tuple(np.percentile(values, [2.5, 97.5])))
+    assert percentile_interval(values, 0.99)[0] < percentile_interval(values, 0.95)[0]
 
 
 # --- ranks: Demšar 2006 --------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""What the report adds to the tables: every group against its baseline (comparisons.py) and the
-ranks across settings (ranks.py), computed once and handed to the markdown (tables.py) and the
-plots (plots.py)."""
+"""What the report adds to the tables: every group against its baseline (comparisons.py, with the
+test split's noise from split_noise.py) and the ranks across settings (ranks.py), computed once and
+handed to the markdown (tables.py) and the plots (plots.py), with the figures it has something to
+draw for (``analysis_figures``)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from regbench.report.comparisons import (
 )
 from regbench.report.groups import Grouping
 from regbench.report.jobs import Job
+from regbench.report.outputs import COMPARISONS_PNG, RANKS_PNG
 from regbench.report.ranks import Ranking, build_ranking
+from regbench.report.split_noise import add_split_noise
 from regbench.run.spec import TEST_ACC
 
 
@@ -39,5 +42,16 @@ def analyse(jobs: Sequence[Job], grouping: Grouping, baseline: Sequence[str] = (
     if baseline:
         check_selectors(grouping, selectors)
     comparisons, comparison_notes = build_comparisons(jobs, grouping, selectors)
+    comparison_notes += add_split_noise(comparisons)
     ranking, ranking_notes = build_ranking(grouping, rank_metric)
     return Analysis(selectors, comparisons, comparison_notes, ranking, ranking_notes)
+
+
+def analysis_figures(analysis: Analysis) -> dict[str, str]:
+    """The analysis' figures that have something to show, by name: comparisons.png with some
+    comparison, ranks.png with a ranking. A skipped one is not drawn (no picture of a sentence:
+    summary.md says why in words) and not embedded."""
+    figures = {"comparisons": COMPARISONS_PNG} if analysis.comparisons else {}
+    if analysis.ranking is not None:
+        figures["ranks"] = RANKS_PNG
+    return figures

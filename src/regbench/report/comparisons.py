@@ -3,7 +3,9 @@
 The baseline is chosen by override-style selectors (``--baseline key=value``, default
 ``regularizer=none``) and must share every other varying setting with the group it is compared
 with. Per metric, the paired statistics of statistics.py, Holm's adjustment over all comparisons of
-that metric, the verdict, and its rows for comparisons.csv and its line for summary.md.
+that metric with Bonferroni-width intervals for the same family, the verdict, the seeds a t-test
+would need, and its rows for comparisons.csv and its line for summary.md. The verdicts that include
+the test split's own noise (split_noise.py) are attached to the same comparisons and shown beside.
 """
 
 from __future__ import annotations
@@ -33,18 +35,28 @@ from regbench.report.jobs import Job, ReportError
 from regbench.report.outputs import COMPARISONS_CSV
 from regbench.report.statistics import (
     ALPHA,
+    FEW_BOOTSTRAP_SEEDS,
+    HIGHER,
     INDISTINGUISHABLE,
     LEVEL,
+    LOW_POWER_PAIRS,
+    LOWER,
     POWER,
+    SEEDS_CAP,
+    T_TEST,
     TOO_FEW_SEEDS,
     ZERO_VARIANCE_TEST,
+    McNemar,
     PairedComparison,
+    bonferroni_level,
+    critical_t,
     holm,
     paired_comparison,
     probability_of_improvement,
     seeds_needed,
     sign_flip_seeds_needed,
     verdict,
+    with_interval,
 )
 from regbench.run.spec import (
     BASELINE,
@@ -64,6 +76,7 @@ from regbench.run.spec import (
     ood_mean_key,
     severity_key,
 )
+
 
 def ood_metric_name(metric: str, score: str) -> str:
     """"OOD FPR95 of msp (lower is better)": the direction, which the metric's name alone does
@@ -94,9 +107,17 @@ KEY_METRICS = (
 )
 METRIC_NAMES = {key: name for key, name, _ in KEY_METRICS}
 PERCENT_METRICS = {key for key, _, percent in KEY_METRICS if percent}
+# Metrics with no better direction: a higher mean confidence is neither better nor worse.
+NO_DIRECTION_METRICS = {TEST_MEAN_CONFIDENCE}
 COMPARISON_COLUMNS = ("group", "baseline", "metric", "n_pairs", "mean_diff", "ci_low", "ci_high",
                       "p_value", "p_holm", "prob_improvement", "verdict",
-                      "seeds_needed", "sd_diff", "test", "dropped_seeds", "did_not_learn")
+                      "seeds_needed", "sd_diff", "test", "dropped_seeds", "did_not_learn",
+                      # The interval's level (Bonferroni over the metric's comparisons), the
+                      # outcome by the metric's direction, and the verdicts that include the test
+                      # split's noise (split_noise.py; empty where no test_logits.npz).
+                      "ci_level", "outcome", "boot_pairs", "boot_ci_low", "boot_ci_high",
+                      "boot_verdict", "mcnemar_group_only", "mcnemar_baseline_only", "mcnemar_p",
+                      "mcnemar_p_holm", "mcnemar_verdict")
 DEFAULT_BASELINE = ((REGULARIZER_KEY, BASELINE),)
 
 
@@ -240,6 +261,23 @@ def pair_runs(group: Group, baseline: Group) -> tuple[list[tuple[Job, Job]], str
 
 
 @dataclass
+class SplitNoise:
+    """The verdicts that include the test split's own noise, from the runs' test_logits.npz
+    (split_noise.py): the paired bootstrap over seeds and test examples, and McNemar's test when
+    the comparison has one seed pair."""
+
+    pairs: int        # seed pairs whose runs both have usable test logits
+    examples: int     # test examples
+    low: float        # percentile interval of group − baseline, at the comparison's ci_level
+    high: float
+    verdict: str      # higher / lower / indistinguishable: whether the interval excludes 0
+    note: str = ""    # why pairs of the t-test are missing here
+    mcnemar: Optional[McNemar] = None
+    mcnemar_p_holm: float = math.nan
+    mcnemar_verdict: str = ""
+
+
+@dataclass
 class Comparison:
     """One group against its baseline on one metric."""
 
@@ -251,7 +289,10 @@ class Comparison:
     dropped_seeds: str
     p_holm: float = math.nan
     verdict: str = TOO_FEW_SEEDS
-    seeds_needed: Optional[int] = None
+    seeds_needed: Optional[int] = None  # SEEDS_CAP + 1: more than SEEDS_CAP
+    ci_level: float = LEVEL             # of paired's interval and the bootstrap's
+    family: int = 0                     # tests in this metric's family (Holm's m)
+    noise: Optional[SplitNoise] = None
 
 
 def compare(group: Group, baseline: Group, metric: str) -> Comparison:
@@ -265,15 +306,25 @@ def compare(group: Group, baseline: Group, metric: str) -> Comparison:
 
 
 def judge(family: Sequence[Comparison]) -> None:
-    """Holm's adjustment over one metric's comparisons, then each one's verdict and, when it is
-    indistinguishable, the seeds that would detect a difference that large."""
+    """Holm's adjustment over one metric's comparisons, each interval at the Bonferroni level of
+    the same family (statistics.bonferroni_level), then each one's verdict and, when it is
+    indistinguishable, the seeds that would detect a difference that large at α/m, the level of
+    Holm's strictest step, so enough whatever the other comparisons of the family give."""
+    tests = sum(not math.isnan(c.paired.p_value) for c in family)
+    level = bonferroni_level(tests)
     for comparison, adjusted in zip(family, holm([c.paired.p_value for c in family])):
+        comparison.family, comparison.ci_level = tests, level
+        comparison.paired = with_interval(comparison.paired, level)
         comparison.p_holm = adjusted
         comparison.verdict = verdict(comparison.paired, adjusted)
         if comparison.verdict == INDISTINGUISHABLE:
-            comparison.seeds_needed = (
-                sign_flip_seeds_needed() if comparison.paired.test == ZERO_VARIANCE_TEST
-                else seeds_needed(comparison.paired.mean_diff, comparison.paired.sd_diff))
+            comparison.seeds_needed = needed_seeds(comparison.paired, ALPHA / max(tests, 1))
+
+
+def needed_seeds(paired: PairedComparison, alpha: float) -> Optional[int]:
+    if paired.test == ZERO_VARIANCE_TEST:
+        return sign_flip_seeds_needed(alpha, paired.n_pairs)
+    return seeds_needed(paired.mean_diff, paired.sd_diff, paired.n_pairs, alpha)
 
 
 def build_comparisons(jobs: Sequence[Job], grouping: Grouping,
@@ -295,21 +346,62 @@ def build_comparisons(jobs: Sequence[Job], grouping: Grouping,
     return comparisons, notes
 
 
+# --- direction ---------------------------------------------------------------------------------------
+
+def better_direction(metric: str) -> Optional[str]:
+    """HIGHER or LOWER: which way the metric is better (spec.lower_is_better); None for a metric
+    with no better direction (mean confidence)."""
+    if metric in NO_DIRECTION_METRICS:
+        return None
+    return LOWER if lower_is_better(metric) else HIGHER
+
+
+def outcome(metric: str, decided: str) -> str:
+    """"better" / "worse" for a higher/lower verdict on a metric with a direction, else ""."""
+    direction = better_direction(metric)
+    if decided not in (HIGHER, LOWER) or direction is None:
+        return ""
+    return "better" if decided == direction else "worse"
+
+
 # --- comparisons.csv and the verdict text ---------------------------------------------------------
+
+def seeds_needed_cell(seeds: Optional[int]) -> Any:
+    """comparisons.csv's seeds_needed: the number, ">1000" beyond the cap, "" when none."""
+    if seeds is None:
+        return ""
+    return f">{SEEDS_CAP}" if seeds > SEEDS_CAP else seeds
+
+
+def number(value: Optional[float]) -> Any:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def noise_cells(c: Comparison) -> dict[str, Any]:
+    noise, test = c.noise, c.noise.mcnemar if c.noise else None
+    return {
+        "boot_pairs": noise.pairs if noise else "", "boot_ci_low": number(noise.low) if noise else "",
+        "boot_ci_high": number(noise.high) if noise else "", "boot_verdict": noise.verdict if noise else "",
+        "mcnemar_group_only": test.group_only if test else "",
+        "mcnemar_baseline_only": test.baseline_only if test else "",
+        "mcnemar_p": test.p_value if test else "",
+        "mcnemar_p_holm": number(noise.mcnemar_p_holm) if test else "",
+        "mcnemar_verdict": noise.mcnemar_verdict if test else "",
+    }
+
 
 def comparison_rows(comparisons: Sequence[Comparison]) -> list[dict[str, Any]]:
     """comparisons.csv rows: full-precision numbers, empty cells for what was not computed."""
-    def number(value: Optional[float]) -> Any:
-        return "" if value is None or (isinstance(value, float) and math.isnan(value)) else value
-
     return [{
         "group": c.group.label, "baseline": c.baseline.label, "metric": c.metric,
         "n_pairs": c.paired.n_pairs, "mean_diff": number(c.paired.mean_diff),
         "ci_low": number(c.paired.ci_low), "ci_high": number(c.paired.ci_high),
         "p_value": number(c.paired.p_value), "p_holm": number(c.p_holm),
         "prob_improvement": number(c.prob_improvement), "verdict": c.verdict,
-        "seeds_needed": number(c.seeds_needed), "sd_diff": number(c.paired.sd_diff),
+        "seeds_needed": seeds_needed_cell(c.seeds_needed), "sd_diff": number(c.paired.sd_diff),
         "test": c.paired.test, "dropped_seeds": c.dropped_seeds, "did_not_learn": learning_warning(c),
+        "ci_level": c.ci_level if c.family else "", "outcome": outcome(c.metric, c.verdict),
+        **noise_cells(c),
     } for c in comparisons]
 
 
@@ -338,57 +430,162 @@ def format_difference(metric: str, value: float, sign: bool = True) -> str:
     return f"{value:{'+' if sign else ''}.4f}"
 
 
+def format_level(level: float) -> str:
+    """"95 %", "98.3 %" (1 − 0.05/3), "99.2 %" (1 − 0.05/6): one decimal, none when it is 0."""
+    text = f"{100 * level:.1f}".removesuffix(".0")
+    return f"{text} %"
+
+
+def interval_text(metric: str, low: float, high: float, level: float) -> str:
+    """"[0.35, 1.47]", with its level when it is not the usual 95 %."""
+    text = f"[{format_difference(metric, low, False)}, {format_difference(metric, high, False)}]"
+    return text if math.isclose(level, LEVEL) else f"{text} ({format_level(level)})"
+
+
 def verdict_line(c: Comparison) -> str:
-    """"label_smoothing vs none: test accuracy +0.91 pp [0.35, 1.47], p_holm = 0.012, higher"."""
+    """"label_smoothing vs none: test accuracy +0.91 pp [0.35, 1.47], p_holm = 0.012, higher,
+    better (4 pairs)", then the verdicts with the test split's noise and the seeds needed."""
     name = METRIC_NAMES.get(c.metric, c.metric)
     unit = " pp" if c.metric in PERCENT_METRICS else ""
     head = f"{c.group.label} vs {c.baseline.label}: {name}"
     warning = f" ⚠ {learning}" if (learning := learning_warning(c)) else ""
-    return verdict_text(c, head, unit) + warning
+    return verdict_text(c, head, unit) + noise_text(c, unit) + seeds_text(c) + warning
+
+
+def pairs_text(paired: PairedComparison, alpha: float) -> str:
+    """"4 pairs", with what a t-test on 2 or 3 pairs can do, or why p is a sign-flip test's."""
+    pairs = f"{paired.n_pairs} pair" + ("" if paired.n_pairs == 1 else "s")
+    if paired.test == T_TEST and paired.n_pairs in LOW_POWER_PAIRS:
+        df = paired.n_pairs - 1
+        pairs += (f": a t-test with {df} degree{'' if df == 1 else 's'} of freedom has little "
+                  f"power, |t| must exceed {critical_t(paired.n_pairs, alpha):.2f} at "
+                  f"α = {alpha:.3g}")
+    if paired.test == ZERO_VARIANCE_TEST:
+        pairs += "; every pair differs by the same amount, so p is the exact sign-flip test's"
+    return pairs
 
 
 def verdict_text(c: Comparison, head: str, unit: str) -> str:
     """The difference, its interval, p and the verdict, after ``head`` (group vs baseline: metric)."""
     paired = c.paired
-    pairs = f"{paired.n_pairs} pair" + ("" if paired.n_pairs == 1 else "s")
     if paired.n_pairs == 0:
         return f"{head}: no seed completed on both sides, {TOO_FEW_SEEDS} for a test"
+    difference = f"{format_difference(c.metric, paired.mean_diff)}{unit}"
     if c.verdict == TOO_FEW_SEEDS:
-        return f"{head} {format_difference(c.metric, paired.mean_diff)}{unit} ({pairs}): {TOO_FEW_SEEDS} for a test"
-    interval = (f"[{format_difference(c.metric, paired.ci_low, False)}, "
-                f"{format_difference(c.metric, paired.ci_high, False)}]")
-    line = (f"{head} {format_difference(c.metric, paired.mean_diff)}{unit} {interval}, "
-            f"p_holm = {format_p(c.p_holm)}, {c.verdict} ({pairs}")
-    if paired.test == ZERO_VARIANCE_TEST:
-        line += "; every pair differs by the same amount, so p is the exact sign-flip test's"
-    line += ")"
-    if c.verdict == INDISTINGUISHABLE and c.seeds_needed is not None:
-        line += (f"; about {c.seeds_needed} seeds would detect a difference this large "
-                 f"with {POWER:.0%} power")
-    return line
+        return f"{head} {difference} ({pairs_text(paired, ALPHA)}): {TOO_FEW_SEEDS} for a test"
+    if math.isnan(paired.ci_low):
+        interval = f"(no finite {format_level(c.ci_level)} interval from {paired.n_pairs} equal pairs)"
+    else:
+        interval = interval_text(c.metric, paired.ci_low, paired.ci_high, c.ci_level)
+    better = f", {result}" if (result := outcome(c.metric, c.verdict)) else ""
+    alpha = ALPHA / max(c.family, 1)
+    return (f"{head} {difference} {interval}, p_holm = {format_p(c.p_holm)}, {c.verdict}{better} "
+            f"({pairs_text(paired, alpha)})")
+
+
+def noise_text(c: Comparison, unit: str) -> str:
+    """"; seeds and test examples resampled: [-0.90, 1.70] pp, indistinguishable", and McNemar's
+    test for one seed pair."""
+    noise = c.noise
+    if noise is None:
+        return ""
+    what = "seeds and test examples" if noise.pairs > 1 else "test examples"
+    better = f", {result}" if (result := outcome(c.metric, noise.verdict)) else ""
+    text = (f"; {what} resampled: {interval_text(c.metric, noise.low, noise.high, c.ci_level)}"
+            f"{unit}, {noise.verdict}{better}")
+    caveats = [noise.note] if noise.note else []
+    if 1 < noise.pairs <= FEW_BOOTSTRAP_SEEDS:
+        caveats.append(f"{noise.pairs} seed pairs are too few to resample well: the spread "
+                       "between seeds is understated")
+    if caveats:
+        text += f" ({'; '.join(caveats)})"
+    if test := noise.mcnemar:
+        better = f", {result}" if (result := outcome(c.metric, noise.mcnemar_verdict)) else ""
+        text += (f"; McNemar on the {noise.examples} test examples: {test.group_only} right only "
+                 f"in {c.group.label}, {test.baseline_only} only in {c.baseline.label}, p_holm = "
+                 f"{format_p(noise.mcnemar_p_holm)}, {noise.mcnemar_verdict}{better}")
+    return text
+
+
+def seeds_text(c: Comparison) -> str:
+    """How many seeds would detect a difference this large, for an indistinguishable one."""
+    if c.verdict != INDISTINGUISHABLE or c.seeds_needed is None:
+        return ""
+    level = f" at α = {ALPHA}/{c.family}" if c.family > 1 else ""
+    if c.seeds_needed > SEEDS_CAP:
+        return (f"; more than {SEEDS_CAP} seeds would be needed to detect a difference this "
+                f"large with {POWER:.0%} power{level}: it is negligible next to its spread over seeds")
+    return (f"; about {c.seeds_needed} seeds would detect a difference this large with "
+            f"{POWER:.0%} power{level}")
+
+
+# --- the method paragraph ------------------------------------------------------------------------
+
+def family_sizes(comparisons: Sequence[Comparison]) -> dict[str, int]:
+    """Holm's m (comparisons with a test) per metric, in the comparisons' order."""
+    return {c.metric: c.family for c in comparisons}
+
+
+def family_text(sizes: dict[str, int]) -> str:
+    """Whom Holm's adjustment runs over, in words that fit 0, 1 or many comparisons."""
+    distinct = set(sizes.values())
+    if distinct == {0}:
+        return "no test ran (fewer than 2 seed pairs in every comparison)"
+    if distinct == {1}:
+        return "one comparison per metric, so it changes nothing"
+    if len(distinct) == 1:
+        return f"the {distinct.pop()} comparisons of each metric"
+    return "each metric's comparisons (" + ", ".join(
+        f"{METRIC_NAMES.get(metric, metric)} {m}" for metric, m in sizes.items()) + ")"
+
+
+def level_text(sizes: dict[str, int]) -> str:
+    """The intervals' levels and why they are what they are."""
+    levels = sorted({bonferroni_level(m) for m in sizes.values()})
+    if levels == [LEVEL]:
+        return f"{format_level(LEVEL)} intervals (one comparison per metric: nothing to adjust)"
+    shown = ", ".join(format_level(level) for level in levels)
+    return (f"intervals at the Bonferroni level 1 − {ALPHA}/m (Dunn 1961), m = the metric's "
+            f"comparisons with a test ({shown}), so that all of a metric's intervals hold together "
+            f"with {format_level(LEVEL)} probability, as Holm's p-values control its family's "
+            "error (Holm-adjusted intervals are not standard). An interval that excludes 0 always "
+            f"comes with p_holm < {ALPHA}; Holm's later steps test at looser levels than "
+            f"{ALPHA}/m, so a higher or lower verdict can have an interval that touches 0")
 
 
 def comparison_method_text(comparisons: Sequence[Comparison], selectors: Sequence[tuple[str, str]]) -> str:
-    tests = {c.metric: 0 for c in comparisons}
-    for c in comparisons:
-        tests[c.metric] += not math.isnan(c.paired.p_value)
     seeds = {}
     for c in comparisons:
         seeds.setdefault(c.group.label, c.paired.n_pairs)
     per_group = ", ".join(f"{label} {n}" for label, n in seeds.items())
-    family = max(tests.values(), default=0)
+    sizes = family_sizes(comparisons)
     baseline = " ".join(f"{k}={v}" for k, v in selectors)
-    return (
+    text = (
         f"Each group against its baseline ({baseline}, same other settings), runs paired by seed "
-        f"(pairs per group: {per_group}). Difference = group − baseline, mean over pairs with its "
-        f"{LEVEL:.0%} t-interval; p: two-sided paired t-test (scipy.stats.ttest_rel); p_holm: "
-        f"Holm–Bonferroni over the {family} comparisons of each metric; higher/lower when "
-        f"p_holm < {ALPHA}, else indistinguishable. Accuracies and accuracy gap in percentage points, "
-        "NLL in nats, ECE, confidence, AUROC and FPR95 as fractions. Seeds needed (for indistinguishable "
-        f"differences): n = ((z_{{1-α/2}} + z_{{{POWER}}}) · sd / |mean diff|)², the normal "
-        "approximation at the observed standard deviation of the paired differences (it "
-        "underestimates what a t-test needs at a handful of seeds); where every pair differs by "
-        "the same amount, the smallest n whose sign-flip p = 2·0.5^n is below 0.05 (6). Both are "
-        "for one test at α = 0.05; Holm's adjustment over many comparisons needs more. "
-        f"All numbers, with the probability of improvement, in {COMPARISONS_CSV}."
-    )
+        f"(pairs per group: {per_group}). Difference = group − baseline, mean over pairs. "
+        "**Seed-paired t-test** (scipy.stats.ttest_rel on each run's metrics.json): it covers the "
+        "spread between seeds (training randomness) on this one test split. p_holm: "
+        f"Holm–Bonferroni over {family_text(sizes)}; higher/lower when p_holm < {ALPHA}, else "
+        "indistinguishable; better or worse by the metric's direction (mean confidence has none). "
+        f"{level_text(sizes)[0].upper()}{level_text(sizes)[1:]}. With {LOW_POWER_PAIRS[0]} or "
+        f"{LOW_POWER_PAIRS[-1]} pairs the t-test has 1 or 2 degrees of freedom and little power; "
+        "the verdict says so. Accuracies and accuracy gap in percentage points, NLL in nats, ECE, "
+        "confidence, AUROC and FPR95 as fractions. Seeds needed (for indistinguishable "
+        f"differences): the fewest pairs with which the paired t-test at α = {ALPHA}/m (Holm's "
+        f"strictest step) detects the mean difference seen with {POWER:.0%} power if the "
+        "paired differences keep their standard deviation, from the noncentral t "
+        f"(scipy.stats.nct), never fewer than the pairs run, \"more than {SEEDS_CAP}\" where "
+        "the difference is negligible next to its spread; where every pair differs by the same "
+        f"amount, the smallest n whose exact sign-flip p = 2·0.5^n is below {ALPHA}/m (6 for "
+        f"m = 1). All numbers, with the probability of improvement, in {COMPARISONS_CSV}.")
+    return text + noise_method_text(comparisons)
+
+
+def noise_method_text(comparisons: Sequence[Comparison]) -> str:
+    """What the verdicts with the test split's noise are and cover, when some comparison has one."""
+    # Imported here: split_noise reads the runs' logits with ensembles.py, which imports this module.
+    from regbench.report.split_noise import method_text
+
+    if not any(c.noise is not None for c in comparisons):
+        return ""
+    return "\n\n" + method_text(any(c.noise is not None and c.noise.mcnemar for c in comparisons))

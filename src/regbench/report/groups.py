@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -133,10 +134,25 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def format_number(value: float, spec: str) -> str:
+    """``value`` in the format ``spec``; a nonzero value that would show as zero at a fixed-point
+    spec's precision as "< 0.0001" (or "> -0.0001"), never as "0.0000"."""
+    text = f"{value:{spec}}"
+    digits = re.fullmatch(r".*\.(\d+)f", spec)
+    if value == 0 or not digits or float(text) != 0:
+        return text
+    smallest = f"{10.0 ** -int(digits.group(1)):.{digits.group(1)}f}"
+    return f"< {smallest}" if value > 0 else f"> -{smallest}"
+
+
 def format_mean_std(values: Sequence[float], spec: str, runs: int) -> str:
-    """"m ± s" over seeds; just "m" for one seed; "–" for none; "(n=k)" when some runs lack it."""
+    """"m ± s" over seeds; just "m" for one seed; "–" for none; "(n=k)" when some runs lack it.
+    Nonzero numbers below the spec's precision show as "< 0.0001" (format_number), and a mean
+    and spread both below it as "< 0.0001" alone."""
     if not values:
         return "–"
     mean, std = mean_std(values)
-    text = f"{mean:{spec}}" if len(values) == 1 else f"{mean:{spec}} ± {std:{spec}}"
+    text, spread = format_number(mean, spec), format_number(std, spec)
+    if len(values) > 1 and not (text.startswith(("<", ">")) and spread.startswith("<")):
+        text += f" ± {spread}"
     return text if len(values) == runs else f"{text} (n={len(values)})"

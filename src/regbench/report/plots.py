@@ -24,12 +24,27 @@ from regbench.evaluation.figures import (
     reliability_legend_handles,
 )
 from regbench.files import atomic_write
-from regbench.report.analysis import Analysis
-from regbench.report.comparisons import METRIC_NAMES, PERCENT_METRICS, Comparison
+from regbench.report.analysis import Analysis, analysis_figures
+from regbench.report.comparisons import (
+    METRIC_NAMES,
+    PERCENT_METRICS,
+    Comparison,
+    better_direction,
+    format_level,
+    outcome,
+)
 from regbench.report.groups import Group, Grouping, finite_values, mean_std
 from regbench.report.outputs import COMPARISONS_PNG, PLOT_FILES, RANKS_PNG
 from regbench.report.ranks import Ranking
-from regbench.report.statistics import ALPHA, INDISTINGUISHABLE, LEVEL, TOO_FEW_SEEDS, cliques
+from regbench.report.statistics import (
+    ALPHA,
+    HIGHER,
+    INDISTINGUISHABLE,
+    LEVEL,
+    LOWER,
+    TOO_FEW_SEEDS,
+    cliques,
+)
 from regbench.run.spec import (
     CALIBRATION_FILE,
     TEST_ACC,
@@ -295,23 +310,83 @@ def confidence_histograms(grouping: Grouping) -> Figure:
     return figure
 
 
-VERDICT_COLORS = {"higher": "tab:blue", "lower": "tab:orange", INDISTINGUISHABLE: "tab:gray",
-                  TOO_FEW_SEEDS: "lightgray"}
+# Outcomes of a comparison, coloured by what they mean for the metric (Okabe & Ito): better and
+# worse by the metric's direction, "different" for a metric with none (mean confidence).
+DIFFERENT = "different"
+OUTCOME_COLORS = {"better": "#009E73", "worse": "#D55E00", DIFFERENT: "#0072B2",
+                  INDISTINGUISHABLE: "tab:gray", TOO_FEW_SEEDS: "lightgray"}
+OUTCOME_LABELS = {"better": "better (in the panel's better direction)",
+                  "worse": "worse", DIFFERENT: "different (no better direction)",
+                  INDISTINGUISHABLE: INDISTINGUISHABLE, TOO_FEW_SEEDS: TOO_FEW_SEEDS}
+
+
+def outcome_color(metric: str, decided: str) -> str:
+    """The colour of a verdict on ``metric``: better/worse by its direction, never by the sign."""
+    if decided in (HIGHER, LOWER):
+        return OUTCOME_COLORS[outcome(metric, decided) or DIFFERENT]
+    return OUTCOME_COLORS.get(decided, OUTCOME_COLORS[INDISTINGUISHABLE])
+
+
+def panel_title(metric: str) -> str:
+    """"test NLL\n(lower is better)"; OOD names already say their direction."""
+    name = METRIC_NAMES.get(metric, metric)
+    unit = " (pp)" if metric in PERCENT_METRICS else ""
+    if "is better" in name:
+        return f"{name}{unit}"
+    direction = better_direction(metric)
+    return f"{name}{unit}\n({direction} is better)" if direction else f"{name}{unit}\n(no better direction)"
+
+
+NOISE_OFFSET = 0.28  # rows apart: the bootstrap interval sits just below its t-interval
+
+
+def draw_comparison(axes, c: Comparison, y: float, scale: float) -> None:
+    """The t-interval (thick, with the mean) and, just below, the interval with the test split's
+    noise (thin), each in the colour of its own verdict."""
+    mean = c.paired.mean_diff * scale
+    if math.isnan(mean):
+        return
+    color = outcome_color(c.metric, c.verdict)
+    if math.isnan(c.paired.ci_low):
+        axes.plot(mean, y, "o", markerfacecolor="none", color=color)
+    else:
+        axes.errorbar(mean, y, xerr=[[mean - c.paired.ci_low * scale], [c.paired.ci_high * scale - mean]],
+                      fmt="o", capsize=3, color=color, linewidth=2)
+    if c.noise is not None:
+        low, high = c.noise.low * scale, c.noise.high * scale
+        axes.plot([low, high], [y + NOISE_OFFSET] * 2, color=outcome_color(c.metric, c.noise.verdict),
+                  linewidth=1, marker="|", markersize=6)
+
+
+
+def forest_legend(figure: Figure, comparisons: Sequence[Comparison]) -> None:
+    shown = {c.verdict if c.verdict not in (HIGHER, LOWER) else outcome(c.metric, c.verdict) or DIFFERENT
+             for c in comparisons}
+    handles = [Line2D([], [], marker="o", linestyle="none", color=color, label=OUTCOME_LABELS[name])
+               for name, color in OUTCOME_COLORS.items() if name in shown]
+    handles.append(Line2D([], [], marker="o", color="black", linewidth=2,
+                          label="seed-paired t-interval"))
+    if any(c.noise is not None for c in comparisons):
+        handles.append(Line2D([], [], marker="|", color="black", linewidth=1,
+                              label="seeds + test examples (bootstrap)"))
+    figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4),
+                  frameon=False, fontsize="small")
 
 
 def forest_plot(comparisons: Sequence[Comparison], baseline: str = "regularizer=none") -> Figure:
-    """One panel per metric: each comparison's mean difference with its 95 % t-interval, the zero
-    line marked, colored by verdict. Rows (one per group: each has one baseline) are the same in
-    every panel; the baseline, implied by the group's settings, is named in the title."""
+    """One panel per metric, titled with its better direction: each comparison's mean difference
+    with its t-interval (Bonferroni level over the metric's comparisons), the interval with the test
+    split's noise below it, the zero line marked, coloured better/worse by the metric's direction
+    (a lower ECE is better, a lower accuracy worse). Rows (one per group: each has one baseline)
+    are the same in every panel; the baseline is named in the title."""
     if not comparisons:
         return empty_figure("no comparisons (no baseline group, or one group only)")
     metrics = list(dict.fromkeys(c.metric for c in comparisons))
     rows = list(dict.fromkeys((c.group.label, c.baseline.label) for c in comparisons))
-    names = [wrap(group) for group, _ in rows]
     columns = min(3, len(metrics))
     grid_rows = math.ceil(len(metrics) / columns)
-    height = max(2.2, 0.32 * len(rows) + 1.0)
-    figure = Figure(figsize=(4.2 * columns + 2.5, height * grid_rows + 0.8), dpi=100, layout="constrained")
+    height = max(2.4, 0.4 * len(rows) + 1.2)
+    figure = Figure(figsize=(4.2 * columns + 2.5, height * grid_rows + 1.0), dpi=100, layout="constrained")
     grid = figure.subplots(grid_rows, columns, sharey=True, squeeze=False)
     for axes in grid.flat[len(metrics):]:
         axes.set_visible(False)
@@ -320,30 +395,19 @@ def forest_plot(comparisons: Sequence[Comparison], baseline: str = "regularizer=
         scale = 100 if metric in PERCENT_METRICS else 1
         axes.axvline(0, color="black", linewidth=1)
         for c in (c for c in comparisons if c.metric == metric):
-            y = position[(c.group.label, c.baseline.label)]
-            mean = c.paired.mean_diff * scale
-            color = VERDICT_COLORS.get(c.verdict, "tab:gray")
-            if math.isnan(mean):
-                continue
-            if math.isnan(c.paired.ci_low):
-                axes.plot(mean, y, "o", markerfacecolor="none", color=color)
-            else:
-                axes.errorbar(mean, y, xerr=[[mean - c.paired.ci_low * scale], [c.paired.ci_high * scale - mean]],
-                              fmt="o", capsize=3, color=color)
-        unit = " (pp)" if metric in PERCENT_METRICS else ""
-        axes.set_title(f"{METRIC_NAMES.get(metric, metric)}{unit}", fontsize="medium")
+            draw_comparison(axes, c, position[(c.group.label, c.baseline.label)], scale)
+        axes.set_title(panel_title(metric), fontsize="medium")
         axes.grid(axis="x", alpha=0.3)
         axes.xaxis.set_major_locator(MaxNLocator(5))
-        axes.set_yticks(range(len(rows)), names, fontsize="small")
+        axes.set_yticks(range(len(rows)), [wrap(group) for group, _ in rows], fontsize="small")
         axes.set_ylim(len(rows) - 0.5, -0.5)
     for axes in grid[-1]:
         axes.set_xlabel("group − baseline")
-    handles = [Line2D([], [], marker="o", linestyle="none", color=color, label=name)
-               for name, color in VERDICT_COLORS.items()]
-    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False,
-                  fontsize="small")
+    forest_legend(figure, comparisons)
+    levels = sorted({c.ci_level for c in comparisons if c.family})
+    level = "/".join(format_level(one) for one in levels) or format_level(LEVEL)
     figure.suptitle(f"group − baseline ({baseline}, same other settings): mean over seed pairs, "
-                    f"{LEVEL:.0%} t-interval; {seeds_text(max(c.paired.n_pairs for c in comparisons))} at most")
+                    f"{level} intervals; {seeds_text(max(c.paired.n_pairs for c in comparisons))} at most")
     return figure
 
 
@@ -396,16 +460,21 @@ def critical_difference_diagram(ranking: Optional[Ranking], reason: str = "") ->
 
 
 def write_plots(sweep: Path, grouping: Grouping, analysis: Optional[Analysis] = None) -> dict[str, Figure]:
-    """Every plot as a PNG in ``sweep``; returns them by file name (for the TensorBoard copy)."""
+    """Every plot as a PNG in ``sweep``; returns them by file name (for the TensorBoard copy and
+    the HTML report). comparisons.png and ranks.png only when they have something to show
+    (analysis.analysis_figures): a skipped one is said in summary.md, not drawn."""
     analysis = analysis or Analysis()
     figures = {
         PLOT_FILES["accuracy_vs_ece"]: accuracy_vs_ece(grouping),
         PLOT_FILES["reliability"]: reliability(grouping),
         PLOT_FILES["confidence_hist"]: confidence_histograms(grouping),
-        COMPARISONS_PNG: forest_plot(analysis.comparisons,
-                                     " ".join(f"{k}={v}" for k, v in analysis.selectors)),
-        RANKS_PNG: critical_difference_diagram(analysis.ranking, " ".join(analysis.ranking_notes)),
     }
+    drawn = analysis_figures(analysis)
+    if "comparisons" in drawn:
+        figures[COMPARISONS_PNG] = forest_plot(analysis.comparisons,
+                                               " ".join(f"{k}={v}" for k, v in analysis.selectors))
+    if "ranks" in drawn:
+        figures[RANKS_PNG] = critical_difference_diagram(analysis.ranking)
     for name, figure in figures.items():
         save_figure(figure, sweep / name)
     return figures

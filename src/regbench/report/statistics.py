@@ -1,10 +1,13 @@
 """Statistics for comparing trained models: pure functions, no file I/O (the report does that).
 
-- Paired comparison of one metric over same-seed pairs: mean difference, 95 % t-interval, paired
-  t-test (``scipy.stats.ttest_rel``), Holm–Bonferroni adjustment over a family of tests.
+- Paired comparison of one metric over same-seed pairs: mean difference, t-interval, paired t-test
+  (``scipy.stats.ttest_rel``), Holm–Bonferroni adjustment over a family of tests, and
+  Bonferroni-width intervals for the same family (Dunn 1961: level 1 − α/m).
 - Probability of improvement (Agarwal et al. 2021, "Deep RL at the edge of the statistical
   precipice"): P(X > Y) over all run pairs, ties counting half.
-- Seeds needed to detect a difference (normal approximation of the paired t-test's power).
+- Seeds needed to detect a difference: the paired t-test's power from the noncentral t
+  distribution (``scipy.stats.nct``), solved for the smallest number of pairs.
+- McNemar's exact test on paired predictions of one test set (``scipy.stats.binomtest``).
 - Ranks across data sets: Friedman test and Nemenyi's critical difference (Demšar 2006, JMLR 7).
 
 The module is named ``statistics`` but lives inside the ``regbench`` package, so it never shadows
@@ -13,6 +16,7 @@ the standard library's ``statistics`` (absolute imports: ``import statistics`` i
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -23,7 +27,21 @@ from scipy import stats
 from regbench.evaluation import LEVEL
 
 ALPHA = 0.05
+# The conventional power a study is sized for (Cohen 1988, "Statistical Power Analysis for the
+# Behavioral Sciences": .80 when no other basis exists).
 POWER = 0.8
+# Seeds needed beyond this are reported as "more than 1000": the difference is then negligible
+# next to its seed-to-seed spread (below 0.089 of a standard deviation at α = 0.05, power 0.8).
+SEEDS_CAP = 1000
+# Pairs with which a t-test runs but has little power: 1 or 2 degrees of freedom, where |t| must
+# exceed 12.71 or 4.30 at α = 0.05; a true difference of one standard deviation of the paired
+# differences is detected with probability 0.09 or 0.18 (paired_t_power).
+LOW_POWER_PAIRS = (2, 3)
+# A bootstrap that resamples this many seeds or fewer is coarse (notes §9.3: "with few seeds
+# (S <= 5) the level-1 resampling is coarse"): S seeds have few distinct resamples, and the
+# percentile interval of their mean is narrower than the t-interval, so it understates the
+# spread between seeds. The verdicts say so.
+FEW_BOOTSTRAP_SEEDS = 5
 
 HIGHER = "higher"
 LOWER = "lower"
@@ -63,7 +81,8 @@ def paired_comparison(group: Sequence[float], baseline: Sequence[float],
     - every difference the same nonzero d (zero variance): the t statistic is infinite and scipy
       says p = 0, which would call two seeds "significant". Instead the p-value is the exact
       sign-flip randomization test's, 2 · 0.5^n: of the 2^n sign patterns only the observed one
-      and its mirror reach |mean| = |d|. The interval is the degenerate [d, d].
+      and its mirror reach |mean| = |d|; its interval is ``with_interval``'s.
+    ``level``: of the interval (``bonferroni_level`` for one of several comparisons).
     """
     x = np.asarray(group, dtype=float)
     y = np.asarray(baseline, dtype=float)
@@ -79,11 +98,43 @@ def paired_comparison(group: Sequence[float], baseline: Sequence[float],
     if sd <= ZERO_SD_RELATIVE * scale:
         if mean == 0.0 or abs(mean) <= ZERO_SD_RELATIVE * scale:
             return PairedComparison(n, 0.0, 0.0, 0.0, 0.0, 1.0, "identical")
-        return PairedComparison(n, mean, 0.0, mean, mean, sign_flip_p_value(n), ZERO_VARIANCE_TEST)
+        constant = PairedComparison(n, mean, 0.0, math.nan, math.nan, sign_flip_p_value(n),
+                                    ZERO_VARIANCE_TEST)
+        return with_interval(constant, level)
     result = stats.ttest_rel(x, y)
-    # t-interval of the mean difference: mean ± t_{1-α/2, n-1} · sd / sqrt(n).
-    low, high = stats.t.interval(level, n - 1, loc=mean, scale=sd / math.sqrt(n))
-    return PairedComparison(n, mean, sd, float(low), float(high), float(result.pvalue), T_TEST)
+    paired = PairedComparison(n, mean, sd, math.nan, math.nan, float(result.pvalue), T_TEST)
+    return with_interval(paired, level)
+
+
+def with_interval(paired: PairedComparison, level: float) -> PairedComparison:
+    """``paired`` with its ``level`` interval of the mean difference.
+
+    - t-test: mean ± t_{(1+level)/2, n-1} · sd / sqrt(n).
+    - identical results: [0, 0].
+    - constant nonzero difference d: the interval that inverts the sign-flip test. Every shift
+      other than d leaves n equal differences, whose sign-flip p is 2 · 0.5^n; the shift d leaves
+      zeros (p = 1). So the interval is [d, d] when 2 · 0.5^n < 1 − level, else every difference is
+      accepted and there is no finite interval (NaN): 3 equal gains are not evidence of that gain.
+    """
+    if paired.n_pairs < 2 or paired.test == "":
+        return paired
+    if paired.test == "identical":
+        return dataclasses.replace(paired, ci_low=0.0, ci_high=0.0)
+    if paired.test == ZERO_VARIANCE_TEST:
+        bounded = sign_flip_p_value(paired.n_pairs) < 1 - level
+        end = paired.mean_diff if bounded else math.nan
+        return dataclasses.replace(paired, ci_low=end, ci_high=end)
+    low, high = stats.t.interval(level, paired.n_pairs - 1, loc=paired.mean_diff,
+                                 scale=paired.sd_diff / math.sqrt(paired.n_pairs))
+    return dataclasses.replace(paired, ci_low=float(low), ci_high=float(high))
+
+
+def bonferroni_level(tests: int, alpha: float = ALPHA) -> float:
+    """The level of each of ``tests`` intervals that hold together with probability 1 − α
+    (Bonferroni; Dunn 1961, "Multiple comparisons among means", JASA 56): 1 − α/m. An interval
+    that excludes 0 at this level means p < α/m, which Holm's adjusted p then also puts below α,
+    so an "indistinguishable" verdict never comes with an interval that excludes 0."""
+    return 1 - alpha / max(tests, 1)
 
 
 def sign_flip_p_value(n_pairs: int) -> float:
@@ -130,23 +181,78 @@ def probability_of_improvement(group: Sequence[float], baseline: Sequence[float]
     return float(((x > y) + 0.5 * (x == y)).mean())
 
 
-def seeds_needed(mean_diff: float, sd_diff: float, alpha: float = ALPHA,
-                 power: float = POWER) -> Optional[int]:
-    """Pairs (seeds) for a two-sided paired test at level alpha to detect ``mean_diff`` with the
-    given power, if the differences have standard deviation ``sd_diff``. Normal approximation:
-    n = ((z_{1-α/2} + z_{power}) · sd / |mean_diff|)², rounded up (it slightly underestimates the
-    t-test's n for small n). At least 2: no test runs on fewer pairs. None when the difference is
-    0 or unknown (no number of seeds detects no difference)."""
-    if not (math.isfinite(mean_diff) and math.isfinite(sd_diff)) or mean_diff == 0:
+def paired_t_power(pairs: np.ndarray, effect: float, alpha: float = ALPHA) -> np.ndarray:
+    """Power of the two-sided paired t-test at level ``alpha`` with ``pairs`` pairs (an array)
+    when the true mean difference is ``effect`` standard deviations of the differences:
+    P(|T'| > t_{1-α/2, n-1}) with T' noncentral t, n − 1 degrees of freedom, noncentrality
+    effect · sqrt(n) (as statsmodels' ``ttest_power``; notes §9.4). The lower tail's NaN that
+    scipy's nct gives far from its centre (notes §9.4) is a probability of 0."""
+    n = np.asarray(pairs, dtype=float)
+    df, noncentrality = n - 1, abs(effect) * np.sqrt(n)
+    critical = stats.t.ppf(1 - alpha / 2, df)
+    upper = np.nan_to_num(stats.nct.sf(critical, df, noncentrality), nan=1.0)
+    lower = np.nan_to_num(stats.nct.cdf(-critical, df, noncentrality), nan=0.0)
+    return upper + lower
+
+
+def seeds_needed(mean_diff: float, sd_diff: float, pairs_run: int = 2, alpha: float = ALPHA,
+                 power: float = POWER, cap: int = SEEDS_CAP) -> Optional[int]:
+    """The fewest pairs (seeds) with which a two-sided paired t-test at level ``alpha`` detects
+    ``mean_diff`` with probability ``power``, if the paired differences have standard deviation
+    ``sd_diff`` (the noncentral t's power, ``paired_t_power``, over every n up to ``cap``). Never
+    fewer than ``pairs_run``: those already ran. ``cap + 1`` means "more than cap". None when the
+    difference is 0 or unknown (no number of seeds detects no difference)."""
+    if not (math.isfinite(mean_diff) and math.isfinite(sd_diff)) or mean_diff == 0 or sd_diff <= 0:
         return None
-    z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
-    return max(2, math.ceil((z * sd_diff / abs(mean_diff)) ** 2))
+    first = max(2, pairs_run)
+    if first > cap:
+        return first
+    pairs = np.arange(first, cap + 1)
+    enough = paired_t_power(pairs, mean_diff / sd_diff, alpha) >= power
+    return int(pairs[np.argmax(enough)]) if enough.any() else cap + 1
 
 
-def sign_flip_seeds_needed(alpha: float = ALPHA) -> int:
+def sign_flip_seeds_needed(alpha: float = ALPHA, pairs_run: int = 2) -> int:
     """When every pair differs by the same amount, the sign-flip p is 2 · 0.5^n: the smallest n
-    with p < alpha (6 at alpha = 0.05)."""
-    return math.floor(1 + math.log2(1 / alpha)) + 1
+    with p < alpha (6 at alpha = 0.05), never fewer than ``pairs_run``."""
+    return max(pairs_run, math.floor(1 + math.log2(1 / alpha)) + 1)
+
+
+def critical_t(pairs: int, alpha: float = ALPHA) -> float:
+    """|t| a paired t-test with ``pairs`` pairs must exceed: t_{1-α/2, n-1} (12.71 for 2 pairs)."""
+    return float(stats.t.ppf(1 - alpha / 2, pairs - 1))
+
+
+# --- McNemar's test on one test set -----------------------------------------------------------------
+
+@dataclass
+class McNemar:
+    """McNemar's exact test (McNemar 1947) of two models' paired predictions on one test set."""
+
+    group_only: int     # b: examples the group gets right and the baseline wrong
+    baseline_only: int  # c: the reverse
+    p_value: float
+
+
+def mcnemar(group_correct: np.ndarray, baseline_correct: np.ndarray) -> McNemar:
+    """The exact (binomial) McNemar test, statsmodels' default (notes §9.2): under the null each
+    discordant example is equally likely to favour either model, so min(b, c) ~ Binomial(b + c,
+    1/2) and p = min(1, 2 · P(X <= min(b, c))); concordant examples do not count. scipy's
+    two-sided ``binomtest`` at 1/2 is that p (statsmodels is not a dependency); p = 1 without
+    discordant examples."""
+    group_correct = np.asarray(group_correct, dtype=bool)
+    baseline_correct = np.asarray(baseline_correct, dtype=bool)
+    b = int((group_correct & ~baseline_correct).sum())
+    c = int((~group_correct & baseline_correct).sum())
+    p = stats.binomtest(min(b, c), b + c, 0.5).pvalue if b + c else 1.0
+    return McNemar(b, c, float(p))
+
+
+def percentile_interval(replicates: np.ndarray, level: float) -> tuple[float, float]:
+    """The ``level`` percentile interval of bootstrap replicates (``np.percentile``, linear)."""
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(replicates, [tail, 100 - tail])
+    return float(low), float(high)
 
 
 # --- ranks across data sets (Demšar 2006) --------------------------------------------------------

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from regbench.files import atomic_write_bytes
-from regbench.report.analysis import Analysis
+from regbench.report.analysis import Analysis, analysis_figures
 from regbench.report.calibration import (
     calibration_table_markdown,
-    ranking_flips,
+    flip_text,
     unusable_calibration_files,
 )
 from regbench.report.comparisons import comparison_method_text, verdict_line
@@ -37,9 +37,19 @@ from regbench.report.outputs import COMPARISONS_PNG, PLOT_FILES, RANKS_PNG
 from regbench.report.probes import probe_sections
 from regbench.report.ranks import ranking_lines
 from regbench.report.shift import shift_section
-from regbench.run.spec import (DID_NOT_LEARN, EPOCHS, GAP_ACC, REGULARIZER_KEY, SECONDS, SEED_KEY,
-                               TEST_ACC, TEST_ECE, TEST_ECE_TEMPERATURE, TEST_MEAN_CONFIDENCE,
-                               TEST_NLL)
+from regbench.run.spec import (
+    DID_NOT_LEARN,
+    EPOCHS,
+    GAP_ACC,
+    REGULARIZER_KEY,
+    SECONDS,
+    SEED_KEY,
+    TEST_ACC,
+    TEST_ECE,
+    TEST_ECE_TEMPERATURE,
+    TEST_MEAN_CONFIDENCE,
+    TEST_NLL,
+)
 
 # The per-group table: metrics.json key, column header, number format.
 TABLE_COLUMNS = (
@@ -192,10 +202,26 @@ def comparison_section(analysis: Analysis) -> list[str]:
     return parts
 
 
-def ranking_section(analysis: Analysis) -> list[str]:
+def ranking_section(analysis: Analysis, folder: Optional[Path] = None) -> list[str]:
+    """The ranks, or why they are skipped (in words: no ranks.png is drawn then); ``folder``: the
+    output folder, to say that a ranks.png already there is not this report's."""
     lines = ranking_lines(analysis.ranking) if analysis.ranking else []
     lines += [f"- {note}" for note in analysis.ranking_notes]
+    if analysis.ranking is None:
+        lines.append(f"- No {RANKS_PNG} drawn.")
     return ["## Ranks across settings", "\n".join(lines) or "- No ranking."]
+
+
+def earlier_figures(folder: Optional[Path], analysis: Analysis) -> list[str]:
+    """A line per figure of the analysis this report does not draw but the folder holds: an
+    earlier report of these sweeps drew it. It is left there: the report never deletes a file it
+    did not write itself in this invocation (it cannot tell one a user put there)."""
+    drawn = set(analysis_figures(analysis).values())
+    return [f"- ⚠ {name} in this folder is not from this report (it has nothing to draw there "
+            "now): an earlier report or someone else wrote it, and it is left in place; it does "
+            "not describe these runs."
+            for name in (COMPARISONS_PNG, RANKS_PNG)
+            if folder is not None and name not in drawn and (folder / name).is_file()]
 
 
 def calibration_section(grouping: Grouping) -> list[str]:
@@ -204,12 +230,9 @@ def calibration_section(grouping: Grouping) -> list[str]:
     table = calibration_table_markdown(grouping.groups)
     if not table:
         return []
-    flips = ranking_flips(grouping.groups)
-    flip_text = "\n".join(f"- {line}" for line in flips) if flips else \
-        "No ranking flips: every ECE convention picks the same best-calibrated group."
     return ["## Calibration", "Mean ± std over seeds; raw is the softmax as trained, the other "
             "columns after a calibrator fitted on the validation split (README: What a run records).",
-            table, flip_text]
+            table, flip_text(grouping.groups)]
 
 
 def unusable_file_notes(grouping: Grouping) -> list[str]:
@@ -227,14 +250,14 @@ def markdown_report(sweep: Path | Sequence[Path], jobs: Sequence[Job], grouping:
     problems = problem_lines(jobs)
     title = (f"# Sweep {sweeps[0].resolve().name}" if len(sweeps) == 1 else
              "# Sweeps " + ", ".join(str(s) for s in sweeps))
-    images = {**PLOT_FILES, "comparisons": COMPARISONS_PNG, "ranks": RANKS_PNG}
+    images = {**PLOT_FILES, **analysis_figures(analysis)}
     parts = [
         title,
         *comparison_section(analysis),
         "## Groups",
         table_text(jobs, grouping),
         markdown_table(grouping),
-        *ranking_section(analysis),
+        *ranking_section(analysis, sweeps[0]),
         *calibration_section(grouping),
         *shift_section(grouping, analysis.selectors),
         *ood_section(grouping.groups),
@@ -245,6 +268,7 @@ def markdown_report(sweep: Path | Sequence[Path], jobs: Sequence[Job], grouping:
         *merge_section(jobs),
         "## Plots",
         *unusable_file_notes(grouping),
+        *(["\n".join(lines)] if (lines := earlier_figures(sweeps[0], analysis)) else []),
         "\n".join(f"![{name}]({file})" for name, file in images.items()),
     ]
     return "\n\n".join(parts) + "\n"
