@@ -115,7 +115,7 @@ def load(weights: "WeightsEnum", progress: bool) -> dict[str, torch.Tensor]:
     """torchvision's own path: torch.hub's cache, downloading (hash-checked) if the file is
     missing; weights_only because the file comes from the network."""
     if not cached_file(weights).is_file():  # another process may have downloaded it meanwhile
-        log.info("model.weights=%s: downloading %s (%.0f MB) into %s", IMAGENET, weights.url,
+        log.info("model.weights=%s: downloading %s (%.0f MiB) into %s", IMAGENET, weights.url,
                  weights.meta.get("_file_size", float("nan")), checkpoint_folder())
     return weights.get_state_dict(progress=progress, check_hash=True, weights_only=True)
 

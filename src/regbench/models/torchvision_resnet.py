@@ -277,6 +277,6 @@ def build(cfg: TorchvisionResNetConfig, input_shape: tuple, num_classes: int,
     if weights is not None:
         model.input_statistics = input_statistics(cfg.name, input_shape[0])
         head = "the loaded classifier" if loaded_classifier else \
-            f"{cfg.head.value}, {num_classes} classes, new (random weights)"
+            f"{HeadKind(cfg.head).value}, {num_classes} classes, new (random weights)"
         describe_pretrained_body(weights, model, head)
     return model
