@@ -125,8 +125,8 @@ class Dropout(Regularizer):
         if kind == DropoutKind.weighted_channel:
             check(any(id(layer) in built for layer in self.hidden_layers), "regularizer.dropout.kind",
                   kind.value, f"model {self.model_name!r} has no convolutional layers "
-                  f"(weighted channel dropout needs model=lenet, convnet, resnet, resnet18 or "
-                  f"resnet34){self.after_bn_hint()}")
+                  f"(weighted channel dropout needs model=lenet, convnet, resnet, resnet18, resnet34 "
+                  f"or resnet50){self.after_bn_hint()}")
             return
         layer_kind = "conv" if kind == DropoutKind.channel else "linear"
         after_bn = self.cfg.placement == DropoutPlacement.after_bn

@@ -50,4 +50,4 @@ class StochasticDepthRegularizer(Regularizer):
         if not any(isinstance(module, StochasticDepth) for module in model.modules()):
             raise ConfigError(f"regularizer=stochastic_depth is not allowed with "
                               f"model={self.model_name}: it drops residual blocks, which only "
-                              f"model=resnet, resnet18 and resnet34 have")
+                              f"model=resnet, resnet18, resnet34 and resnet50 have")

@@ -22,6 +22,7 @@ from typing import Any, Mapping, Optional
 RESULT_NEUTRAL_KEYS = frozenset({
     "dataset.root",         # where the same files are
     "dataset.download",     # whether missing files may be fetched
+    "model.download",       # whether missing pretrained weights may be fetched
     "dataset.num_workers",  # how many processes decode the same images
     "dataset.ood_sets",     # what suite=shift_ood would pick (evaluation.ood is what a run does)
     "trainer.progress",     # progress bar on or off
