@@ -1,15 +1,17 @@
 """Look at a sweep in TensorBoard as a user does: headless-Chromium screenshots of its tabs.
 
-    python scripts/screenshot_tensorboard.py SWEEP_FOLDER [--out docs] [--port 0]
+    python scripts/screenshot_tensorboard.py LOGDIR [--out docs] [--port 0] [--width 1600]
+        [--height 1000] [--tabs time_series hparams ...]
 
-Starts ``tensorboard --logdir SWEEP_FOLDER`` bound to 127.0.0.1 only, waits until it has loaded the
-runs, and saves one PNG per tab (Time Series, the landing tab; Scalars; Custom Scalars; Images;
-HParams; Text) into ``--out`` as ``tensorboard_<tab>.png``, each as a browser window of
-``--width`` x ``--height`` pixels shows it on opening, shrunk to a palette PNG so each stays small. Needs Chromium (Debian: ``apt-get install chromium``) and
-Pillow (a matplotlib dependency). Make the sweep first, e.g.
+Starts ``tensorboard --logdir LOGDIR`` (a sweep folder, or ``outputs``) bound to 127.0.0.1 only,
+waits until it has loaded the runs, and saves one PNG per tab (Time Series, the landing tab;
+Scalars; Custom Scalars; Images; HParams; Text) into ``--out`` as ``tensorboard_<tab>.png``, each
+as a browser window of ``--width`` x ``--height`` pixels shows it on opening, shrunk to a palette
+PNG so each stays small. Needs Chromium (Debian: ``apt-get install chromium``) and Pillow (a
+matplotlib dependency). Make the sweep first, e.g.
 
-    python -m regbench -m regularizer=none,label_smoothing,confidence_penalty seed=0,1 \\
-        trainer.epochs=10 hydra.sweep.dir=/tmp/sweep && python -m regbench.report /tmp/sweep
+    python -m regbench -m regularizer=none,dropout,label_smoothing seed=0,1 trainer.epochs=8 \\
+        evaluation.figures=false hydra.sweep.dir=/tmp/tbsweep && python -m regbench.report /tmp/tbsweep
 """
 
 from __future__ import annotations

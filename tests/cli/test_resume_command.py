@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import read_history, read_metrics, run_cli
-from regbench.cli.resume import interrupted_run
+from regbench.cli.resume import interrupted_run, new_run_dir
 from regbench.run.spec import CHECKPOINT_FILE, METRICS_FILE, SPEC_FILE
 
 ARGS = ["trainer.epochs=8", "trainer.progress=false", "trainer.num_threads=1",
@@ -53,6 +53,30 @@ def test_only_an_interrupted_or_killed_run_is_continued(tmp_path, status, checkp
     assert interrupted_run(tmp_path, IDENTITY) == (folder if found else None)
 
 
+def test_a_run_folder_named_with_its_overrides_is_found_next_to_older_names(tmp_path):
+    old = run_folder(tmp_path, "10-00-00-000000", IDENTITY, "interrupted", True)
+    assert interrupted_run(tmp_path, IDENTITY) == old
+    new = run_folder(tmp_path, "11-00-00_regularizer=none,seed=0", IDENTITY, "interrupted", True)
+    run_folder(tmp_path, "12-00-00_seed=1", {**IDENTITY, "seed": 1}, "interrupted", True)
+    assert interrupted_run(tmp_path, IDENTITY) == new  # the newest by its time
+    newer = run_folder(tmp_path, "11-30-00-000000", IDENTITY, None, True)
+    assert interrupted_run(tmp_path, IDENTITY) == newer
+
+
+def test_a_new_run_folder_is_named_by_its_time_and_overrides(tmp_path):
+    root = str(tmp_path / "outputs/runs")
+    folder = new_run_dir(root, "2026-12-03/12-03-45", "regularizer=dropout,seed=1")
+    assert folder == f"{root}/2026-12-03/12-03-45_regularizer=dropout,seed=1"
+    assert new_run_dir(root, "2026-12-03/12-03-45", "") == f"{root}/2026-12-03/12-03-45"
+    listed = new_run_dir(root, "2026-12-03/12-03-45", "model.hidden_sizes=[64,64],x='a b'")
+    assert listed.endswith("/12-03-45_model.hidden_sizes=64+64,x=_a_b_")
+    many = ",".join(f"key{i}=value{i}" for i in range(20))
+    long = Path(new_run_dir(root, "2026-12-03/12-03-45", many))
+    assert len(long.name) == 80 and long.name.startswith("12-03-45_key0=value0,")
+    Path(folder).mkdir(parents=True)  # the same command again within the same second
+    assert new_run_dir(root, "2026-12-03/12-03-45", "regularizer=dropout,seed=1") == f"{folder}-2"
+
+
 def interrupt_after(cwd: Path, epochs: int) -> subprocess.CompletedProcess:
     """The CLI with ARGS (no hydra.run.dir), SIGINT once ``epochs`` epochs are in its history."""
     process = subprocess.Popen([sys.executable, "-m", "regbench", *ARGS], cwd=cwd, text=True,
@@ -73,6 +97,7 @@ def test_the_same_command_after_ctrl_c_resumes_in_the_same_folder(tmp_path):
     assert interrupted.returncode == 130, interrupted.stderr
     assert "run the same command again to resume" in interrupted.stderr
     (folder,) = (tmp_path / "outputs/runs").glob("*/*")
+    assert folder.name.endswith("_trainer.epochs=8")  # result-neutral overrides left out
     done = read_metrics(folder)["epochs"]
 
     resumed = run_cli(ARGS, cwd=tmp_path)

@@ -1,5 +1,5 @@
-"""What a run records for TensorBoard (run/recorder.py, run/tensorboard.py): the Custom Scalars layout
-and its HParams session."""
+"""What a run records for TensorBoard (run/recorder.py, run/tensorboard.py): the Custom Scalars
+layout and its HParams session."""
 
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ def test_run_writes_layout_and_hparams_session_without_experiment(tmp_path):
     assert charts["accuracy"] == ["^val/acc$"] and charts["ECE (fraction)"] == ["^val/ece$"]
     tags = plugin_tags(run, "hparams")
     assert hparams_metadata.EXPERIMENT_TAG not in tags  # the sweep's own summary defines columns
-    start = hparams_metadata.parse_session_start_info_plugin_data(tags[hparams_metadata.SESSION_START_INFO_TAG])
+    start = hparams_metadata.parse_session_start_info_plugin_data(
+        tags[hparams_metadata.SESSION_START_INFO_TAG])
     assert start.hparams["seed"].string_value == "0"  # shown as 0, not 0.0000
     assert start.hparams["trainer.epochs"].string_value == "2"
     assert start.hparams["regularizer.label_smoothing.epsilon"].number_value == pytest.approx(0.1)
@@ -47,14 +48,16 @@ def test_run_writes_layout_and_hparams_session_without_experiment(tmp_path):
     # The folder says nothing ("run"): the trial is named by the run's name, then its folder.
     assert start.group_name.startswith("label_smoothing | mlp on digits | seed 0 (")
     assert start.group_name.endswith(f"{tmp_path / 'run'})")
-    end = hparams_metadata.parse_session_end_info_plugin_data(tags[hparams_metadata.SESSION_END_INFO_TAG])
+    end = hparams_metadata.parse_session_end_info_plugin_data(
+        tags[hparams_metadata.SESSION_END_INFO_TAG])
     assert end.status == 1  # STATUS_SUCCESS
     assert run.Scalars("test/acc")[0].step == 2
 
 
 def test_a_sweep_job_leaves_the_first_custom_scalars_category_to_the_groups():
     layout = layout_of(custom_scalars_layout(groups_first=True))
-    assert [c.title for c in layout.category] == [GROUPS_CATEGORY] + [t for t, _, _ in SCALARS_LAYOUT]
+    titles = [GROUPS_CATEGORY] + [title for title, _, _ in SCALARS_LAYOUT]
+    assert [c.title for c in layout.category] == titles
     assert not layout.category[0].chart and not layout.category[0].closed
 
 

@@ -128,7 +128,7 @@ def group_runs(jobs: Sequence[Job]) -> dict[str, Group]:
         number = 1
         while name in named:
             number += 1
-            name = f"{base}-{number}"
+            name = f"{base[:MAX_GROUP_NAME - len(str(number)) - 1]}-{number}"
         named[name] = group
     return named
 
@@ -149,10 +149,11 @@ def group_run_name(group: Group, shown: Sequence[str]) -> str:
                 for name in regularizer.split("+"))
     if not named:
         parts.insert(0, regularizer)
-    name = portable_overrides(",".join(part for part in parts if part)) or "all"
+    text = ",".join(part for part in parts if part)
+    name = portable_overrides(text) or "all"
     if len(name) <= MAX_GROUP_NAME:
         return name
-    digest = hashlib.sha1(name.encode()).hexdigest()[:HASH_CHARS]
+    digest = hashlib.sha1(text.encode()).hexdigest()[:HASH_CHARS]
     return f"{name[:MAX_GROUP_NAME - HASH_CHARS - 1]}-{digest}"
 
 

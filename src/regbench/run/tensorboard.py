@@ -55,8 +55,6 @@ def hparam_value(value: Any) -> Any:
     """A setting as TensorBoard's HParams takes it: integers as text, so a seed shows as ``1``
     and not ``1.0000`` (their columns become lists of values to tick, which suits seeds and
     sizes); floats, strings and booleans as they are; lists and None as text."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
     return value if isinstance(value, (float, str, bool)) else str(value)
 
 
