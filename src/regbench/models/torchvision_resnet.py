@@ -30,7 +30,6 @@ are normalized alike (pretrained.input_statistics says how close the statistics 
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -118,39 +117,14 @@ class ResNet50Config(TorchvisionResNetConfig):
     name: str = "resnet50"
 
 
-@functools.cache
-def dropout_bottleneck() -> type:
-    """torchvision's Bottleneck with places for dropout and stochastic depth (Identities unless
-    given), as blocks.DropoutBasicBlock is for BasicBlock; same parameters and state-dict keys.
-    Made on first use: subclassing needs torchvision (DEVELOPERS.md, "Start-up")."""
-    from torchvision.models.resnet import Bottleneck
-
-    class DropoutBottleneck(Bottleneck):
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            self.dropout: nn.Module = nn.Identity()
-            self.stochastic_depth: nn.Module = nn.Identity()
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            # Bottleneck.forward with self.dropout after the 3x3 convolution's activation and
-            # self.stochastic_depth on the branch before the addition; torchvision has no hook.
-            out = self.relu(self.bn1(self.conv1(x)))
-            out = self.dropout(self.relu(self.bn2(self.conv2(out))))
-            out = self.stochastic_depth(self.bn3(self.conv3(out)))
-            identity = x if self.downsample is None else self.downsample(x)
-            return self.relu(out + identity)
-
-    return DropoutBottleneck
-
-
 def block_classes(name: str) -> tuple[type, type]:
     """(torchvision's block, the same with places for dropout and stochastic depth)."""
     from torchvision.models.resnet import BasicBlock, Bottleneck
 
-    from regbench.models.blocks import DropoutBasicBlock
+    from regbench.models.blocks import DropoutBasicBlock, DropoutBottleneck
 
     if name in BOTTLENECK_MODELS:
-        return Bottleneck, dropout_bottleneck()
+        return Bottleneck, DropoutBottleneck
     return BasicBlock, DropoutBasicBlock
 
 
