@@ -21,9 +21,14 @@ import pytest
 from omegaconf import OmegaConf
 from sweep_folders import fake_sweep, write_calibration
 
+from regbench import files
 from regbench.files import TEMPORARY_GLOB
+from regbench.report.analysis import analyse
 from regbench.report.command import main, make_report
+from regbench.report.ensembles import EnsembleReport
+from regbench.report.groups import group_jobs
 from regbench.report.html import HtmlReport, write_html_report
+from regbench.report.jobs import load_sweeps
 from regbench.report.outputs import REPORT_HTML, SUMMARY_CSV
 
 # label_smoothing's ECE is 0.1 above none's, plus 0, 0.0001, 0.0004 by seed: a "worse" verdict.
@@ -210,28 +215,18 @@ def test_a_sweep_of_one_group_gives_a_page_without_comparisons(tmp_path):
     assert "has no readable multirun.yaml" in page.section_text["reproduce"]
 
 
-class TornFigure:
-    """A figure whose drawing is interrupted (Ctrl-C) while the page is being made."""
-
-    axes = [object()]
-
-    def savefig(self, file, **options) -> None:
-        file.write(b"half an SVG")
-        raise KeyboardInterrupt
-
-
-def test_an_interrupted_page_leaves_the_previous_report_html_and_no_temporary(tmp_path):
+def test_a_page_interrupted_while_written_leaves_the_previous_one_and_no_temporary(tmp_path, monkeypatch):
+    """Ctrl-C after the new page's bytes are written, before they are renamed over the old."""
     folder = fake_sweep(tmp_path / "sweep", [("none", 0, metrics("none", 0))])
     (folder / REPORT_HTML).write_text("the previous page")
-    from regbench.report.analysis import analyse
-    from regbench.report.ensembles import EnsembleReport
-    from regbench.report.groups import group_jobs
-    from regbench.report.jobs import load_sweeps
-
     jobs = load_sweeps([folder])
     grouping = group_jobs(jobs)
-    report = HtmlReport([folder], jobs, grouping, analyse(jobs, grouping), EnsembleReport([]),
-                        {"accuracy_vs_ece.png": TornFigure()})
+    report = HtmlReport([folder], jobs, grouping, analyse(jobs, grouping), EnsembleReport([]))
+
+    def interrupted(handle: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(files.os, "fsync", interrupted)
     with pytest.raises(KeyboardInterrupt):
         write_html_report(report)
     assert (folder / REPORT_HTML).read_text() == "the previous page"
