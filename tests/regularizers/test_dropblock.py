@@ -61,6 +61,16 @@ def test_each_seed_becomes_a_contiguous_block():
     assert torch.equal(block_mask(seeds, 2, 4)[0, 0], expected)
 
 
+@pytest.mark.parametrize("block_height, block_width", [(7, 7), (3, 3), (2, 4), (1, 5)])
+def test_the_mask_is_the_max_pool_of_the_padded_seeds(block_height, block_width):
+    # The reference's (and timm's) formulation: a stride-1 max-pool of the seeds over the block.
+    torch.manual_seed(0)
+    seeds = (torch.rand(4, 3, 16 - block_height + 1, 12 - block_width + 1) < 0.1).float()
+    padded = F.pad(seeds, (block_width - 1, block_width - 1, block_height - 1, block_height - 1))
+    pooled = F.max_pool2d(padded, (block_height, block_width), stride=1)
+    assert torch.equal(block_mask(seeds, block_height, block_width), pooled)
+
+
 def test_every_dropped_unit_lies_in_a_whole_dropped_block_inside_the_map():
     torch.manual_seed(0)
     out = drop_block(torch.ones(4, 8, 16, 16), drop_prob=0.3, block_size=5)
