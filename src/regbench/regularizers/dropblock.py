@@ -1,14 +1,14 @@
 """DropBlock (Ghiasi, Lin & Le 2018, "DropBlock: A regularization method for convolutional
 networks", NeurIPS).
 
-Dropout of contiguous b x b regions of convolutional feature maps, in training only. On a map of H
-x W with b clipped to the map (min(b, H), min(b, W)), block corners are drawn as Bernoulli(gamma)
+Dropout of contiguous b x b regions of convolutional feature maps, in training only. On an H-by-W
+map, with b clipped to the map (min(b, H), min(b, W)), block corners are drawn as Bernoulli(gamma)
 seeds only where a whole block fits, gamma = (1 - keep) * H * W / b^2 / ((H - b + 1)(W - b + 1)),
 so that about a share 1 - keep of the units is dropped; each seed's block is painted by pooling the
-seeds over a block-sized window (``block_mask``), and the kept units are scaled by numel / sum(kept
-mask) over the tensor. Masks are drawn per example and per channel, as in the TensorFlow reference
-(tensorflow/tpu models/official/resnet/resnet_model.py ``dropblock``: a uniform draw of the
-tensor's shape). ``drop_block`` is the functional core, ``DropBlock2d`` a module around it (as
+seeds over a block-sized window (``block_mask``), and the kept units are scaled by numel /
+sum(kept_mask) over the tensor. Masks are drawn per example and per channel, as in the TensorFlow
+reference (tensorflow/tpu models/official/resnet/resnet_model.py ``dropblock``: a uniform draw of
+the tensor's shape). ``drop_block`` is the functional core, ``DropBlock2d`` a module around it (as
 timm's layers/drop.py; timm couples the channels by default, the reference does not).
 
 Placement, by forward hooks on the built model (no model file changes; a hook's return value
