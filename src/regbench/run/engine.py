@@ -223,6 +223,8 @@ class Run:
             regularizer.configure_model(options)
         model = build_model(settings.model, data.input_shape, data.num_classes, options).to(device)
         finetune.use_weights_statistics(model, data)
+        if trainer.freeze_epochs:
+            finetune.split_body(model, trainer.freeze_epochs)  # refused here, before training
         for regularizer in regularizers:
             regularizer.on_model_built(model)
         optimizer = build_optimizer(settings.optimizer, param_groups(model, regularizers))
