@@ -259,7 +259,9 @@ def verdict_section(analysis: Analysis) -> Section:
     notes = "".join(element("li", esc(note)) for note in analysis.comparison_notes)
     parts = []
     if comparisons:
-        legend = " ".join(element("span", esc(text), class_=f"chip {name}") for name, text in LEGEND)
+        shown = {outcome_class(outcome(c)) for c in comparisons}
+        legend = " ".join(element("span", esc(text), class_=f"chip {name}")
+                          for name, text in LEGEND if name in shown)
         parts += [element("p", esc(verdict_counts(comparisons)), class_="lead"),
                   verdict_matrix(comparisons), element("p", legend, class_="legend"),
                   folded(f"All {len(comparisons)} verdicts in words", verdict_lines(comparisons),
@@ -281,7 +283,10 @@ def swatch(number: int) -> str:
     from regbench.report.plots import group_styles
 
     color = group_styles(number)[number - 1]["color"]
-    return element("span", str(number), class_="swatch", style=f"background:{color}")
+    red, green, blue = (int(color[i:i + 2], 16) for i in (1, 3, 5))
+    # Rec. 601 luma: white digits on the dark colours (black, blue, vermillion), black on the rest.
+    text = "#fff" if 0.299 * red + 0.587 * green + 0.114 * blue < 140 else "#000"
+    return element("span", str(number), class_="swatch", style=f"background:{color};color:{text}")
 
 
 def group_rows(grouping: Grouping) -> list[list[str]]:
@@ -324,7 +329,8 @@ DIFFERENCE_COLUMN = re.compile(r"(^|_)diff(_|$)|_(low|high)$")
 P_COLUMN = re.compile(r"(^|_)p(_|$)|^p_value")
 # comparisons.csv's interval columns, shown as one "[low, high]" column.
 INTERVAL_ENDS = ("_low", "_high")
-# Shown even when every row has the same value; other such columns become one sentence.
+# Shown even when every row has the same value; other such columns become one sentence (but
+# differences, whose unit changes with the metric).
 ALWAYS_SHOWN = {"group", "mean_diff", "verdict"}
 
 
@@ -380,7 +386,8 @@ def comparison_section(analysis: Analysis) -> Optional[Section]:
         return None
     columns = comparison_columns(rows)
     constant = [column for column in columns if len(column) == 1 and len(rows) > 1
-                and column[0] not in ALWAYS_SHOWN and len({str(row[column[0]]) for row in rows}) == 1]
+                and column[0] not in ALWAYS_SHOWN and not DIFFERENCE_COLUMN.search(column[0])
+                and len({str(row[column[0]]) for row in rows}) == 1]
     columns = [column for column in columns if column not in constant]
     numeric = [len(column) == 2 or isinstance(rows[0].get(column[0]), (int, float))
                for column in columns]
@@ -401,9 +408,10 @@ def comparison_section(analysis: Analysis) -> Optional[Section]:
         text += " In every row: " + "; ".join(
             f"{column_title(column)} {comparison_text(column[0], rows[0][column[0]], rows[0]['metric'])}"
             for column in constant) + "."
-    return Section("Comparisons", element("p", esc(text)) + table(
-        [column_title(column) for column in columns], body_rows, numeric, class_="comparisons"),
-        "comparisons")
+    listing = table([column_title(column) for column in columns], body_rows, numeric,
+                    class_="comparisons")
+    return Section("Comparisons", element("p", esc(text)) + folded(
+        f"All {len(rows)} comparisons", listing, len(rows) <= OPEN_ROWS), "comparisons")
 
 
 def shown_settings(jobs: Sequence[Job], grouping: Grouping) -> list[str]:
@@ -503,8 +511,11 @@ def markdown_sections(parts: Sequence[str], figures: "FigureSet") -> list[Sectio
         if not sections:
             sections.append(Section("Notes", ""))
         files = image_files(part)
+        items = [line for line in part.splitlines() if line.strip()]
         if files is not None:
             sections[-1].body += "".join(figures.take(name) for name in files)
+        elif len(items) > OPEN_ROWS and all(line.startswith("- ") for line in items):
+            sections[-1].body += folded(f"{len(items)} notes", card_grid(part, converter), False)
         else:
             sections[-1].body += card_grid(part, converter)
     return sections
@@ -718,13 +729,15 @@ def body_sections(report: HtmlReport, figures: FigureSet) -> list[Section]:
 
 
 def warnings_of(report: HtmlReport, figures: FigureSet) -> list[str]:
+    """The page's warnings, as HTML."""
     failed = [job for job in report.jobs if not job.completed]
     lines = []
     if failed:
-        lines.append(f"{len(failed)} of {len(report.jobs)} jobs did not complete "
-                     f"({status_counts(failed)}): they are not averaged; see Runs.")
-    lines += unusable_calibration_files(report.grouping.groups)
-    lines += figures.problems
+        lines.append(esc(f"{len(failed)} of {len(report.jobs)} jobs did not complete "
+                         f"({status_counts(failed)}): they are not averaged; see ")
+                     + '<a href="#runs">Runs</a>.')
+    lines += map(esc, unusable_calibration_files(report.grouping.groups))
+    lines += map(esc, figures.problems)
     return lines
 
 
@@ -739,7 +752,7 @@ def render_page(report: HtmlReport) -> str:
              f"baseline {baseline}; varying: {', '.join(varying) or 'nothing'}.")
     nav = " ".join(element("a", esc(section.title), href=f"#{section.anchor or slug(section.title)}")
                    for section in sections)
-    warnings = "".join(element("li", esc(line)) for line in warnings_of(report, figures))
+    warnings = "".join(element("li", line) for line in warnings_of(report, figures))
     header = (element("h1", esc(title)) + element("p", esc(facts), class_="facts")
               + (element("ul", warnings, class_="warnings") if warnings else "")
               + element("nav", nav))
@@ -791,7 +804,7 @@ th.rowgroup { background: #eef1f4; text-align: left; font-weight: 600; padding-t
 td.best { font-weight: 700; }
 td.label { min-width: 8rem; }
 tbody tr:nth-child(even) { background: #fbfcfd; }
-.swatch { display: inline-block; min-width: 1.4em; border-radius: 999px; color: #000;
+.swatch { display: inline-block; min-width: 1.4em; border-radius: 999px;
   text-align: center; font-size: .75rem; font-weight: 700; border: 1px solid #0003; }
 table.matrix td.verdict, table.matrix thead th.num { text-align: center; white-space: nowrap; }
 .verdict .diff { display: block; font-weight: 600; }
