@@ -5,6 +5,7 @@ constant learning rate the average's test NLL is far below the trained weights'.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import signal
@@ -93,6 +94,16 @@ def test_warm_up_reaches_the_decays_timms_docstring_quotes():
     # Without the warm-up, 570 digits steps leave 0.9998^569 = 89 % on the first step's weights.
     assert first_step_share(EmaConfig(warmup=False), 570) == pytest.approx(0.9998 ** 569)
     assert first_step_share(three_quarters, 570) < 1e-3
+
+
+def test_a_run_shorter_than_the_window_without_warm_up_is_warned_about(caplog):
+    caplog.set_level(logging.INFO, logger="regbench")
+    optimizer = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1)
+    for warmup, warned in ((False, True), (True, False)):
+        caplog.clear()
+        ema_of(nn.Linear(1, 1), warmup=warmup).wrap_scheduler(optimizer, None, steps_per_epoch=570)
+        assert ("the average will still be 89 % the first step's weights" in caplog.text) == warned
+        assert "ema: 570 steps; the decay reaches" in caplog.text
 
 
 def test_batchnorm_buffers_are_copied_from_the_trained_model_not_averaged():

@@ -22,6 +22,7 @@ weights. The run logs the effective decay (``ema/decay`` in metrics.json, and it
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -117,9 +118,14 @@ class Ema(Regularizer):
         window = 1 / (1 - final)  # the steps an exponential average with this decay spans
         reach = f"; {self.cfg.decay} from step {steps_to_reach(self.cfg, self.cfg.decay):,.0f} on" \
             if self.cfg.warmup else ""
+        first = first_step_share(self.cfg, total)
         log.info("ema: %d steps; the decay reaches %.5f by the last one (an average over about "
                  "%.0f steps, %.1f epochs; the first step's weights keep %.2g of it)%s", total,
-                 final, window, window / steps_per_epoch, first_step_share(self.cfg, total), reach)
+                 final, window, window / steps_per_epoch, first, reach)
+        if first > math.exp(-1):  # the run is shorter than the average's window 1 / (1 - decay)
+            log.warning("ema: the average will still be %.0f %% the first step's weights at the "
+                        "end: turn regularizer.ema.warmup on or lower regularizer.ema.decay",
+                        100 * first)
         return scheduler
 
     def on_step_end(self, model: nn.Module) -> None:
