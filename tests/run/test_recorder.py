@@ -36,7 +36,7 @@ def test_run_writes_layout_and_hparams_session_without_experiment(tmp_path):
     assert [c.title for c in layout.category] == [title for title, _, _ in SCALARS_LAYOUT]
     assert [c.closed for c in layout.category] == [False, False, True]  # test/, gap/ folded away
     charts = {chart.title: list(chart.multiline.tag) for chart in layout.category[0].chart}
-    assert charts["accuracy"] == ["^val/acc$"] and charts["ECE (fraction)"] == ["^val/ece$"]
+    assert charts["accuracy"] == ["val/acc$"] and charts["ECE (fraction)"] == ["val/ece$"]
     tags = plugin_tags(run, "hparams")
     assert hparams_metadata.EXPERIMENT_TAG not in tags  # the sweep's own summary defines columns
     start = hparams_metadata.parse_session_start_info_plugin_data(

@@ -38,6 +38,9 @@ GROUPS_DIR = "groups"
 # each name follows "report/groups/"); a longer one keeps its start and ends in a hash of the whole.
 MAX_GROUP_NAME = 48
 HASH_CHARS = 8
+# Per-epoch scalars a group run leaves out: the learning rate is a setting's schedule, the same for
+# every seed (the seed runs keep it), and would be the first chart Time Series shows.
+NOT_AVERAGED = frozenset({"lr"})
 
 # {group run name: {tag: {epoch: [one value per seed]}}}
 Curves = dict[str, dict[str, dict[int, list[float]]]]
@@ -165,8 +168,9 @@ def setting_text(value: Any) -> str:
 
 
 def group_curves(groups: Mapping[str, Group]) -> Curves:
-    """Every per-epoch scalar (``regbench.run.tensorboard.epoch_scalars``) of each group's
-    completed seeds, from their history.jsonl; a seed whose history cannot be read is left out."""
+    """Every per-epoch scalar (``regbench.run.tensorboard.epoch_scalars``, but NOT_AVERAGED) of
+    each group's completed seeds, from their history.jsonl; a seed whose history cannot be read is
+    left out."""
     from regbench.run.tensorboard import epoch_scalars
 
     curves: Curves = {}
@@ -180,7 +184,7 @@ def group_curves(groups: Mapping[str, Group]) -> Curves:
             for record in history:
                 epoch = int(record["epoch"])
                 for tag, value in epoch_scalars(record).items():
-                    if math.isfinite(value):
+                    if math.isfinite(value) and tag not in NOT_AVERAGED:
                         by_tag.setdefault(tag, {}).setdefault(epoch, []).append(value)
         if by_tag:
             curves[name] = by_tag
