@@ -169,8 +169,8 @@ def setting_text(value: Any) -> str:
 
 def group_curves(groups: Mapping[str, Group]) -> Curves:
     """Every per-epoch scalar (``regbench.run.tensorboard.epoch_scalars``, but NOT_AVERAGED) of
-    each group's completed seeds, from their history.jsonl; a seed whose history cannot be read is
-    left out."""
+    each group's completed seeds, from their history.jsonl; a seed whose history cannot be read,
+    and a line without an integer epoch, are left out."""
     from regbench.run.tensorboard import epoch_scalars
 
     curves: Curves = {}
@@ -182,7 +182,9 @@ def group_curves(groups: Mapping[str, Group]) -> Curves:
             except (OSError, ValueError):
                 continue
             for record in history:
-                epoch = int(record["epoch"])
+                epoch = record.get("epoch") if isinstance(record, dict) else None
+                if not isinstance(epoch, int) or isinstance(epoch, bool):
+                    continue  # a hand-edited line: its numbers have no step
                 for tag, value in epoch_scalars(record).items():
                     if math.isfinite(value) and tag not in NOT_AVERAGED:
                         by_tag.setdefault(tag, {}).setdefault(epoch, []).append(value)
