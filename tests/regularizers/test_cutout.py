@@ -94,7 +94,8 @@ def test_cutout_makes_training_harder_on_digits(tmp_path):
     train_in_process(tmp_path / "none", ["regularizer=none", *common])
     cut = train_in_process(tmp_path / "cutout", ["regularizer=cutout", *common])
     # Same seed: a 4 x 4 hole in every 8 x 8 digit makes the batches harder to fit. Measured (seed
-    # 0, 3 epochs): last epoch's training loss 0.17 without, 0.26 with; test accuracy 0.953, 0.931.
+    # 0, 3 epochs): last epoch's training loss 0.117 without, 0.344 with; test accuracy 0.953 and
+    # 0.931 (30 epochs, 3 seeds: 0.973 and 0.984).
     baseline_loss = read_history(tmp_path / "none")[-1]["train/loss"]
-    assert read_history(tmp_path / "cutout")[-1]["train/loss"] > baseline_loss * 1.2
+    assert read_history(tmp_path / "cutout")[-1]["train/loss"] > baseline_loss * 2
     assert cut["test/acc"] > 0.85

@@ -248,7 +248,8 @@ def test_dropblock_makes_training_harder_on_digits(tmp_path):
                                                         "regularizer.dropblock.keep_prob=0.7",
                                                         *common])
     # Same seed: the first epoch is almost unchanged (the rate starts at 0), the last one's
-    # training loss is higher. Measured (seed 0, 3 epochs, keep 0.7): 0.24 without, 0.30 with.
+    # training loss is higher. Measured (seed 0, 3 epochs, keep 0.7): first epoch 2.042 without,
+    # 2.052 with; last 0.239 and 0.298.
     baseline, with_dropblock = read_history(tmp_path / "none"), read_history(tmp_path / "dropblock")
     assert with_dropblock[0]["train/loss"] == pytest.approx(baseline[0]["train/loss"], rel=0.05)
     assert with_dropblock[-1]["train/loss"] > baseline[-1]["train/loss"] * 1.1

@@ -163,9 +163,10 @@ def test_random_erasing_makes_training_harder_on_digits(tmp_path):
     train_in_process(tmp_path / "none", ["regularizer=none", *common])
     erased = train_in_process(tmp_path / "erasing", ["regularizer=random_erasing", *common])
     # Same seed: the erased batches are harder to fit. Measured (seed 0, 3 epochs): last epoch's
-    # training loss 0.17 without, 0.22 with; test accuracy 0.953 and 0.939.
+    # training loss 0.117 without, 0.239 with; test accuracy 0.953 and 0.939 (30 epochs, 3 seeds:
+    # 0.973 and 0.980).
     baseline_loss = read_history(tmp_path / "none")[-1]["train/loss"]
-    assert read_history(tmp_path / "erasing")[-1]["train/loss"] > baseline_loss * 1.1
+    assert read_history(tmp_path / "erasing")[-1]["train/loss"] > baseline_loss * 1.5
     assert erased["test/acc"] > 0.85
 
 
