@@ -235,13 +235,17 @@ LEGEND = (("better", "better: the difference is significant and in the metric's 
 
 
 def verdict_counts(comparisons: Sequence[Comparison]) -> str:
+    """"12 comparisons (2 seed pairs each): 9 indistinguishable, 2 worse, 1 lower (...)"."""
     counts: dict[str, int] = {}
     for c in comparisons:
         counts[outcome(c)] = counts.get(outcome(c), 0) + 1
     total = len(comparisons)
+    pairs = sorted({c.paired.n_pairs for c in comparisons})
+    span = f"{pairs[0]}" if len(pairs) == 1 else f"{pairs[0]}–{pairs[-1]}"
     parts = ", ".join(f"{count} {word}" + (" (no better direction)" if word in (HIGHER, LOWER) else "")
                       for word, count in counts.items())
-    return f"{total} comparison{'' if total == 1 else 's'}: {parts}."
+    return (f"{total} comparison{'' if total == 1 else 's'} ({span} seed "
+            f"pair{'' if pairs[-1] == 1 else 's'} each): {parts}.")
 
 
 def verdict_lines(comparisons: Sequence[Comparison]) -> str:
@@ -254,6 +258,17 @@ def verdict_lines(comparisons: Sequence[Comparison]) -> str:
     return "\n".join(blocks)
 
 
+def significant_lines(comparisons: Sequence[Comparison]) -> str:
+    """The verdicts that found a difference, in words (the others are one click away)."""
+    found = [c for c in comparisons if c.verdict in (HIGHER, LOWER)]
+    if not found:
+        return element("p", esc(f"No difference is significant: every comparison is "
+                                f"{INDISTINGUISHABLE} or has too few seeds."))
+    items = "".join(element("li", esc(verdict_line(c)), class_=outcome_class(outcome(c)))
+                    for c in found)
+    return element("h3", "Significant differences") + element("ul", items, class_="verdicts")
+
+
 def verdict_section(analysis: Analysis) -> Section:
     comparisons = analysis.comparisons
     notes = "".join(element("li", esc(note)) for note in analysis.comparison_notes)
@@ -262,13 +277,13 @@ def verdict_section(analysis: Analysis) -> Section:
         shown = {outcome_class(outcome(c)) for c in comparisons}
         legend = " ".join(element("span", esc(text), class_=f"chip {name}")
                           for name, text in LEGEND if name in shown)
+        method = element("p", esc(comparison_method_text(comparisons, analysis.selectors)))
         parts += [element("p", esc(verdict_counts(comparisons)), class_="lead"),
                   verdict_matrix(comparisons), element("p", legend, class_="legend"),
-                  folded(f"All {len(comparisons)} verdicts in words", verdict_lines(comparisons),
-                         len(comparisons) <= OPEN_ROWS),
-                  folded("How the verdicts are computed",
-                         element("p", esc(comparison_method_text(comparisons, analysis.selectors))),
-                         False)]
+                  significant_lines(comparisons),
+                  folded(f"All {len(comparisons)} verdicts in words, with their caveats",
+                         verdict_lines(comparisons), False),
+                  folded("How the verdicts are computed", method, False)]
     else:
         parts.append(element("p", "No comparisons: only one group." if not notes else "No comparisons."))
     if notes:
@@ -296,7 +311,7 @@ def group_rows(grouping: Grouping) -> list[list[str]]:
     rows = []
     for number, (group, warning) in enumerate(zip(grouping.groups, warnings), 1):
         done = group.completed
-        cells = [element("td", f"{swatch(number)} {esc(group.label)}", class_="label"),
+        cells = [element("td", f"{swatch(number)}&nbsp;{esc(group.label)}", class_="label"),
                  cell(len(done), numeric=True)]
         for key, _, spec in TABLE_COLUMNS:
             values = finite_values(done, key)
