@@ -60,7 +60,7 @@ def test_default_run_prints_a_summary(default_run):
 def test_default_run_folder_layout(default_run):
     cwd, _ = default_run
     run_dir = only_run_folder(cwd / "outputs")
-    # outputs/runs/<date>/<time with microseconds>
+    # outputs/runs/<date>/<time>_<overrides> (none here: the default run)
     assert run_dir.relative_to(cwd).parts[:2] == ("outputs", "runs")
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert (run_dir / "last.pt").is_file()
