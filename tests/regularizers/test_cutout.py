@@ -89,6 +89,7 @@ def test_size_below_one_pixel_is_refused_in_one_line(size):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_cutout_makes_training_harder_on_digits(tmp_path):
     common = ["seed=0", "evaluation.calibrators=[]"]
     train_in_process(tmp_path / "none", ["regularizer=none", *common])

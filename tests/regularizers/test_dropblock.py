@@ -241,6 +241,7 @@ def test_the_mlp_is_refused_in_one_line_before_training(tmp_path):
     assert not (tmp_path / "history.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_dropblock_makes_training_harder_on_digits(tmp_path):
     common = ["model=convnet", "seed=0", "evaluation.calibrators=[]"]
     train_in_process(tmp_path / "none", ["regularizer=none", *common])

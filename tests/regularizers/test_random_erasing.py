@@ -158,6 +158,7 @@ def test_bad_values_are_refused_in_one_line(key, value):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_random_erasing_makes_training_harder_on_digits(tmp_path):
     common = ["seed=0", "evaluation.calibrators=[]"]
     train_in_process(tmp_path / "none", ["regularizer=none", *common])
