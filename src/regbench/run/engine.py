@@ -188,6 +188,10 @@ class Run:
         # channels_last speeds up convolutions on CUDA; a no-op layout for MLPs.
         self.memory_format = torch.channels_last if device.type == "cuda" else torch.preserve_format
         step_model = WithFeatures(model)
+        if settings.trainer.compile:
+            # A process that runs several jobs (joblib's workers) would reuse the previous run's
+            # compiled graph, skipping forward hooks the new run's regularizers added (DropBlock).
+            torch._dynamo.reset()
         self.step_model = torch.compile(step_model) if settings.trainer.compile else step_model
         self.steps_per_epoch = len(data.train)
         # Checking the loss every step costs a device sync on CUDA; on CPU it is free.
