@@ -481,7 +481,7 @@ def problem_list(failed: Sequence[Job]) -> str:
 
 # --- the sections other modules write as markdown ----------------------------------------------------
 
-IMAGE_LINE = re.compile(r"^!\[[^\]]*\]\(([^)\s]+)\)$")
+IMAGE_LINE = re.compile(r"^!\[([^\]]*)\]\(([^)\s]+)\)$")
 # Python-Markdown's processors for raw HTML, entities, links and images (3.x registry names): off,
 # so text is only ever text and nothing points outside the page.
 UNSAFE_PROCESSORS = {"preprocessors": ("html_block",),
@@ -507,11 +507,11 @@ def markdown_html(text: str, converter: Any) -> str:
     return converted.replace("<table>", '<div class="scroll"><table>').replace("</table>", "</table></div>")
 
 
-def image_files(part: str) -> Optional[list[str]]:
-    """The files of a part made only of ``![alt](file)`` lines, else None."""
+def image_files(part: str) -> Optional[list[tuple[str, str]]]:
+    """(file, alt text) of each line of a part made only of ``![alt](file)`` lines, else None."""
     lines = [line.strip() for line in part.strip().splitlines() if line.strip()]
     matches = [IMAGE_LINE.match(line) for line in lines]
-    return [m.group(1) for m in matches] if lines and all(matches) else None
+    return [(m.group(2), m.group(1)) for m in matches] if lines and all(matches) else None
 
 
 def markdown_sections(parts: Sequence[str], figures: "FigureSet") -> list[Section]:
@@ -528,7 +528,7 @@ def markdown_sections(parts: Sequence[str], figures: "FigureSet") -> list[Sectio
         files = image_files(part)
         items = [line for line in part.splitlines() if line.strip()]
         if files is not None:
-            sections[-1].body += "".join(figures.take(name) for name in files)
+            sections[-1].body += "".join(figures.take(name, alt) for name, alt in files)
         elif len(items) > OPEN_ROWS and all(line.startswith("- ") for line in items):
             sections[-1].body += folded(f"{len(items)} notes", card_grid(part, converter), False)
         else:
@@ -595,7 +595,9 @@ class FigureSet:
     used: set[str] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
 
-    def take(self, name: str) -> str:
+    def take(self, name: str, alt: str = "") -> str:
+        """The figure with its caption (``CAPTIONS``, else ``alt``, else the file's name), or ""
+        when it was placed already, was not drawn or shows no plot."""
         if name in self.used or name not in self.figures:
             return ""
         self.used.add(name)
@@ -606,7 +608,7 @@ class FigureSet:
             return ""
         if uri is None:
             return ""
-        caption = CAPTIONS.get(name, Path(name).stem.replace("_", " "))
+        caption = CAPTIONS.get(name) or alt[:1].upper() + alt[1:] or Path(name).stem.replace("_", " ")
         return element("figure", f'<img src="{uri}" alt="{esc(caption)}" loading="eager">'
                                  + element("figcaption", f"{esc(caption)} <code>{esc(name)}</code>"))
 
@@ -775,9 +777,9 @@ def render_page(report: HtmlReport) -> str:
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
             f"<title>{esc(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<main>\n"
-            f"<header>{header}</header>\n{body}\n<footer>Written by regbench-report from "
-            f"{esc(SUMMARY_CSV)}'s runs; the same numbers, full precision, in the CSV files next "
-            "to this page.</footer>\n</main>\n</body>\n</html>\n")
+            f"<header>{header}</header>\n{body}\n<footer>Written by regbench-report; every number at "
+            f"full precision in {esc(SUMMARY_CSV)}, {esc(COMPARISONS_CSV)} and the other CSV files "
+            "next to this page.</footer>\n</main>\n</body>\n</html>\n")
 
 
 # Readable at any width: text column up to 72 rem, tables scroll inside their own box, long
