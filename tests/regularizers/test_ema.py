@@ -188,7 +188,6 @@ def test_a_run_interrupted_by_sigterm_resumes_to_the_uninterrupted_metrics(tmp_p
 
 @pytest.mark.slow
 def test_cli_run_with_ema_and_label_smoothing(tmp_path):
-    metrics, history = train_with_cli(tmp_path, ["regularizer=[ema,label_smoothing]",
-                                                 "model.hidden_sizes=[64]"])
+    metrics, history = train_with_cli(tmp_path, ["regularizer=[ema,label_smoothing]", *SMALL])
     assert "test_raw/acc" in metrics and "val_raw/acc" in history[-1]
     assert metrics["ema/updates"] == 2 * 19

@@ -215,6 +215,6 @@ def test_a_run_interrupted_by_sigterm_in_the_swa_phase_resumes_to_the_uninterrup
 
 @pytest.mark.slow
 def test_cli_run_with_swa_and_batchnorm(tmp_path):
-    metrics, history = train_with_cli(tmp_path, ["regularizer=[batchnorm,swa]",
-                                                 "model.hidden_sizes=[64]"])
+    metrics, history = train_with_cli(tmp_path, ["regularizer=[batchnorm,swa]", *SMALL])
     assert metrics["swa/snapshots"] == 1 and "test_raw/acc" in metrics
+    assert not any(key.startswith("val_raw/") for record in history for key in record)  # BatchNorm
