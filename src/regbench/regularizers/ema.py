@@ -13,10 +13,11 @@ The average is torch.optim.swa_utils' ``AveragedModel`` with its EMA update
 statistics) are copied from the trained model at every update rather than averaged, as the issue
 asks (#25): ``AveragedModel(use_buffers=False)``, timm's ``exclude_buffers=True``.
 
-On small data the warm-up decides everything: 0.9998 (1 / (1 - 0.9998) = 5,000-step window) is
-reached only after 0.0002^(-1/power) ~ 85,000 steps (power 3/4), while a 30-epoch digits run takes
-about 600; without the warm-up the average would still hold 0.9998^600 ~ 89 % of the first step's
-weights. The run logs the effective decay (``ema/decay`` in metrics.json, and its log lines).
+On small data the warm-up decides everything: 0.9998 (a 1 / (1 - 0.9998) = 5,000-step window) is
+reached only after 0.0002^(-1/power) - 1 = 85,498 steps (power 3/4), while a 30-epoch digits run
+takes 570; without the warm-up the average would still hold 0.9998^569 = 89 % of the first step's
+weights at the end (the run warns about that). The run logs the decay it will reach and the decay
+after its first and last epochs, and records ``ema/decay`` (the last update's) in metrics.json.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class EmaConfig:
     warmup: bool = True
     # The warm-up 1 - (1 + t / gamma)^-power: gamma 1 and power 3/4, "for models you plan to train
     # for less" than the million steps power 2/3 suits (crowsonkb's notes in timm ModelEmaV3's
-    # docstring; timm's default is 2/3). A digits run is ~600 steps.
+    # docstring; timm's default is 2/3). A 30-epoch digits run is 570 steps.
     warmup_power: float = 0.75
     warmup_gamma: float = 1.0
     # Also measure the trained weights (val_raw/, test_raw/) beside the average.

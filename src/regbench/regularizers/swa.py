@@ -10,6 +10,11 @@ BatchNorm statistics recomputed over the training split (``update_bn``, the engi
 ``recompute_bn``; the average has no running statistics of its own), and the trained weights
 under ``test_raw/`` unless ``evaluate_raw`` is false.
 
+This is torch's recipe (its SWALR documentation): the anneal follows the start, where the paper's
+schedule decays to the SWA lr before it (from 50 % to 90 % of the start epoch). Under the default
+cosine schedule the lr at 75 % of the run is 0.15 x its peak, so SWALR raises it to the SWA lr,
+0.5 x the peak: SWA averages the weights of a high constant lr instead of annealing to zero.
+
 Validation measures the trained weights until the test phase when the model has BatchNorm (the
 average's statistics exist only after ``update_bn``, a pass over the training split). Without
 BatchNorm nothing is stale, so from the first averaged epoch on ``val/`` is the average and
