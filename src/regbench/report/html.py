@@ -311,7 +311,10 @@ def group_rows(grouping: Grouping) -> list[list[str]]:
     rows = []
     for number, (group, warning) in enumerate(zip(grouping.groups, warnings), 1):
         done = group.completed
-        cells = [element("td", f"{swatch(number)}&nbsp;{esc(group.label)}", class_="label"),
+        # The swatch stays on the line of the label's first word (an inline-block may wrap).
+        first, _, rest = group.label.partition(" ")
+        label = element("span", f"{swatch(number)} {esc(first)}", class_="nowrap")
+        cells = [element("td", f"{label} {esc(rest)}" if rest else label, class_="label"),
                  cell(len(done), numeric=True)]
         for key, _, spec in TABLE_COLUMNS:
             values = finite_values(done, key)
@@ -818,7 +821,7 @@ th.num { text-align: right; } td.num { text-align: right; white-space: nowrap; }
 td[style*="right"] { white-space: nowrap; }
 tbody th { text-align: left; font-weight: 600; }
 th.rowgroup { background: #eef1f4; text-align: left; font-weight: 600; padding-top: .45rem; }
-td.best { font-weight: 700; }
+td.best { font-weight: 700; } .nowrap { white-space: nowrap; }
 td.label { min-width: 8rem; }
 tbody tr:nth-child(even) { background: #fbfcfd; }
 .swatch { display: inline-block; min-width: 1.4em; border-radius: 999px;
