@@ -45,9 +45,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
-
 from bench import (  # scripts/bench.py: the same synthetic folder, loop and timer
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -57,6 +54,9 @@ from bench import (  # scripts/bench.py: the same synthetic folder, loop and tim
     timed,
     write_synthetic_image_folder,
 )
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
 from regbench.cli.compose import compose_settings
 from regbench.machine import free_cores
 from regbench.regularizers import REGULARIZERS

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from scipy import stats
 from scipy.spatial.distance import jensenshannon as scipy_jensenshannon
 
-from conftest import FAST, compose_config, train_with_cli
+from conftest import FAST, compose_config, read_history, train_in_process
 from regbench.config import ConfigError
 from regbench.regularizers import REGULARIZERS, RunContext, StepOutput, build_regularizers
 from regbench.regularizers import augmix as A
@@ -214,8 +214,11 @@ def test_the_consistency_loss_makes_predictions_on_augmented_views_agree_on_digi
 
 
 @pytest.mark.slow
-def test_cli_run_after_crop_flip_and_cutmix(tmp_path):
-    metrics, history = train_with_cli(tmp_path, ["regularizer=[augmentation,cutmix,augmix]"])
+def test_a_run_after_crop_flip_and_cutmix_logs_both_terms(tmp_path):
+    metrics = train_in_process(tmp_path / "run", ["regularizer=[augmentation,cutmix,augmix]",
+                                                  "trainer.epochs=1", "evaluation.calibrators=[]"])
+    assert metrics["status"] == "completed"
     assert sorted(metrics["regularizer"]) == ["augmentation", "augmix", "cutmix"]
-    assert {"train/loss_augmix", "train/loss_augmix_jsd"} <= set(history[-1])
-    assert "train/loss_ce" not in history[-1]
+    record = read_history(tmp_path / "run")[-1]
+    assert {"train/loss_augmix", "train/loss_augmix_jsd"} <= set(record)
+    assert "train/loss_ce" not in record and 0 <= record["train/acc"] <= 1

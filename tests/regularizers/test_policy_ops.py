@@ -70,6 +70,9 @@ def test_batched_operations_equal_torchvisions_per_image_call(name, channels):
     table = P.OperationTable(ops, bins, 12, 12, interpolation)
     combos = [(op, b, s) for op in range(-1, len(ops)) for b in (0, bins // 2, bins - 1)
               for s in (0, 1)]
+    # In a shuffled order, so that the groups' images are spread over the batch.
+    order = torch.randperm(len(combos), generator=torch.Generator().manual_seed(0))
+    combos = [combos[i] for i in order]
     draws = P.Draws(torch.tensor([c[0] for c in combos]), torch.tensor([c[1] for c in combos]),
                     torch.tensor([bool(c[2]) for c in combos]))
     images = distinct_images(len(combos), channels)
