@@ -23,11 +23,12 @@ from sweep_folders import fake_sweep, write_calibration
 
 from regbench import files
 from regbench.files import TEMPORARY_GLOB
+from regbench.report import html as html_report
 from regbench.report.analysis import analyse
 from regbench.report.command import main, make_report
 from regbench.report.ensembles import EnsembleReport
 from regbench.report.groups import group_jobs
-from regbench.report.html import HtmlReport, write_html_report
+from regbench.report.html import HtmlReport, figure_uri, write_html_report
 from regbench.report.jobs import load_sweeps
 from regbench.report.outputs import REPORT_HTML, SUMMARY_CSV
 
@@ -213,6 +214,21 @@ def test_a_sweep_of_one_group_gives_a_page_without_comparisons(tmp_path):
     assert order[:2] == ["verdicts", "groups"] and "comparisons" not in order
     assert "No comparisons" in page.section_text["verdicts"]
     assert "has no readable multirun.yaml" in page.section_text["reproduce"]
+
+
+def test_a_figure_is_embedded_as_svg_or_past_the_limit_as_the_png_beside_the_page(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(2, 2))
+    figure.subplots().plot([0, 1], [1, 0])
+    figure.savefig(tmp_path / "plot.png")
+    assert figure_uri(tmp_path, "plot.png", figure).startswith("data:image/svg+xml;base64,")
+    monkeypatch.setattr(html_report, "SVG_LIMIT", 100)
+    kind, _, data = figure_uri(tmp_path, "plot.png", figure).partition(";base64,")
+    assert kind == "data:image/png" and base64.b64decode(data) == (tmp_path / "plot.png").read_bytes()
+    sentence = Figure()
+    sentence.text(0.5, 0.5, "Ranks across settings: skipped")
+    assert figure_uri(tmp_path, "ranks.png", sentence) is None  # its text is in the page
 
 
 def test_a_page_interrupted_while_written_leaves_the_previous_one_and_no_temporary(tmp_path, monkeypatch):

@@ -407,7 +407,7 @@ def comparison_section(analysis: Analysis) -> Optional[Section]:
                 and column[0] not in ALWAYS_SHOWN and not DIFFERENCE_COLUMN.search(column[0])
                 and len({str(row[column[0]]) for row in rows}) == 1]
     columns = [column for column in columns if column not in constant]
-    numeric = [len(column) == 2 or isinstance(rows[0].get(column[0]), (int, float))
+    numeric = [len(column) == 2 or any(isinstance(row.get(column[0]), (int, float)) for row in rows)
                for column in columns]
     body_rows: list[list[str]] = []
     previous = None
