@@ -216,6 +216,21 @@ def test_a_sweep_of_one_group_gives_a_page_without_comparisons(tmp_path):
     assert "has no readable multirun.yaml" in page.section_text["reproduce"]
 
 
+def test_a_section_written_as_markdown_shows_html_as_text_and_links_nowhere(tmp_path):
+    parts = ["## Notes on <i>x</i>", f"- {INJECTED} in `a<b`, **bold**",
+             "[a link](https://example.com) <https://example.com> ![a picture](https://example.com/x.png)",
+             "![accuracy](accuracy_vs_ece.png)", "| a | b |\n|---|---:|\n| <b>1</b> | 2 |"]
+    figures = html_report.FigureSet(tmp_path, {})
+    (section,) = html_report.markdown_sections(parts, figures)
+    page = Page(section.html())
+    assert {tag for tag, _ in page.elements} == {"section", "h2", "ul", "li", "code", "strong", "p",
+                                                 "div", "table", "thead", "tbody", "tr", "th", "td"}
+    text = page.section_text["notes-on-i-x-i"]
+    assert section.title == "Notes on <i>x</i>" and INJECTED in text and "a<b" in text
+    assert "[a link](https://example.com)" in text  # as it was written, not a link
+    assert not any(name in attributes for _, attributes in page.elements for name in ("href", "src"))
+
+
 def test_a_figure_is_embedded_as_svg_or_past_the_limit_as_the_png_beside_the_page(tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 
