@@ -147,6 +147,16 @@ def test_bad_values_are_refused_in_one_line(key, value):
         OmegaConf.to_object(cfg)
 
 
+def test_ema_and_swa_together_are_refused_in_one_line():
+    from regbench.regularizers import build_regularizers
+    from regbench.regularizers.swa import SwaConfig
+
+    context = RunContext(dataset="digits", model="mlp", num_classes=10, epochs=3, optimizer="sgd")
+    with pytest.raises(ConfigError, match=r"^regularizer=\['ema', 'swa'\] is not allowed: ema and "
+                                          r"swa each keep a weight average[^\n]+$"):
+        build_regularizers({"ema": EmaConfig(), "swa": SwaConfig()}, context)
+
+
 @pytest.mark.slow
 def test_the_average_lowers_test_nll_at_a_high_constant_learning_rate(tmp_path):
     # Measured (seeds 0-3, 5 epochs, lr 0.5 constant): test NLL 0.21/0.24/0.15/0.20 for the

@@ -100,6 +100,8 @@ class Regularizer:
     owns_base_loss: ClassVar[bool] = False
     # True: the averaged weights need BatchNorm statistics recomputed before the test (SWA).
     recompute_bn: ClassVar[bool] = False
+    # True: averaged_weights() returns a weight average (ema, swa): at most one per run.
+    keeps_average: ClassVar[bool] = False
     # False: the trained (raw) weights are not measured beside averaged_weights().
     evaluate_raw: bool = True
 
@@ -198,6 +200,10 @@ def build_regularizers(configs: dict[str, Any], context: RunContext) -> list[Reg
     if len(owners) > 1:
         raise ConfigError(f"regularizer={names} is not allowed: {' and '.join(owners)} each replace "
                           f"the cross-entropy (they own the base loss); choose one of them")
+    averages = [name for name in names if REGULARIZERS.get(name).keeps_average]
+    if len(averages) > 1:
+        raise ConfigError(f"regularizer={names} is not allowed: {' and '.join(averages)} each keep "
+                          f"a weight average for validation and the test to measure; choose one")
     regularizers = [REGULARIZERS.get(name)(configs[name]) for name in names]
     for regularizer in regularizers:
         regularizer.setup(context)

@@ -89,6 +89,7 @@ def steps_to_reach(cfg: EmaConfig, decay: float) -> float:
 
 @register_regularizer("ema", EmaConfig)
 class Ema(Regularizer):
+    keeps_average = True
     def __init__(self, cfg: EmaConfig) -> None:
         super().__init__(cfg)
         self.evaluate_raw = cfg.evaluate_raw

@@ -135,6 +135,7 @@ def has_batchnorm(model: nn.Module) -> bool:
 
 @register_regularizer("swa", SwaConfig)
 class Swa(Regularizer):
+    keeps_average = True
     recompute_bn = True
 
     def __init__(self, cfg: SwaConfig) -> None:
