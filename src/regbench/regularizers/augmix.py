@@ -17,13 +17,14 @@ ImageNet-C the method is tested on; regbench measures exactly those corruptions
 Magnitudes: torchvision's bins; the paper's code draws levels uniform on [0.1, severity] of 10 and
 so reaches 0.3 of each range at severity 3 where the bins reach 2/9.
 
-The consistency loss (``jsd``, the paper's §3 and its cifar.py): the batch becomes (clean, aug1,
-aug2), 3B images with 3B labels, passed through the model together (BatchNorm sees all three, as
-in the paper's code); the loss is the cross-entropy of the clean third plus ``jsd_weight`` (12)
-times JS(p_clean, p_aug1, p_aug2) = mean_i KL(p_i || M), M the mean of the three (clamped to
-[1e-7, 1] as there), logged as train/loss_augmix and train/loss_augmix_jsd. So with ``jsd`` AugMix
-owns the base loss: focal_loss and logit_norm cannot be combined with it (build_regularizers
-refuses two owners). train/acc is measured over all 3B images the optimizer saw. With
+The consistency loss (``jsd``, the paper's Jensen-Shannon consistency loss as its cifar.py
+computes it): the batch becomes (clean, aug1, aug2), 3B images with 3B labels, passed through the
+model together (BatchNorm sees all three, as in the paper's code); the loss is the cross-entropy
+of the clean third plus ``jsd_weight`` (12) times JS(p_clean, p_aug1, p_aug2) = mean_i KL(p_i ||
+M), M the mean of the three (clamped to [1e-7, 1] as there), logged as train/loss_augmix and
+train/loss_augmix_jsd. So with ``jsd`` AugMix owns the base loss: focal_loss and logit_norm cannot
+be combined with it (build_regularizers refuses two owners; it asks the class, so today it also
+refuses them with ``jsd=false``). train/acc is measured over all 3B images the optimizer saw. With
 ``jsd=false`` each image is replaced by its one AugMix image and the loss is the engine's plain
 cross-entropy (train/loss_ce).
 
@@ -61,7 +62,7 @@ MAX_CHAIN_DEPTH = 3  # depth -1: 1, 2 or 3 operations per chain (the paper's cod
 @dataclass
 class AugMixConfig:
     # severity 3, width 3, depth -1 (1-3), alpha 1: the paper's CIFAR settings (Hendrycks et al.
-    # 2020, §4.1 and cifar.py's defaults), also torchvision's v2.AugMix defaults.
+    # 2020; its cifar.py's defaults), also torchvision's v2.AugMix defaults.
     severity: int = 3
     width: int = 3
     depth: int = -1
