@@ -139,7 +139,8 @@ def autoaugment_draws(batch: int, policy: PolicyTensors) -> tuple[torch.Tensor, 
 @register_regularizer("autoaugment", AutoAugmentConfig)
 class AutoAugment(PolicyRegularizer):
     ops = AUTOAUGMENT_OPS
-    # AutoAugment's magnitudes: 10 bins (Cubuk et al. 2019, §3: "10 values (uniform spacing)").
+    # AutoAugment's magnitudes: 10 uniformly spaced values per operation (Cubuk et al. 2019, the
+    # search space; torchvision's AutoAugment uses the same 10 bins).
     num_bins = 10
 
     def __init__(self, cfg: AutoAugmentConfig) -> None:
