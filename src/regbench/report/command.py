@@ -100,8 +100,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"{PROGRAM}: error: {error}", file=sys.stderr)
         sys.exit(2)
     print(text, end="")
-    outputs = ", ".join([SUMMARY_CSV, SUMMARY_MD, COMPARISONS_CSV, ENSEMBLES_CSV, *PLOT_FILES.values(),
-                         COMPARISONS_PNG, RANKS_PNG, REPORT_HTML, f"{REPORT_EVENTS_DIR}/ (TensorBoard)"])
+    # comparisons.png and ranks.png are drawn only when they have something to show (plots.py).
+    written = [name for name in (SUMMARY_CSV, SUMMARY_MD, COMPARISONS_CSV, ENSEMBLES_CSV,
+                                 *PLOT_FILES.values(), COMPARISONS_PNG, RANKS_PNG, REPORT_HTML)
+               if (args.sweep[0] / name).is_file()]
+    outputs = ", ".join([*written, f"{REPORT_EVENTS_DIR}/ (TensorBoard)"])
     print(f"\nwrote {outputs} in {args.sweep[0]}")
     print(f"open it:      {(args.sweep[0] / REPORT_HTML).resolve()}  (one self-contained page)")
     print(f"see it:       tensorboard --logdir {args.sweep[0]}  (Text, Images, HParams tabs)")
