@@ -2,16 +2,18 @@
 
 Nothing in it is fetched: no script, no external style sheet or font, every figure embedded as a
 ``data:`` URI (SVG rendered from the matplotlib figure itself, PNG where the SVG would be large).
-Verdicts first (a matrix of better/worse per group and metric, then every verdict in words), then
-the tables (groups, comparisons, ranks, corruption shift, OOD and ensembles when present), the
-calibration panel (its tables and the reliability and confidence figures), the other figures, the
-runs (failed and unfinished ones named), and the commands that reproduce the sweep and the report.
+Verdicts first (a matrix of better/worse per group and metric, the significant differences in
+words, every verdict folded below), then the tables (groups, comparisons, ranks, corruption shift,
+OOD and ensembles when present), the calibration panel (metrics x calibrators as one table, the
+reliability and confidence figures), the other figures, the runs (failed and unfinished ones
+named), and the commands that reproduce the sweep and the report.
 
 What make_report already has is rendered from its objects (analysis, grouping, jobs, summary.csv's
-rows), every string through ``html.escape``. The sections other modules write only as markdown
-(calibration, ranks, shift, OOD, ensembles, probes, duplicates) are converted with Python-Markdown
-(a tensorboard dependency, so always installed) with raw HTML, entities, links and images turned
-off: whatever a label or an error message holds is shown as text.
+rows, the calibration metrics), every string through ``html.escape``. The text other modules write
+only as markdown (ranks, shift, OOD, ensembles, probes, duplicates, the calibration notes) is
+converted with Python-Markdown (a tensorboard dependency, so always installed) with raw HTML,
+entities, links and images turned off: whatever a label or an error message holds is shown as
+text, and a ``![...](file)`` line becomes that figure, embedded.
 """
 
 from __future__ import annotations
