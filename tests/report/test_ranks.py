@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from matplotlib.image import imread
 from scipy import stats as scipy_stats
+from sweep_folders import fake_sweep, read_comparisons
 
 from regbench.report.command import main, make_report
-from sweep_folders import fake_sweep, read_comparisons
 
 
 def test_ranks_across_datasets_from_several_sweep_folders(tmp_path):
@@ -29,6 +29,7 @@ def test_ranks_across_datasets_from_several_sweep_folders(tmp_path):
     assert f"χ²_F = {chi2:.3f}" in ranks
     assert "CD = q_α · sqrt(k(k+1)/(6N)) = 1.914" in ranks  # 2.3437 · sqrt(3·4 / (6·3))
     assert imread(folders[0] / "ranks.png").shape[1] >= 800
+    assert "![ranks](ranks.png)" in text
     # Comparisons stay within a dataset: each regularizer against none on the same data.
     rows = read_comparisons(folders[0])
     assert {(r["group"], r["baseline"]) for r in rows} == {
@@ -37,8 +38,12 @@ def test_ranks_across_datasets_from_several_sweep_folders(tmp_path):
     assert all(not (folder / "summary.md").exists() for folder in folders[1:])
 
 
-def test_one_block_skips_the_ranks_with_a_line(tmp_path):
+def test_one_block_skips_the_ranks_with_a_line_and_no_picture(tmp_path):
     runs = [(reg, s, {"test/acc": 0.9}) for reg in ("none", "dropout", "label_smoothing") for s in range(2)]
     folder = fake_sweep(tmp_path / "sweep", runs)
     text = make_report(folder)
     assert "Ranks across settings: skipped, the sweep covers 1 block" in text
+    # The issue: ranks.png was a picture of that sentence, and summary.md embedded it.
+    assert not (folder / "ranks.png").exists()
+    assert "![ranks](ranks.png)" not in text and "- No ranks.png drawn." in text
+    assert "![comparisons](comparisons.png)" in text and (folder / "comparisons.png").is_file()

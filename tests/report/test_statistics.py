@@ -142,6 +142,8 @@ def test_power_matches_simulated_t_tests():
     t = differences.mean(axis=1) / (differences.std(axis=1, ddof=1) / math.sqrt(5))
     rejected = float((np.abs(t) > stats.t.ppf(0.975, 4)).mean())
     assert rejected == pytest.approx(float(paired_t_power(np.array([5]), 1.0)[0]), abs=0.012)
+    # Without a difference a two-sided test rejects alpha of the time, half in each tail.
+    assert paired_t_power(np.array([2, 5, 50]), 0.0).tolist() == pytest.approx([0.05] * 3)
 
 
 def test_seeds_needed_is_never_fewer_than_the_pairs_run_and_capped():

@@ -47,8 +47,8 @@ def present(groups: Sequence[Group], key: str) -> bool:
 
 def worse_than_raw(group: Group, calibrator: str) -> tuple[int, int]:
     """(runs whose test NLL after ``calibrator`` is above their raw test NLL, runs with both)."""
-    pairs = [(metric_value(job, metric_key("nll", calibrator)), metric_value(job, metric_key("nll")))
-             for job in group.completed]
+    pairs = [(metric_value(job, metric_key("nll", calibrator)),
+              metric_value(job, metric_key("nll"))) for job in group.completed]
     pairs = [(after, raw) for after, raw in pairs if after is not None and raw is not None]
     return sum(after > raw for after, raw in pairs), len(pairs)
 
@@ -66,9 +66,9 @@ def calibration_cell(group: Group, metric: str, calibrator: str) -> str:
 
 
 WORSE_NLL_NOTE = ("⚠ k/n: in k of the group's n runs this calibrator's test NLL is worse than the "
-                  "raw softmax's: it hurts the probabilities it should improve (isotonic "
-                  "regression on a small validation split assigns near-zero probability to classes "
-                  "it saw no example of; evaluation/calibrators.py).")
+                  "raw softmax's: it hurts the probabilities it should improve (a flexible "
+                  "calibrator such as isotonic regression overfits a small validation split); each "
+                  "such run's log says so (evaluation/calibrators.py).")
 
 
 def calibration_table_markdown(groups: Sequence[Group]) -> str:

@@ -24,6 +24,7 @@ from regbench.report.groups import (
     Grouping,
     did_not_learn,
     finite_values,
+    format_number,
     full_settings,
     is_number,
     is_regularizer_key,
@@ -346,7 +347,7 @@ def build_comparisons(jobs: Sequence[Job], grouping: Grouping,
     return comparisons, notes
 
 
-# --- direction ---------------------------------------------------------------------------------------
+# --- direction ------------------------------------------------------------------------------
 
 def better_direction(metric: str) -> Optional[str]:
     """HIGHER or LOWER: which way the metric is better (spec.lower_is_better); None for a metric
@@ -380,8 +381,10 @@ def number(value: Optional[float]) -> Any:
 def noise_cells(c: Comparison) -> dict[str, Any]:
     noise, test = c.noise, c.noise.mcnemar if c.noise else None
     return {
-        "boot_pairs": noise.pairs if noise else "", "boot_ci_low": number(noise.low) if noise else "",
-        "boot_ci_high": number(noise.high) if noise else "", "boot_verdict": noise.verdict if noise else "",
+        "boot_pairs": noise.pairs if noise else "",
+        "boot_ci_low": number(noise.low) if noise else "",
+        "boot_ci_high": number(noise.high) if noise else "",
+        "boot_verdict": noise.verdict if noise else "",
         "mcnemar_group_only": test.group_only if test else "",
         "mcnemar_baseline_only": test.baseline_only if test else "",
         "mcnemar_p": test.p_value if test else "",
@@ -424,10 +427,11 @@ def format_p(p: float, alpha: float = ALPHA) -> str:
 
 
 def format_difference(metric: str, value: float, sign: bool = True) -> str:
-    """Accuracy-like metrics in percentage points, the others in their own units."""
+    """Accuracy-like metrics in percentage points, the others in their own units; a nonzero
+    difference below the display precision as "< 0.0001" or "> -0.0001" (groups.format_number)."""
     if metric in PERCENT_METRICS:
-        return f"{100 * value:{'+' if sign else ''}.2f}"
-    return f"{value:{'+' if sign else ''}.4f}"
+        return format_number(100 * value, f"{'+' if sign else ''}.2f")
+    return format_number(value, f"{'+' if sign else ''}.4f")
 
 
 def format_level(level: float) -> str:
@@ -436,9 +440,10 @@ def format_level(level: float) -> str:
     return f"{text} %"
 
 
-def interval_text(metric: str, low: float, high: float, level: float) -> str:
-    """"[0.35, 1.47]", with its level when it is not the usual 95 %."""
-    text = f"[{format_difference(metric, low, False)}, {format_difference(metric, high, False)}]"
+def interval_text(metric: str, low: float, high: float, level: float, unit: str = "") -> str:
+    """"[0.35, 1.47] pp", with its level when it is not the usual 95 %."""
+    ends = (format_difference(metric, low, False), format_difference(metric, high, False))
+    text = f"[{ends[0]}, {ends[1]}]{unit}"
     return text if math.isclose(level, LEVEL) else f"{text} ({format_level(level)})"
 
 
@@ -474,7 +479,8 @@ def verdict_text(c: Comparison, head: str, unit: str) -> str:
     if c.verdict == TOO_FEW_SEEDS:
         return f"{head} {difference} ({pairs_text(paired, ALPHA)}): {TOO_FEW_SEEDS} for a test"
     if math.isnan(paired.ci_low):
-        interval = f"(no finite {format_level(c.ci_level)} interval from {paired.n_pairs} equal pairs)"
+        interval = (f"(no finite {format_level(c.ci_level)} interval from {paired.n_pairs} "
+                    "equal pairs)")
     else:
         interval = interval_text(c.metric, paired.ci_low, paired.ci_high, c.ci_level)
     better = f", {result}" if (result := outcome(c.metric, c.verdict)) else ""
@@ -491,12 +497,13 @@ def noise_text(c: Comparison, unit: str) -> str:
         return ""
     what = "seeds and test examples" if noise.pairs > 1 else "test examples"
     better = f", {result}" if (result := outcome(c.metric, noise.verdict)) else ""
-    text = (f"; {what} resampled: {interval_text(c.metric, noise.low, noise.high, c.ci_level)}"
-            f"{unit}, {noise.verdict}{better}")
+    text = (f"; {what} resampled: "
+            f"{interval_text(c.metric, noise.low, noise.high, c.ci_level, unit)}, "
+            f"{noise.verdict}{better}")
     caveats = [noise.note] if noise.note else []
     if 1 < noise.pairs <= FEW_BOOTSTRAP_SEEDS:
-        caveats.append(f"{noise.pairs} seed pairs are too few to resample well: the spread "
-                       "between seeds is understated")
+        caveats.append(f"{noise.pairs} seed pairs: too few to resample well, the seed spread "
+                       "is understated")
     if caveats:
         text += f" ({'; '.join(caveats)})"
     if test := noise.mcnemar:
@@ -514,7 +521,8 @@ def seeds_text(c: Comparison) -> str:
     level = f" at α = {ALPHA}/{c.family}" if c.family > 1 else ""
     if c.seeds_needed > SEEDS_CAP:
         return (f"; more than {SEEDS_CAP} seeds would be needed to detect a difference this "
-                f"large with {POWER:.0%} power{level}: it is negligible next to its spread over seeds")
+                f"large with {POWER:.0%} power{level}: it is negligible next to its spread over "
+                "seeds")
     return (f"; about {c.seeds_needed} seeds would detect a difference this large with "
             f"{POWER:.0%} power{level}")
 
@@ -583,7 +591,8 @@ def comparison_method_text(comparisons: Sequence[Comparison], selectors: Sequenc
 
 def noise_method_text(comparisons: Sequence[Comparison]) -> str:
     """What the verdicts with the test split's noise are and cover, when some comparison has one."""
-    # Imported here: split_noise reads the runs' logits with ensembles.py, which imports this module.
+    # Imported here: split_noise reads the runs' logits with ensembles.py, which imports this
+    # module.
     from regbench.report.split_noise import method_text
 
     if not any(c.noise is not None for c in comparisons):

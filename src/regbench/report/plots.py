@@ -334,7 +334,8 @@ def panel_title(metric: str) -> str:
     if "is better" in name:
         return f"{name}{unit}"
     direction = better_direction(metric)
-    return f"{name}{unit}\n({direction} is better)" if direction else f"{name}{unit}\n(no better direction)"
+    better = f"{direction} is better" if direction else "no better direction"
+    return f"{name}{unit}\n({better})"
 
 
 NOISE_OFFSET = 0.28  # rows apart: the bootstrap interval sits just below its t-interval
@@ -350,18 +351,18 @@ def draw_comparison(axes, c: Comparison, y: float, scale: float) -> None:
     if math.isnan(c.paired.ci_low):
         axes.plot(mean, y, "o", markerfacecolor="none", color=color)
     else:
-        axes.errorbar(mean, y, xerr=[[mean - c.paired.ci_low * scale], [c.paired.ci_high * scale - mean]],
-                      fmt="o", capsize=3, color=color, linewidth=2)
+        error = [[mean - c.paired.ci_low * scale], [c.paired.ci_high * scale - mean]]
+        axes.errorbar(mean, y, xerr=error, fmt="o", capsize=3, color=color, linewidth=2)
     if c.noise is not None:
         low, high = c.noise.low * scale, c.noise.high * scale
-        axes.plot([low, high], [y + NOISE_OFFSET] * 2, color=outcome_color(c.metric, c.noise.verdict),
-                  linewidth=1, marker="|", markersize=6)
+        axes.plot([low, high], [y + NOISE_OFFSET] * 2, linewidth=1, marker="|", markersize=6,
+                  color=outcome_color(c.metric, c.noise.verdict))
 
 
 
 def forest_legend(figure: Figure, comparisons: Sequence[Comparison]) -> None:
-    shown = {c.verdict if c.verdict not in (HIGHER, LOWER) else outcome(c.metric, c.verdict) or DIFFERENT
-             for c in comparisons}
+    shown = {c.verdict if c.verdict not in (HIGHER, LOWER)
+             else outcome(c.metric, c.verdict) or DIFFERENT for c in comparisons}
     handles = [Line2D([], [], marker="o", linestyle="none", color=color, label=OUTCOME_LABELS[name])
                for name, color in OUTCOME_COLORS.items() if name in shown]
     handles.append(Line2D([], [], marker="o", color="black", linewidth=2,
@@ -386,7 +387,8 @@ def forest_plot(comparisons: Sequence[Comparison], baseline: str = "regularizer=
     columns = min(3, len(metrics))
     grid_rows = math.ceil(len(metrics) / columns)
     height = max(2.4, 0.4 * len(rows) + 1.2)
-    figure = Figure(figsize=(4.2 * columns + 2.5, height * grid_rows + 1.0), dpi=100, layout="constrained")
+    figure = Figure(figsize=(4.2 * columns + 2.5, height * grid_rows + 1.0), dpi=100,
+                    layout="constrained")
     grid = figure.subplots(grid_rows, columns, sharey=True, squeeze=False)
     for axes in grid.flat[len(metrics):]:
         axes.set_visible(False)
@@ -406,8 +408,9 @@ def forest_plot(comparisons: Sequence[Comparison], baseline: str = "regularizer=
     forest_legend(figure, comparisons)
     levels = sorted({c.ci_level for c in comparisons if c.family})
     level = "/".join(format_level(one) for one in levels) or format_level(LEVEL)
+    most = seeds_text(max(c.paired.n_pairs for c in comparisons))
     figure.suptitle(f"group − baseline ({baseline}, same other settings): mean over seed pairs, "
-                    f"{level} intervals; {seeds_text(max(c.paired.n_pairs for c in comparisons))} at most")
+                    f"{level} intervals; {most} at most")
     return figure
 
 

@@ -23,8 +23,10 @@ for test accuracy, NLL and ECE (the metrics test_logits.npz determines):
 
 Every replicate's resampled metrics are computed once per run, as matrix products of the
 replicates' example counts with the runs' per-example terms: correct and −log p(y) (means), and
-for the ECE each example's correct − confidence in its bin's column (|sum per bin| / N, the runs'
-15 bins, as ensembles.ExampleTerms).
+for the ECE each example's correct − confidence in its bin's row of a sparse matrix (|sum per bin|
+/ N, the runs' 15 bins, as ensembles.ExampleTerms). Written with numpy and scipy.sparse rather
+than ``scipy.stats.bootstrap``, which resamples one sample (or several independently), not the
+same examples for many runs at once with seeds resampled on top.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import torch
+from scipy import sparse
 
 from regbench.evaluation.calibration_errors import CALIBRATION_BINS
 from regbench.report.comparisons import (
@@ -59,7 +62,7 @@ from regbench.run.spec import TEST_ACC, TEST_ECE, TEST_LOGITS_FILE, TEST_NLL
 # 50 replicates each; a Bonferroni level over 4 comparisons still 12).
 BOOTSTRAP_REPLICATES = 2000
 BOOTSTRAP_SEED = 0  # fixed: the same sweep gives the same intervals
-# Replicates whose example counts are held at once: 250 x N float64 (20 MB for N = 10,000).
+# Replicates whose example counts are held at once: 250 x N float32 (10 MB for N = 10,000).
 EXAMPLE_BATCH = 250
 NOISE_METRICS = (TEST_ACC, TEST_NLL, TEST_ECE)
 
@@ -76,47 +79,60 @@ class RunReplicates:
 
 
 def example_counts(rng: np.random.Generator, examples: int, size: int) -> np.ndarray:
-    """[size, examples] float64: how often each example is drawn in each of ``size`` resamples
-    of ``examples`` draws with replacement."""
+    """[size, examples] float32: how often each example is drawn in each of ``size`` resamples
+    of ``examples`` draws with replacement (the draws of ensembles.percentile_bootstrap; counts
+    row by row, which stays in cache, rather than one bincount over size x examples)."""
     draws = rng.integers(0, examples, (size, examples))
-    offsets = (np.arange(size)[:, None] * examples + draws).ravel()
-    return np.bincount(offsets, minlength=size * examples).reshape(size, examples).astype(float)
+    return np.stack([np.bincount(row, minlength=examples) for row in draws]).astype(np.float32)
 
 
-def term_matrix(terms: Sequence[ExampleTerms]) -> np.ndarray:
-    """[N, R · (2 + bins)]: per run, its correct and −log p(y) columns, then its ECE gaps placed in
-    their bin's column (zero elsewhere), so counts @ matrix gives every run's resampled sums."""
+def term_matrices(terms: Sequence[ExampleTerms]) -> tuple[np.ndarray, sparse.csr_matrix]:
+    """(dense [N, 2R]: per run its correct and −log p(y) columns; sparse [bins · R, N]: per run
+    its ECE gaps in their bin's row), so counts @ dense and (gaps @ counts.T).T give every run's
+    resampled sums. The gaps are sparse (one bin per example): a dense product would spend 15 of
+    every 17 multiplications on zeros. float32: the counts and correct are exact in it, and a sum
+    of N terms is off by about 1e-7 of its size, far below the intervals' 4 decimals."""
     examples, bins = len(terms[0].correct), CALIBRATION_BINS
-    matrix = np.zeros((examples, len(terms) * (2 + bins)))
-    for run, one in enumerate(terms):
-        start = run * (2 + bins)
-        matrix[:, start], matrix[:, start + 1] = one.correct, one.nll
-        matrix[np.arange(examples), start + 2 + one.ece_bin] = one.ece_gap
-    return matrix
+    dense = np.empty((examples, 2 * len(terms)), dtype=np.float32)
+    dense[:, 0::2] = np.stack([one.correct for one in terms], axis=1)
+    dense[:, 1::2] = np.stack([one.nll for one in terms], axis=1)
+    rows = np.concatenate([run * bins + one.ece_bin for run, one in enumerate(terms)])
+    columns = np.tile(np.arange(examples), len(terms))
+    gaps = np.concatenate([one.ece_gap for one in terms]).astype(np.float32)
+    return dense, sparse.csr_matrix((gaps, (rows, columns)), shape=(bins * len(terms), examples))
 
 
 def resampled_metrics(terms: Sequence[ExampleTerms], replicates: int = BOOTSTRAP_REPLICATES,
                       seed: int = BOOTSTRAP_SEED) -> list[dict[str, np.ndarray]]:
     """Per run (all on the same test split), each NOISE_METRICS metric on every replicate's
     resampled test examples: the same resamples for every run."""
-    examples, bins = len(terms[0].correct), CALIBRATION_BINS
-    matrix = term_matrix(terms)
+    examples, bins, runs = len(terms[0].correct), CALIBRATION_BINS, len(terms)
+    dense, gaps = term_matrices(terms)
     rng = np.random.default_rng(seed)
-    sums = np.concatenate([example_counts(rng, examples, min(EXAMPLE_BATCH, replicates - start)) @ matrix
-                           for start in range(0, replicates, EXAMPLE_BATCH)])
-    per_run = sums.reshape(replicates, len(terms), 2 + bins) / examples
-    ece = np.abs(per_run[:, :, 2:]).sum(axis=2)
-    return [{TEST_ACC: per_run[:, run, 0], TEST_NLL: per_run[:, run, 1], TEST_ECE: ece[:, run]}
-            for run in range(len(terms))]
+    means, eces = [], []
+    for start in range(0, replicates, EXAMPLE_BATCH):
+        counts = example_counts(rng, examples, min(EXAMPLE_BATCH, replicates - start))
+        means.append((counts @ dense).astype(float).reshape(len(counts), runs, 2) / examples)
+        per_bin = np.asarray(gaps @ counts.T).T.astype(float).reshape(len(counts), runs, bins)
+        eces.append(np.abs(per_bin).sum(axis=2) / examples)
+    means, ece = np.concatenate(means), np.concatenate(eces)
+    return [{TEST_ACC: means[:, run, 0], TEST_NLL: means[:, run, 1], TEST_ECE: ece[:, run]}
+            for run in range(runs)]
 
 
 def member_terms(member: Member) -> ExampleTerms:
     """The run's per-example terms, as ensembles.member_evaluation computes them (without the
-    point metrics, which the comparisons take from metrics.json)."""
-    log_probabilities = member.log_probabilities
-    labels = torch.from_numpy(member.labels)
-    nll = -log_probabilities.gather(1, labels[:, None]).squeeze(1)
-    return example_terms(log_probabilities.exp(), nll, labels)
+    point metrics, which the comparisons take from metrics.json). On one torch thread: for tensors
+    this small, torch's thread pool costs more than it computes (6x on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        log_probabilities = member.log_probabilities
+        labels = torch.from_numpy(member.labels)
+        nll = -log_probabilities.gather(1, labels[:, None]).squeeze(1)
+        return example_terms(log_probabilities.exp(), nll, labels)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def read_runs(jobs: Iterable[Job]) -> tuple[dict[int, RunReplicates], dict[int, str]]:
@@ -162,14 +178,15 @@ def comparison_noise(c: Comparison, runs: dict[int, RunReplicates], why: dict[in
             usable.append((first, second))
     if not usable:
         return None
-    differences = np.stack([a.replicates[c.metric] - b.replicates[c.metric] for a, b in usable], axis=1)
+    differences = np.stack([a.replicates[c.metric] - b.replicates[c.metric] for a, b in usable],
+                           axis=1)
     weights = seed_weights(len(usable))
     low, high = percentile_interval((weights * differences).sum(axis=1) / len(usable), c.ci_level)
     note = f"{len(usable)} of {len(usable) + len(missing)} pairs: {missing[0]}" if missing else ""
     test = mcnemar(usable[0][0].correct, usable[0][1].correct) \
         if c.metric == TEST_ACC and len(usable) == 1 and c.paired.n_pairs == 1 else None
-    return SplitNoise(len(usable), len(usable[0][0].correct), low, high, interval_verdict(low, high),
-                      note, test)
+    return SplitNoise(len(usable), len(usable[0][0].correct), low, high,
+                      interval_verdict(low, high), note, test)
 
 
 def judge_mcnemar(comparisons: Sequence[Comparison]) -> None:

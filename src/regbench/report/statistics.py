@@ -223,7 +223,7 @@ def critical_t(pairs: int, alpha: float = ALPHA) -> float:
     return float(stats.t.ppf(1 - alpha / 2, pairs - 1))
 
 
-# --- McNemar's test on one test set -----------------------------------------------------------------
+# --- McNemar's test on one test set ---------------------------------------------------------
 
 @dataclass
 class McNemar:
