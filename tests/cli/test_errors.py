@@ -9,9 +9,10 @@ from conftest import read_metrics, run_cli, train_in_process
 from regbench.cli.command_line import check_command_line, split_command_line
 from regbench.config import ConfigError
 
-REGULARIZERS = ("augmentation, batchnorm, confidence_penalty, cutmix, dropout, early_stopping, "
-                "feature_contraction, focal_loss, l1, l2, label_smoothing, logit_norm, mixup, none, "
-                "stochastic_depth")
+REGULARIZERS = ("augmentation, augmix, autoaugment, batchnorm, confidence_penalty, cutmix, cutout, "
+                "dropblock, dropout, early_stopping, ema, feature_contraction, focal_loss, l1, l2, "
+                "label_smoothing, logit_norm, mixup, none, randaugment, random_erasing, "
+                "stochastic_depth, swa, trivialaugment")
 
 
 @pytest.mark.parametrize("args,message", [

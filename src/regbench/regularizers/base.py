@@ -196,15 +196,16 @@ def build_regularizers(configs: dict[str, Any], context: RunContext) -> list[Reg
     if "none" in names and len(names) > 1:
         raise ConfigError(f"regularizer=none cannot be combined with others (got {names}); "
                           f"drop 'none' from the list")
-    owners = [name for name in names if REGULARIZERS.get(name).owns_base_loss]
+    # From the instances: whether one owns the base loss may depend on its settings (augmix.jsd).
+    regularizers = [REGULARIZERS.get(name)(configs[name]) for name in names]
+    owners = [r.name for r in regularizers if r.owns_base_loss]
     if len(owners) > 1:
         raise ConfigError(f"regularizer={names} is not allowed: {' and '.join(owners)} each replace "
                           f"the cross-entropy (they own the base loss); choose one of them")
-    averages = [name for name in names if REGULARIZERS.get(name).keeps_average]
+    averages = [r.name for r in regularizers if r.keeps_average]
     if len(averages) > 1:
         raise ConfigError(f"regularizer={names} is not allowed: {' and '.join(averages)} each keep "
                           f"a weight average for validation and the test to measure; choose one")
-    regularizers = [REGULARIZERS.get(name)(configs[name]) for name in names]
     for regularizer in regularizers:
         regularizer.setup(context)
     return regularizers
