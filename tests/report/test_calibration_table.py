@@ -68,10 +68,10 @@ def test_ranking_flips_at_the_noise_level_are_not_listed_and_the_rule_is_said():
 
 def test_values_below_display_precision_and_nll_worse_than_raw_are_marked():
     # The "ece_debiased_l2 0.0000 ± 0.0000" for a normal run: nonzero values below 0.0001.
-    groups = [group("none", {"test/ece_debiased_l2": 2e-5, "test/nll": 0.15, "test/nll@isotonic": 0.29},
-                    {"test/ece_debiased_l2": 3e-5, "test/nll": 0.16, "test/nll@isotonic": 0.14}),
-              group("dropout", {"test/ece_debiased_l2": 0.0, "test/nll": 0.15, "test/nll@isotonic": 0.15},
-                    {"test/ece_debiased_l2": 0.0, "test/nll": 0.15, "test/nll@isotonic": 0.12})]
+    groups = [group("none", {"test/ece_classwise": 2e-5, "test/nll": 0.15, "test/nll@isotonic": 0.29},
+                    {"test/ece_classwise": 3e-5, "test/nll": 0.16, "test/nll@isotonic": 0.14}),
+              group("dropout", {"test/ece_classwise": 0.0, "test/nll": 0.15, "test/nll@isotonic": 0.15},
+                    {"test/ece_classwise": 0.0, "test/nll": 0.15, "test/nll@isotonic": 0.12})]
     table = calibration_table_markdown(groups)
     assert "| none | 2 | < 0.0001 |" in table
     assert "| dropout | 2 | 0.0000 ± 0.0000 |" in table  # exactly 0 is 0
@@ -81,3 +81,18 @@ def test_values_below_display_precision_and_nll_worse_than_raw_are_marked():
     assert "| dropout | 2 | 0.1500 ± 0.0000 | 0.1350 ± 0.0212 |" in table
     assert "⚠ k/n: in k of the group's n runs this calibrator's test NLL is worse than the raw" in table
     assert "⚠" not in calibration_table_markdown(groups[1:])
+
+
+def test_a_debiased_ece_clamped_at_zero_in_every_run_says_so():
+    # The "ece_debiased_l2 0.0000 ± 0.0000" on a normal digits run: the estimator clamps a
+    # negative estimate at 0 (measured: 0.0 in all 3 runs of none on digits).
+    groups = [group("none", {"test/ece_debiased_l2": 0.0, "test/ece_debiased_l2@platt": 0.114},
+                    {"test/ece_debiased_l2": 0.0, "test/ece_debiased_l2@platt": 0.115}),
+              group("label_smoothing", {"test/ece_debiased_l2": 0.166, "test/ece_debiased_l2@platt": 0.111},
+                    {"test/ece_debiased_l2": 0.0, "test/ece_debiased_l2@platt": 0.112})]
+    table = calibration_table_markdown(groups)
+    assert "| none | 2 | clamped 0 | 0.1145 ± 0.0007 |" in table
+    assert "| label_smoothing | 2 | 0.0830 ± 0.1174 |" in table  # one run at 0: an ordinary mean
+    assert "0.0000 ± 0.0000" not in table
+    assert "clamped 0: 0 in every run. The debiased estimator (Kumar et al. 2019)" in table
+    assert "clamped 0" not in calibration_table_markdown(groups[1:])

@@ -53,11 +53,30 @@ def worse_than_raw(group: Group, calibrator: str) -> tuple[int, int]:
     return sum(after > raw for after, raw in pairs), len(pairs)
 
 
+# The debiased L2 ECE clamps a negative estimate of the squared error at 0 (calibration_errors.py);
+# every run at 0 is shown as CLAMPED, not as "0.0000 ± 0.0000", and explained under its table.
+CLAMPED_METRIC = "ece_debiased_l2"
+CLAMPED = "clamped 0"
+CLAMPED_NOTE = ("clamped 0: 0 in every run. The debiased estimator (Kumar et al. 2019) "
+                "subtracts each bin's sampling variance from its squared gap and clamps a negative "
+                "total at 0: the test split's 15 equal-mass bins cannot tell these runs' "
+                "calibration error from binning noise. It is not an exact 0.")
+
+
+def values_text(values: Sequence[float], key: str, runs: int) -> str:
+    """mean ± std over seeds (groups.format_mean_std), or CLAMPED when a clamped metric is 0 in
+    every run."""
+    if CLAMPED_METRIC in key and values and all(value == 0 for value in values):
+        return CLAMPED if len(values) == runs else f"{CLAMPED} (n={len(values)})"
+    return format_mean_std(values, SPEC, runs)
+
+
 def calibration_cell(group: Group, metric: str, calibrator: str) -> str:
     """mean ± std over seeds, and for NLL after a calibrator "⚠ k/n" when it made k of n runs'
     test NLL worse than raw (calibrators.worse_than_raw warns in each such run's log)."""
     done = group.completed
-    cell = format_mean_std(finite_values(done, metric_key(metric, calibrator)), SPEC, len(done))
+    key = metric_key(metric, calibrator)
+    cell = values_text(finite_values(done, key), key, len(done))
     if metric == "nll" and calibrator != RAW:
         worse, runs = worse_than_raw(group, calibrator)
         if worse:
@@ -90,6 +109,8 @@ def calibration_table_markdown(groups: Sequence[Group]) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         if metric == "nll" and "⚠" in "\n".join(lines[4:]):
             lines += ["", WORSE_NLL_NOTE]
+        if CLAMPED in "\n".join(lines[4:]):
+            lines += ["", CLAMPED_NOTE]
         sections.append("\n".join(lines))
     return "\n\n".join(sections)
 
@@ -137,7 +158,7 @@ class Flip:
 
 def mean_text(group: Group, key: str) -> str:
     values = finite_values(group.completed, key)
-    return format_mean_std(values, SPEC, len(values))
+    return values_text(values, key, len(values))
 
 
 def clear_difference(better: Group, worse: Group, key: str) -> bool:
