@@ -22,7 +22,12 @@ folder:
 - ``shift.csv`` / ``shift_severity.png`` and ``ood_histograms.png``, when runs recorded corruption
   shift or OOD sets: each group's mean corruption error against its baseline, accuracy and ECE
   against severity, OOD score histograms (the shift and OOD summary keys join the verdicts);
-- ``report/``: the same in TensorBoard (Text, Images and HParams tabs).
+- ``report/``: the same in TensorBoard (Text, Images and HParams tabs), and ``report/groups/<group>``:
+  one run per group, the mean over its seeds of every per-epoch scalar with the seeds' range;
+- ``report.html``: everything above on one self-contained page (figures embedded), verdicts first,
+  with the commands to reproduce the sweep;
+- with runs logged by ``logger=mlflow``: a parent MLflow run holding the tables and the page, the
+  runs nested under it (``mlflow_report.json`` keeps its id).
 
 Several sweep folders can be given together; their jobs are pooled and the outputs go to the first.
 A run found in several job folders (same experiment settings and seed) is counted once.
@@ -31,9 +36,11 @@ Safe on a sweep that is still running or partly failed: a job without ``metrics.
 unfinished, one whose status is not ``completed`` as failed; neither is averaged.
 
 The modules, from the bottom up: outputs (every file name written), jobs (reading a job folder),
-duplicates (one run counted once), groups (grouping, the number helpers), statistics (pure tests), comparisons (against the baseline),
+duplicates (one run counted once), groups (grouping, the number helpers), statistics (pure tests),
+split_noise (the test split's own noise), comparisons (against the baseline),
 ranks, analysis (both, once), calibration, shift, ood, probes and ensembles (their summary.md sections), tables
-(summary.csv, summary.md), plots, events (TensorBoard), command (the entrypoint). Importing this
+(summary.csv, summary.md), plots, events (TensorBoard), html (report.html), mlflow_report, command
+(the entrypoint). Importing this
 package imports none of them, so no matplotlib or scipy.
 """
 

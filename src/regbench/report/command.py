@@ -19,6 +19,7 @@ from regbench.report.events import write_report_events
 from regbench.report.groups import group_jobs
 from regbench.report.html import HtmlReport, write_html_report
 from regbench.report.jobs import ReportError, load_sweeps
+from regbench.report.mlflow_report import log_report
 from regbench.report.ood import write_ood_plots
 from regbench.report.outputs import (
     COMPARISONS_CSV,
@@ -69,6 +70,11 @@ def make_report(sweep: Path | Sequence[Path], baseline: Sequence[str] = (),
     write_html_report(HtmlReport(sweeps, jobs, grouping, analysis, ensembles,
                                  {**figures, **{name: out / name for name in probe_files}},
                                  baseline, rank_metric))
+    # Runs logged with logger=mlflow: the report's files as a parent run, the runs nested under it.
+    tables = [out / name for name in (SUMMARY_CSV, SUMMARY_MD, COMPARISONS_CSV, ENSEMBLES_CSV,
+                                      SHIFT_CSV, REPORT_HTML)]
+    if mlflow_line := log_report(out, [job.folder for job in jobs], tables):
+        print(f"{PROGRAM}: {mlflow_line}", file=sys.stderr)
     return text
 
 
@@ -107,4 +113,5 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     outputs = ", ".join([*written, f"{REPORT_EVENTS_DIR}/ (TensorBoard)"])
     print(f"\nwrote {outputs} in {args.sweep[0]}")
     print(f"open it:      {(args.sweep[0] / REPORT_HTML).resolve()}  (one self-contained page)")
-    print(f"see it:       tensorboard --logdir {args.sweep[0]}  (Text, Images, HParams tabs)")
+    print(f"see it:       tensorboard --logdir {args.sweep[0]}  (Custom Scalars: one line per group; "
+          f"Time Series, Text, Images, HParams tabs)")
