@@ -137,3 +137,26 @@ def image_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
     folder = tmp_path_factory.getbasetemp() / "image-cache"
     monkeypatch.setenv("REGBENCH_CACHE", str(folder))
     return folder
+
+
+# Per-epoch timings differ between two runs of the same computation; everything else must not.
+TIMING_KEYS = {"seconds", "train_seconds", "eval_seconds"}
+
+
+def without_timings(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in TIMING_KEYS}
+
+
+def interrupt_during_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
+    """SIGTERM to this process in the middle of the given (1-based) epoch's training: the run
+    stops after that epoch's first step."""
+    from regbench.run.engine import Run
+
+    original = Run.train_epoch
+
+    def train_epoch(self: Run, index: int) -> dict:
+        if index + 1 == epoch:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, index)
+
+    monkeypatch.setattr(Run, "train_epoch", train_epoch)

@@ -6,40 +6,29 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import re
-import signal
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import compose_config, read_history, train_in_process, train_with_cli
+from conftest import (
+    compose_config,
+    interrupt_during_epoch,
+    read_history,
+    train_in_process,
+    train_with_cli,
+    without_timings,
+)
 from regbench.config import ConfigError
 from regbench.regularizers import REGULARIZERS, RunContext
 from regbench.regularizers.ema import EmaConfig, ema_decay, first_step_share, steps_to_reach
-from regbench.run.engine import InterruptedRun, Run
+from regbench.run.engine import InterruptedRun
 
 SMALL = ["model.hidden_sizes=[64]", "evaluation.calibrators=[]"]
-TIMING_KEYS = {"seconds", "train_seconds", "eval_seconds"}
 
 
-def without_timings(record: dict) -> dict:
-    return {k: v for k, v in record.items() if k not in TIMING_KEYS}
-
-
-def interrupt_during_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
-    """SIGTERM to this process as the given (1-based) epoch starts: the run stops after that
-    epoch's first step (tests/run/test_run_lifecycle.py's helper)."""
-    original = Run.train_epoch
-
-    def train_epoch(self: Run, index: int) -> dict:
-        if index + 1 == epoch:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, index)
-
-    monkeypatch.setattr(Run, "train_epoch", train_epoch)
 
 
 def ema_of(model: nn.Module, **options):

@@ -6,16 +6,22 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import re
-import signal
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import FAST, compose_config, read_history, train_in_process, train_with_cli
+from conftest import (
+    FAST,
+    compose_config,
+    interrupt_during_epoch,
+    read_history,
+    train_in_process,
+    train_with_cli,
+    without_timings,
+)
 from regbench.cli.compose import compose_settings
 from regbench.config import ConfigError
 from regbench.regularizers import REGULARIZERS, RunContext
@@ -25,24 +31,8 @@ from regbench.run.engine import InterruptedRun, Run
 
 SMALL = ["model.hidden_sizes=[64]", "evaluation.calibrators=[]"]
 HIGH_LR = ["optimizer.lr=0.5", "optimizer.schedule=none"]
-TIMING_KEYS = {"seconds", "train_seconds", "eval_seconds"}
 
 
-def without_timings(record: dict) -> dict:
-    return {k: v for k, v in record.items() if k not in TIMING_KEYS}
-
-
-def interrupt_during_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
-    """SIGTERM to this process as the given (1-based) epoch starts: the run stops after that
-    epoch's first step (tests/run/test_run_lifecycle.py's helper)."""
-    original = Run.train_epoch
-
-    def train_epoch(self: Run, index: int) -> dict:
-        if index + 1 == epoch:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, index)
-
-    monkeypatch.setattr(Run, "train_epoch", train_epoch)
 
 
 def swa_run(model: nn.Module, epochs: int, steps_per_epoch: int, lr: float = 0.1, **options):

@@ -12,19 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_history, read_metrics, run_cli
+from conftest import read_history, read_metrics, run_cli, without_timings
 
 pytestmark = pytest.mark.slow
 
 ARGS = ["trainer.epochs=12", "trainer.progress=false", "trainer.num_threads=1",
         "model.hidden_sizes=[256,256]", "evaluation.figures=false"]
-TIMING_KEYS = {"seconds", "train_seconds", "eval_seconds"}
-
-
-def without_timings(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}
-
-
 def start_and_terminate(run_dir: Path, cwd: Path, after_epochs: int,
                         extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """Start the CLI, send SIGTERM once ``after_epochs`` epochs are in history.jsonl."""

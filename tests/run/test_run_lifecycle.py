@@ -15,7 +15,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import read_history, read_metrics, run_cli, train_in_process
+from conftest import (
+    interrupt_during_epoch,
+    read_history,
+    read_metrics,
+    run_cli,
+    train_in_process,
+    without_timings,
+)
 from regbench.cli.compose import compose_config, compose_settings
 from regbench.config import ConfigError
 from regbench.report.jobs import load_job
@@ -27,29 +34,14 @@ from regbench.run.folder import RunFolder
 from regbench.run.spec import experiment_settings, identity
 
 SMALL = ["model.hidden_sizes=[32]"]
-TIMING_KEYS = {"seconds", "train_seconds", "eval_seconds"}
 # Files a refusal must leave exactly as they were (the lock and the log are not results).
 UNTOUCHABLE = ("metrics.json", "history.jsonl", "last.pt", "spec.json", "test_calibration.json")
 
-
-def without_timings(record: dict) -> dict:
-    return {k: v for k, v in record.items() if k not in TIMING_KEYS}
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {name: (folder / name).read_bytes() for name in UNTOUCHABLE if (folder / name).exists()}
 
-
-def interrupt_during_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
-    """SIGTERM to this process in the middle of the given (1-based) epoch's training."""
-    original = Run.train_epoch
-
-    def train_epoch(self: Run, index: int) -> dict:
-        if index + 1 == epoch:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, index)
-
-    monkeypatch.setattr(Run, "train_epoch", train_epoch)
 
 
 # --- resume rules ---------------------------------------------------------------------------------
