@@ -35,7 +35,7 @@ from regbench.config import Config, ConfigError, check, one_line
 from regbench.run.checkpoint import CheckpointError, CheckpointPolicy, check_keep_checkpoint, resume
 from regbench.run.engine import DivergedError, InterruptedRun, Run, stop_on_signals
 from regbench.run.folder import RunFolder
-from regbench.run.loggers import MLFLOW
+from regbench.run.loggers import MLFLOW, TENSORBOARD
 from regbench.run.recorder import RunRecorder
 from regbench.run.spec import (
     DID_NOT_LEARN,
@@ -134,7 +134,8 @@ def train_and_test(settings: Config, spec: RunSpec, folder: RunFolder,
         log.info("resuming from %s after epoch %d", folder.checkpoint, run.epochs_done)
     tracker = start_mlflow(settings, spec, folder.path)  # None unless logger=mlflow
     # Events of epochs after the checkpoint (logged before an interruption) are dropped.
-    recorder = RunRecorder(folder.path, purge_step=run.epochs_done + 1)
+    recorder = RunRecorder(folder.path, purge_step=run.epochs_done + 1,
+                           tensorboard=TENSORBOARD in settings.logger)
     recorder.rewrite_history(run.history)
     checkpoints = CheckpointPolicy(folder.path, spec.identity, settings.trainer, settings.objective)
 

@@ -167,3 +167,14 @@ def test_a_sweep_and_its_report_reach_a_real_mlflow_server(mlflow_server, tmp_pa
     artifacts = {a.path for a in client.list_artifacts(parent)}
     assert {"summary.csv", "summary.md", "comparisons.csv"} <= artifacts
     shutil.rmtree(sweep)
+
+
+def test_a_run_without_the_tensorboard_logger_writes_no_event_files(tmp_path, sqlite_store):
+    run_dir = tmp_path / "run"
+    train_in_process(run_dir, ["trainer.epochs=1", "logger=mlflow",
+                               f"logger.mlflow.tracking_uri={sqlite_store}"])
+    assert not list(run_dir.glob("events.out.tfevents.*"))
+    assert (run_dir / "metrics.json").is_file() and (run_dir / RUN_FILE).is_file()
+    with_tensorboard = tmp_path / "with"
+    train_in_process(with_tensorboard, ["trainer.epochs=1"])
+    assert list(with_tensorboard.glob("events.out.tfevents.*"))

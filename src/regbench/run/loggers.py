@@ -9,7 +9,7 @@ change a result: they are outside every run's identity (spec.RESULT_NEUTRAL_PREF
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Optional
 
 from regbench.config import check, register_schema
 
@@ -41,12 +41,3 @@ class MlflowConfig:
 register_schema("logger", TENSORBOARD, TensorBoardConfig)
 register_schema("logger", MLFLOW, MlflowConfig)
 
-
-def selected(loggers: Mapping[str, Any], name: str) -> bool:
-    return name in loggers
-
-
-def check_loggers(loggers: Mapping[str, Any]) -> None:
-    """Unknown logger names are refused by Hydra (no such option); an empty selection here."""
-    check(bool(loggers), "logger", [], f"at least one of {', '.join(LOGGERS)} "
-          f"(e.g. logger=tensorboard)")

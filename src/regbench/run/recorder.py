@@ -71,14 +71,35 @@ def in_sweep() -> bool:
     return in_multirun()
 
 
+class DiscardingWriter:
+    """The SummaryWriter calls the recorder makes, doing nothing: a run whose loggers leave out
+    TensorBoard (run/loggers.py) writes no event files; its JSON files and figures stay."""
+
+    def _get_file_writer(self) -> "DiscardingWriter":
+        return self
+
+    def add_summary(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    add_scalar = add_histogram = add_summary
+
+    def flush(self) -> None:
+        pass
+
+    close = flush
+
+
 class RunRecorder:
     """One run's outputs, all in its Hydra run folder."""
 
-    def __init__(self, run_dir: Path, purge_step: int | None = None) -> None:
+    def __init__(self, run_dir: Path, purge_step: int | None = None,
+                 tensorboard: bool = True) -> None:
         self.run_dir = run_dir
         self.history_path = run_dir / HISTORY_FILE
         self.metrics_path = run_dir / METRICS_FILE
-        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+        self.tensorboard = tensorboard
+        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step) if tensorboard \
+            else DiscardingWriter()
         self.writer._get_file_writer().add_summary(custom_scalars_layout(groups_first=in_sweep()))
 
     def log_epoch(self, record: Mapping[str, Any]) -> None:
@@ -225,8 +246,9 @@ class RunRecorder:
         matrix = class_probability_matrix(logits, labels, len(classes))
         figure = class_probability_heatmap(matrix, classes, title="test: mean predicted probability")
         self.log_figure(CLASS_PROBABILITIES, figure, CLASS_PROBABILITIES_PNG, step)
-        points, metadata = projector_sample(features, labels, logits, classes)
-        self.write_projector_files(points, metadata, step, tag="test_penultimate")
+        if self.tensorboard:  # the projector's files are for TensorBoard only
+            points, metadata = projector_sample(features, labels, logits, classes)
+            self.write_projector_files(points, metadata, step, tag="test_penultimate")
         self.writer.flush()
 
     def write_projector_files(self, points: torch.Tensor, metadata: list[list[str]], step: int,
