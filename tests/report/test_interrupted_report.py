@@ -20,8 +20,9 @@ from sweep_folders import fake_sweep
 
 INTERRUPTED_LINE = ("regbench-report: interrupted; the files written are whole and the others keep "
                     "their previous version: run the same command again to write them all")
+# What a two-group sweep's report writes (no ranks.png: one block, nothing to rank).
 OUTPUTS = ["summary.csv", "summary.md", "comparisons.csv", "accuracy_vs_ece.png", "reliability.png",
-           "confidence_hist.png", "comparisons.png", "ranks.png"]
+           "confidence_hist.png", "comparisons.png", "report.html"]
 
 # Runs the report as `python -m regbench.report` does, with savefig replaced by one that writes
 # part of its file and is then stopped by SIGINT: Ctrl-C in the middle of writing a figure.
