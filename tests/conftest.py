@@ -160,3 +160,21 @@ def interrupt_during_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
         return original(self, index)
 
     monkeypatch.setattr(Run, "train_epoch", train_epoch)
+
+
+def assert_resumes_exactly_after_sigterm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         job: Sequence[str], epoch: int) -> None:
+    """A run stopped by SIGTERM during ``epoch`` (1-based) keeps the epochs before it, and run
+    again ends with the metrics and history of an uninterrupted run of the same job."""
+    from regbench.run.engine import InterruptedRun
+
+    reference = train_in_process(tmp_path / "reference", job)
+    interrupt_during_epoch(monkeypatch, epoch=epoch)
+    with pytest.raises(InterruptedRun):
+        train_in_process(tmp_path / "run", job)
+    monkeypatch.undo()
+    assert len(read_history(tmp_path / "run")) == epoch - 1
+    resumed = train_in_process(tmp_path / "run", job)
+    assert without_timings(resumed) == without_timings(reference)
+    assert [without_timings(r) for r in read_history(tmp_path / "run")] == \
+        [without_timings(r) for r in read_history(tmp_path / "reference")]

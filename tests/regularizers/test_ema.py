@@ -14,17 +14,15 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import (
+    assert_resumes_exactly_after_sigterm,
     compose_config,
-    interrupt_during_epoch,
     read_history,
     train_in_process,
     train_with_cli,
-    without_timings,
 )
 from regbench.config import ConfigError
 from regbench.regularizers import REGULARIZERS, RunContext
 from regbench.regularizers.ema import EmaConfig, ema_decay, first_step_share, steps_to_reach
-from regbench.run.engine import InterruptedRun
 
 SMALL = ["model.hidden_sizes=[64]", "evaluation.calibrators=[]"]
 
@@ -173,16 +171,7 @@ def test_evaluate_raw_false_records_only_the_average(tmp_path):
 def test_a_run_interrupted_by_sigterm_resumes_to_the_uninterrupted_metrics(tmp_path, monkeypatch):
     # The default interval keeps epoch 2's state in memory (host_copy) and writes it at the signal.
     job = [*SMALL, "regularizer=ema", "trainer.epochs=4"]
-    reference = train_in_process(tmp_path / "reference", job)
-    interrupt_during_epoch(monkeypatch, epoch=3)
-    with pytest.raises(InterruptedRun):
-        train_in_process(tmp_path / "run", job)
-    monkeypatch.undo()
-    assert len(read_history(tmp_path / "run")) == 2
-    resumed = train_in_process(tmp_path / "run", job)
-    assert without_timings(resumed) == without_timings(reference)
-    assert [without_timings(r) for r in read_history(tmp_path / "run")] == \
-        [without_timings(r) for r in read_history(tmp_path / "reference")]
+    assert_resumes_exactly_after_sigterm(tmp_path, monkeypatch, job, epoch=3)
 
 
 @pytest.mark.slow

@@ -15,19 +15,18 @@ from torch import nn
 
 from conftest import (
     FAST,
+    assert_resumes_exactly_after_sigterm,
     compose_config,
-    interrupt_during_epoch,
     read_history,
     train_in_process,
     train_with_cli,
-    without_timings,
 )
 from regbench.cli.compose import compose_settings
 from regbench.config import ConfigError
 from regbench.regularizers import REGULARIZERS, RunContext
 from regbench.regularizers.swa import SwaConfig
 from regbench.run.averaging import recompute_batchnorm
-from regbench.run.engine import InterruptedRun, Run
+from regbench.run.engine import Run
 
 SMALL = ["model.hidden_sizes=[64]", "evaluation.calibrators=[]"]
 HIGH_LR = ["optimizer.lr=0.5", "optimizer.schedule=none"]
@@ -191,16 +190,7 @@ def test_a_run_interrupted_by_sigterm_in_the_swa_phase_resumes_to_the_uninterrup
     # 4 epochs, start 0.5: epochs 3-4 averaged; the signal comes in epoch 4, after SWALR took over
     # and epoch 3 was averaged (its state kept in memory at the default interval, written at exit).
     job = [*SMALL, *HIGH_LR, "regularizer=swa", "trainer.epochs=4", "regularizer.swa.start=0.5"]
-    reference = train_in_process(tmp_path / "reference", job)
-    interrupt_during_epoch(monkeypatch, epoch=4)
-    with pytest.raises(InterruptedRun):
-        train_in_process(tmp_path / "run", job)
-    monkeypatch.undo()
-    assert len(read_history(tmp_path / "run")) == 3
-    resumed = train_in_process(tmp_path / "run", job)
-    assert without_timings(resumed) == without_timings(reference)
-    assert [without_timings(r) for r in read_history(tmp_path / "run")] == \
-        [without_timings(r) for r in read_history(tmp_path / "reference")]
+    assert_resumes_exactly_after_sigterm(tmp_path, monkeypatch, job, epoch=4)
 
 
 @pytest.mark.slow
