@@ -33,7 +33,8 @@ PORTABLE = re.compile(r"[^A-Za-z0-9._=,+-]")
 MAX_JOB_DIR = 80
 HASH_CHARS = 8
 # Option groups listed by --help, in this order (schema/* and hydra/* are internal).
-HELP_GROUPS = ("dataset", "model", "optimizer", "regularizer", "suite", "experiment", "hparams_search")
+HELP_GROUPS = ("dataset", "model", "optimizer", "regularizer", "logger", "suite", "experiment",
+               "hparams_search")
 HELP_DESCRIPTION_CHARS = 76
 HELP_WIDTH = 100
 # A sentence ends at ".", ":" or ";" before a space, except after abbreviations ("et al.", "e.g.").
