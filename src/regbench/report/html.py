@@ -50,6 +50,7 @@ from regbench.report.comparisons import (
     format_p,
     verdict_line,
 )
+from regbench.report.comparisons import outcome as comparison_outcome
 from regbench.report.ensembles import EnsembleReport, ensemble_section
 from regbench.report.groups import (
     Group,
@@ -82,7 +83,7 @@ from regbench.report.tables import (
     status_counts,
     table_text,
 )
-from regbench.run.spec import REGULARIZER_KEY, TEST_ACC, TEST_MEAN_CONFIDENCE, lower_is_better
+from regbench.run.spec import REGULARIZER_KEY, TEST_ACC
 
 # Hydra's record of a multirun's command-line overrides, in the sweep folder.
 MULTIRUN_FILE = "multirun.yaml"
@@ -91,8 +92,6 @@ MULTIRUN_FILE = "multirun.yaml"
 SVG_LIMIT = 1_500_000
 # More rows than this and a long listing starts folded (<details>), so the page stays skimmable.
 OPEN_ROWS = 24
-# Metrics whose higher or lower value is neither better nor worse: confidence should match accuracy.
-NEUTRAL_METRICS = {TEST_MEAN_CONFIDENCE}
 # The calibration panel shows these figures; the Figures section the others.
 CALIBRATION_FIGURES = (PLOT_FILES["reliability"], PLOT_FILES["confidence_hist"])
 CAPTIONS = {
@@ -185,12 +184,9 @@ def folded(summary: str, content: str, open_: bool) -> str:
 # --- verdicts ---------------------------------------------------------------------------------------
 
 def outcome(c: Comparison) -> str:
-    """"better", "worse", "higher"/"lower" (a metric with no better direction), or the verdict."""
-    if c.verdict not in (HIGHER, LOWER):
-        return c.verdict
-    if c.metric in NEUTRAL_METRICS:
-        return c.verdict
-    return "better" if (c.verdict == HIGHER) != lower_is_better(c.metric) else "worse"
+    """"better", "worse" (comparisons.outcome, by the metric's direction), else the verdict:
+    "higher"/"lower" for a metric with no better direction, "indistinguishable"..."""
+    return comparison_outcome(c.metric, c.verdict) or c.verdict
 
 
 def outcome_class(word: str) -> str:
