@@ -89,3 +89,13 @@ def autocast_dtype(device: torch.device, amp: Optional[bool]) -> Optional[torch.
             return torch.bfloat16
         log.warning("trainer.amp=true: this CPU has no native bf16 (AVX512-BF16/AMX); training in fp32")
     return None
+
+
+# metrics.json's name for the precision a run trained in (its autocast dtype; None: no autocast).
+PRECISION_KEY = "precision"
+PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def precision_name(dtype: Optional[torch.dtype]) -> str:
+    """``fp32``, ``bf16`` or ``fp16``: what a run's ``amp_dtype`` computed its forward passes in."""
+    return PRECISION_NAMES[dtype]

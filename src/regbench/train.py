@@ -30,8 +30,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from regbench.cli.command_line import exit_on_bad_command_line, shell_override
 from regbench.cli.compose import config_dir, register_schemas
-from regbench.cli.hydra_hooks import in_multirun  # also registers what configs/config.yaml names
+from regbench.cli.hydra_hooks import current_job_label, in_multirun  # also registers what configs/config.yaml names
 from regbench.config import Config, ConfigError, check, one_line
+from regbench.machine import PRECISION_KEY, precision_name
 from regbench.run.checkpoint import CheckpointError, CheckpointPolicy, check_keep_checkpoint, resume
 from regbench.run.engine import DivergedError, InterruptedRun, Run, stop_on_signals
 from regbench.run.folder import RunFolder
@@ -127,6 +128,8 @@ def train_and_test(settings: Config, spec: RunSpec, folder: RunFolder,
                    summary: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     run = Run.build(settings, show_progress(settings.trainer.progress))
+    # The precision it trains in, not the one asked for: trainer.amp=true on a CPU without bf16 is fp32.
+    summary = {**summary, PRECISION_KEY: precision_name(run.amp_dtype)}
     check_objective(settings)  # after the regularizers' own checks, before any training
     check_keep_checkpoint(settings)
     if folder.checkpoint.exists():
@@ -271,13 +274,17 @@ def print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
     warning = (f"\nwarning: this run did not learn: its final training accuracy "
                f"{number(metrics.get(TRAIN_ACC))} stayed near chance (metrics.json: {DID_NOT_LEARN})"
                if metrics.get(DID_NOT_LEARN) else "")
-    print(
+    text = (
         f"\ntest accuracy {number(metrics[TEST_ACC])}, test ECE {number(metrics[TEST_ECE])}{after}, "
         f"nll {number(metrics[TEST_NLL])}, mean confidence {number(metrics[TEST_MEAN_CONFIDENCE], 3)} "
         f"after {metrics[EPOCHS]} epochs in {number(metrics[SECONDS], 1)} s{warning}\n"
         f"run folder:   {relative_to_cwd(run_dir)}\n"
         f"see curves:   tensorboard --logdir {shlex.quote(str(relative_to_cwd(logdir)))}"
     )
+    if in_multirun():  # parallel jobs' lines interleave: each names its job, written at once
+        label = current_job_label().strip()
+        text = "\n".join(f"{label} {line}" for line in text.strip().splitlines())
+    print(text, flush=True)
 
 
 def number(value: Any, digits: int = 4) -> str:
