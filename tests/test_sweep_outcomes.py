@@ -16,8 +16,15 @@ import torch
 
 from conftest import read_history, read_metrics, run_cli
 from regbench.cli.hydra_hooks import CHOSEN, chosen_job_dir, existing_job_dir, job_dir
-from regbench.sweep import (OUTCOMES_FILE, SweepInterrupted, SweepSummary, append_line, interruption,
-                            job_outcomes, read_records)
+from regbench.sweep import (
+    OUTCOMES_FILE,
+    SweepInterrupted,
+    SweepSummary,
+    append_line,
+    interruption,
+    job_outcomes,
+    read_records,
+)
 
 FAST = ["trainer.progress=false", "trainer.num_threads=1", "evaluation.figures=false"]
 
@@ -144,14 +151,16 @@ def interrupt_when_training(args: list[str], cwd: Path, jobs: list[Path], to_gro
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seeds, n_jobs, to_group, tally", [
-    ("0,1", 3, True, "2 interrupted"),  # Ctrl-C; an idle worker (dying, it had loky kill the others)
-    ("0,1,2", 2, False, "2 interrupted, 1 not started"),  # SIGINT to the parent alone; a job waits
+@pytest.mark.parametrize("launcher, seeds, n_jobs, to_group, tally", [
+    # Ctrl-C; an idle worker (dying, it had loky kill the others)
+    ("joblib", "0,1", 3, True, "2 interrupted"),
+    # SIGINT to the parent alone; a job waits (the default launcher, built on joblib's)
+    ("parallel", "0,1,2", 2, False, "2 interrupted, 1 not started"),
 ])
-def test_ctrl_c_on_a_joblib_sweep_keeps_every_started_jobs_finished_epochs(
-        tmp_path, seeds, n_jobs, to_group, tally):
+def test_ctrl_c_on_a_parallel_sweep_keeps_every_started_jobs_finished_epochs(
+        tmp_path, launcher, seeds, n_jobs, to_group, tally):
     sweep = tmp_path / "sweep"
-    args = ["-m", "hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}", f"seed={seeds}",
+    args = ["-m", f"hydra/launcher={launcher}", f"hydra.launcher.n_jobs={n_jobs}", f"seed={seeds}",
             "trainer.epochs=300", "model.hidden_sizes=[256,256]", *FAST, f"hydra.sweep.dir={sweep}"]
     result, finished = interrupt_when_training(args, tmp_path, [sweep / "0_seed=0", sweep / "1_seed=1"],
                                                to_group)

@@ -1,0 +1,137 @@
+"""How many jobs of a sweep run at once on this machine, with how many CPU threads, on which GPU.
+
+The default launcher of ``-m`` (``hydra/launcher=parallel``,
+src/hydra_plugins/regbench_parallel_launcher/) asks ``plan_jobs`` before it starts any job:
+
+- **CUDA** (a job's ``trainer.device`` is ``auto`` or ``cuda`` and GPUs are visible): one job per
+  visible GPU, each pinned to its own (``trainer.device=cuda:<slot>``, the slot a job holds while it
+  runs: ``GpuSlot``), as DomainBed's ``multi_gpu`` launcher does; the CPU cores are shared out
+  among them for data loading and the Python side.
+- **CPU**: as many job processes as the cores allow at the threads each job gets. A job's minimum
+  is ``MIN_THREADS`` by model: one thread for the models of digits, MNIST and CIFAR, because no
+  measured model uses a second thread fully (scripts/bench_threads.py; README, Performance:
+  threads), so two one-thread jobs finish a grid sooner than one two-thread job; all cores for
+  ImageNet-sized torchvision ResNets, whose convolutions use threads well and whose activations
+  take gigabytes per job. Cores left over when a sweep has fewer jobs than that are shared out
+  (``cores // jobs`` threads each), so every core is used and none is oversubscribed.
+- What the user set wins: ``trainer.num_threads=T`` (then ``cores // T`` jobs at once) and
+  ``hydra.launcher.n_jobs``.
+
+Threads per job change only how float sums are split: a job's metrics are identical to a
+sequential run's at the same ``trainer.num_threads``; across thread counts they agree to float
+rounding (README, Sweeps).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+# The fewest threads a job of this model gets on the CPU (models not listed: 1).
+MIN_THREADS_ALL_CORES = 0  # marker: the whole machine, one job at a time
+MIN_THREADS = {"resnet18": MIN_THREADS_ALL_CORES, "resnet34": MIN_THREADS_ALL_CORES,
+               "resnet50": MIN_THREADS_ALL_CORES}
+# Hidden lock files in the sweep folder: a job holds one while it runs on that GPU.
+GPU_SLOT_FILE = ".regbench-gpu-{}.lock"
+
+
+@dataclass(frozen=True)
+class JobShape:
+    """What decides a job's share of the machine, read from its composed config."""
+
+    model: str
+    device: str  # trainer.device
+    num_threads: int  # trainer.num_threads; 0 = not set
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    at_once: int
+    threads: Optional[int]  # trainer.num_threads for every job; None: the jobs' own setting
+    gpus: int = 0  # >0: each job runs on the GPU of the slot it holds (cuda:0 ... cuda:gpus-1)
+    reason: str = ""
+
+    def describe(self, job_count: int) -> str:
+        threads = f", {self.threads} CPU thread{'s' * (self.threads != 1)} each" if self.threads else ""
+        return (f"{job_count} job{'s' * (job_count != 1)}, {self.at_once} at a time "
+                f"({self.reason}{threads}); hydra/launcher=basic runs one at a time")
+
+
+def uses_cuda(shape: JobShape, gpus: int) -> bool:
+    return gpus > 0 and shape.device in ("auto", "cuda")
+
+
+def plan_jobs(shapes: Sequence[JobShape], job_count: int, cores: int, gpus: int,
+              n_jobs: Optional[int] = None) -> JobPlan:
+    """The plan for ``job_count`` jobs whose distinct configs are ``shapes``, on ``cores`` CPU cores
+    and ``gpus`` visible CUDA devices; ``n_jobs`` is hydra.launcher.n_jobs when the user set it."""
+    job_count, cores = max(1, job_count), max(1, cores)
+    user_threads = max((shape.num_threads for shape in shapes), default=0)
+    if any(uses_cuda(shape, gpus) for shape in shapes):
+        at_once = min(job_count, n_jobs or gpus)
+        threads = None if user_threads else max(1, cores // at_once)
+        return JobPlan(at_once, threads, gpus=min(gpus, at_once) if at_once > 1 else 0,
+                       reason=f"{gpus} GPU{'s' * (gpus != 1)}, one job each")
+    if n_jobs:
+        at_once = min(job_count, n_jobs)
+        reason = "hydra.launcher.n_jobs"
+    elif user_threads:
+        at_once = min(job_count, max(1, cores // user_threads))
+        reason = f"{cores} cores / trainer.num_threads={user_threads}"
+    else:
+        least = max(MIN_THREADS.get(shape.model, 1) or cores for shape in shapes) if shapes else 1
+        at_once = min(job_count, max(1, cores // least))
+        reason = f"{cores} cores" + (", a model that takes all of them" if least > 1 else "")
+    threads = None if user_threads else max(1, cores // at_once)
+    return JobPlan(at_once, threads, reason=reason)
+
+
+def job_overrides(plan: JobPlan, overrides: Sequence[str], slot: Optional[int]) -> list[str]:
+    """A job's overrides with its share of the machine appended (later overrides win in Hydra);
+    both keys are result-neutral (run/spec.py) and left out of job folder names."""
+    extra = [f"trainer.num_threads={plan.threads}"] if plan.threads else []
+    if slot is not None:
+        extra.append(f"trainer.device=cuda:{slot}")
+    return [*overrides, *extra]
+
+
+@contextlib.contextmanager
+def gpu_slot(sweep_dir: Path, gpus: int) -> Iterator[Optional[int]]:
+    """The first GPU no other job of this sweep holds, held (an exclusive ``flock``) until the
+    block ends; None when jobs are not pinned (``gpus`` 0). The launcher never runs more jobs at
+    once than GPUs, so a free one exists; a lock dies with its process, so a killed job frees it."""
+    import fcntl  # POSIX only, as the GPU jobs it pins
+
+    if gpus <= 0:
+        yield None
+        return
+    handles = []
+    try:
+        for slot in range(gpus):
+            path = sweep_dir / GPU_SLOT_FILE.format(slot)
+            handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            handles.append(handle)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            yield slot
+            return
+        raise RuntimeError(f"no free GPU slot among {gpus} in {sweep_dir}")
+    finally:
+        for handle in handles:
+            os.close(handle)  # closing releases the lock
+
+
+# Override keys that can change a job's shape (its model, device or threads); jobs that differ only
+# in other keys (seeds, regularizers, learning rates) share one composition in the launcher.
+SHAPE_KEYS = ("model", "dataset", "experiment", "trainer")
+
+
+def shape_key(overrides: Sequence[str]) -> tuple[str, ...]:
+    """The overrides of a job that can change its shape, in order."""
+    return tuple(line for line in overrides
+                 if line.lstrip("+~").split("=", 1)[0].split(".", 1)[0].split("/", 1)[0] in SHAPE_KEYS)
