@@ -30,7 +30,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from regbench.cli.command_line import exit_on_bad_command_line, shell_override
 from regbench.cli.compose import config_dir, register_schemas
-from regbench.cli.hydra_hooks import current_job_label, in_multirun  # also registers what configs/config.yaml names
+from regbench.cli.hydra_hooks import (  # also registers what configs/config.yaml names
+    current_job_label,
+    in_multirun,
+)
 from regbench.config import Config, ConfigError, check, one_line
 from regbench.machine import PRECISION_KEY, precision_name
 from regbench.run.checkpoint import CheckpointError, CheckpointPolicy, check_keep_checkpoint, resume
