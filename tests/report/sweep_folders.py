@@ -30,9 +30,10 @@ def config(seed: int = 0, lr: float = 0.1, regularizer: dict | None = None, **tr
 
 
 def job_config(regularizer: str, seed: int, **settings) -> dict:
-    """``settings``: e.g. dataset="mnist", lr=0.1."""
+    """``settings``: e.g. dataset="mnist", lr=0.1, trainer={"amp": True}."""
     cfg = config(seed=seed, lr=settings.get("lr", 0.1),
-                 regularizer={regularizer: REGULARIZER_PARAMETERS[regularizer]})
+                 regularizer={regularizer: REGULARIZER_PARAMETERS[regularizer]},
+                 **settings.get("trainer", {}))
     cfg["dataset"]["name"] = settings.get("dataset", "digits")
     return cfg
 

@@ -6,13 +6,19 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from regbench.files import atomic_write_bytes
 from regbench.report import PROGRAM
 from regbench.report.analysis import analyse
 from regbench.report.calibration import unusable_calibration_files
-from regbench.report.comparisons import COMPARISON_COLUMNS, comparison_rows
+from regbench.report.comparisons import (
+    add_equivalence,
+    check_margins,
+    comparison_header,
+    comparison_rows,
+    parse_margins,
+)
 from regbench.report.duplicates import merge_duplicates
 from regbench.report.ensembles import ENSEMBLE_COLUMNS, build_ensembles, ensemble_rows
 from regbench.report.events import write_report_events
@@ -41,17 +47,22 @@ from regbench.run.spec import TEST_ACC
 
 
 def make_report(sweep: Path | Sequence[Path], baseline: Sequence[str] = (),
-                rank_metric: str = TEST_ACC) -> str:
+                rank_metric: str = TEST_ACC, margins: Optional[Mapping[str, float]] = None) -> str:
     """Write every output into ``sweep`` (the first folder, with several); returns summary.md's
-    text. ``baseline``: key=value selectors (default regularizer=none)."""
+    text. ``baseline``: key=value selectors (default regularizer=none). ``margins``: metric ->
+    equivalence margin (comparisons.parse_margins), a TOST verdict for each of its comparisons."""
     sweeps = [sweep] if isinstance(sweep, Path) else list(sweep)
+    margins = dict(margins or {})
     jobs = merge_duplicates(load_sweeps(sweeps))
+    check_margins(jobs, margins)
     grouping = group_jobs(jobs)
     analysis = analyse(jobs, grouping, baseline, rank_metric)
+    add_equivalence(analysis.comparisons, margins)
     out = sweeps[0]
     header, rows = csv_rows(jobs, grouping)
     write_csv(out / SUMMARY_CSV, header, rows)
-    write_csv(out / COMPARISONS_CSV, list(COMPARISON_COLUMNS), comparison_rows(analysis.comparisons))
+    write_csv(out / COMPARISONS_CSV, comparison_header(analysis.comparisons),
+              comparison_rows(analysis.comparisons))
     if shift := shift_table(grouping, analysis.selectors):
         write_csv(out / SHIFT_CSV, *shift)
     ensembles = build_ensembles(grouping, analysis.selectors)
@@ -69,7 +80,7 @@ def make_report(sweep: Path | Sequence[Path], baseline: Sequence[str] = (),
     # Last: the page embeds every figure and table written above.
     write_html_report(HtmlReport(sweeps, jobs, grouping, analysis, ensembles,
                                  {**figures, **{name: out / name for name in probe_files}},
-                                 baseline, rank_metric))
+                                 baseline, rank_metric, margins))
     # Runs logged with logger=mlflow: the report's files as a parent run, the runs nested under it.
     tables = [out / name for name in (SUMMARY_CSV, SUMMARY_MD, COMPARISONS_CSV, ENSEMBLES_CSV,
                                       SHIFT_CSV, REPORT_HTML)]
@@ -84,7 +95,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         description="Summarize regbench sweeps: tables and plots with seeds grouped, every group "
                     "compared with a baseline group (paired by seed: t-test, Holm-adjusted p, "
                     "probability of improvement), and ranks across datasets/models.")
-    parser.add_argument("sweep", type=Path, nargs="+",
+    # "*", not "+": folders after --equivalence's items are swallowed by it, and main says so in
+    # one line instead of argparse's "the following arguments are required".
+    parser.add_argument("sweep", type=Path, nargs="*",
                         help="one or more multirun folders (each holding one folder per job); "
                              "their jobs are pooled and every output is written to the FIRST folder")
     # One value per flag (repeat it for several): nargs="+" would swallow the sweep folders after it.
@@ -95,13 +108,24 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--rank-metric", default=TEST_ACC, metavar="KEY",
                         help="metrics.json key to rank methods on across blocks (default test/acc; "
                              "nll, ece, loss, gap and similar keys are ranked lower-is-better)")
-    return parser.parse_args(argv)
+    parser.add_argument("--equivalence", action="extend", nargs="+", default=[],
+                        metavar="KEY=MARGIN",
+                        help="an equivalence verdict (TOST) for each comparison on these metrics: "
+                             "equivalent within ±MARGIN, not shown equivalent, or different; the "
+                             "margin in the metric's own units (test/acc=0.003 is 0.3 points), "
+                             "e.g. --equivalence test/acc=0.003 test/ece=0.005 (after the sweep "
+                             "folders, or end the list with --)")
+    args = parser.parse_args(argv)
+    if not args.sweep and not any("=" not in item for item in args.equivalence):
+        parser.error("the following arguments are required: sweep")
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     try:
-        text = make_report(args.sweep, args.baseline, args.rank_metric)
+        margins = parse_margins(args.equivalence)
+        text = make_report(args.sweep, args.baseline, args.rank_metric, margins)
     except ReportError as error:
         print(f"{PROGRAM}: error: {error}", file=sys.stderr)
         sys.exit(2)

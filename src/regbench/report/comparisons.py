@@ -11,9 +11,10 @@ the test split's own noise (split_noise.py) are attached to the same comparisons
 from __future__ import annotations
 
 import contextlib
+import difflib
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import yaml
 
@@ -36,6 +37,7 @@ from regbench.report.jobs import Job, ReportError
 from regbench.report.outputs import COMPARISONS_CSV
 from regbench.report.statistics import (
     ALPHA,
+    EQUIVALENT,
     FEW_BOOTSTRAP_SEEDS,
     HIGHER,
     INDISTINGUISHABLE,
@@ -47,10 +49,13 @@ from regbench.report.statistics import (
     T_TEST,
     TOO_FEW_SEEDS,
     ZERO_VARIANCE_TEST,
+    Equivalence,
     McNemar,
     PairedComparison,
     bonferroni_level,
     critical_t,
+    equivalence,
+    equivalence_verdict,
     holm,
     paired_comparison,
     probability_of_improvement,
@@ -119,6 +124,10 @@ COMPARISON_COLUMNS = ("group", "baseline", "metric", "n_pairs", "mean_diff", "ci
                       "ci_level", "outcome", "boot_pairs", "boot_ci_low", "boot_ci_high",
                       "boot_verdict", "mcnemar_group_only", "mcnemar_baseline_only", "mcnemar_p",
                       "mcnemar_p_holm", "mcnemar_verdict")
+# With --equivalence only: the margin, the interval TOST inverts and its level, the one-sided
+# p-values against −margin and +margin, the TOST p (their max) and after Holm, the verdict.
+EQUIVALENCE_COLUMNS = ("tost_margin", "tost_ci_level", "tost_low", "tost_high", "tost_p_lower",
+                       "tost_p_upper", "tost_p", "tost_p_holm", "tost_verdict")
 DEFAULT_BASELINE = ((REGULARIZER_KEY, BASELINE),)
 
 
@@ -134,6 +143,51 @@ def parse_selectors(texts: Sequence[str]) -> list[tuple[str, str]]:
                               "(for example regularizer=dropout)")
         selectors.append((key.strip(), value.strip()))
     return selectors
+
+
+def parse_margins(texts: Sequence[str]) -> dict[str, float]:
+    """``["test/acc=0.003", "test/ece=0.005"]`` -> {metric: margin}, in the metric's own units;
+    a malformed item, a key that is not a compared metric, a margin that is not a positive finite
+    number or a key given twice is a ReportError (one line), before any folder is read."""
+    margins: dict[str, float] = {}
+    for text in texts:
+        key, sep, value = (part.strip() for part in text.partition("="))
+        if not sep or not key:
+            raise ReportError(f"--equivalence {text!r} is not of the form KEY=MARGIN (for "
+                              "example test/acc=0.003); the sweep folders go before "
+                              "--equivalence or after --")
+        if key not in METRIC_NAMES:
+            close = difflib.get_close_matches(key, list(METRIC_NAMES), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ReportError(f"--equivalence {text}: {key} is not a compared metric{hint}; they "
+                              f"are {', '.join(METRIC_NAMES)}")
+        try:
+            margin = float(value)
+        except ValueError:
+            margin = math.nan
+        if not (math.isfinite(margin) and margin > 0):
+            raise ReportError(f"--equivalence {text}: the margin must be a positive finite number "
+                              "in the metric's own units (test/acc=0.003 is 0.3 percentage points)")
+        if key in margins:
+            raise ReportError(f"--equivalence names {key} twice ({key}={margins[key]!r} and "
+                              f"{text})")
+        margins[key] = margin
+    return margins
+
+
+def recorded_metrics(jobs: Iterable[Job]) -> set[str]:
+    """The metrics.json keys that hold a number in some job."""
+    return {key for job in jobs for key, value in job.metrics.items() if is_number(value)}
+
+
+def check_margins(jobs: Sequence[Job], margins: Mapping[str, float]) -> None:
+    """An equivalence margin for a metric no run recorded is a user mistake: one line."""
+    recorded = recorded_metrics(jobs)
+    if missing := [key for key in margins if key not in recorded]:
+        present = [key for key in METRIC_NAMES if key in recorded]
+        raise ReportError(f"--equivalence {', '.join(missing)}: no run of these sweeps recorded "
+                          f"{'it' if len(missing) == 1 else 'them'} (compared metrics here: "
+                          f"{', '.join(present) or 'none'})")
 
 
 def setting_matches(key: str, value: Any, text: str) -> bool:
@@ -294,16 +348,22 @@ class Comparison:
     ci_level: float = LEVEL             # of paired's interval and the bootstrap's
     family: int = 0                     # tests in this metric's family (Holm's m)
     noise: Optional[SplitNoise] = None
+    equivalence: Optional[Equivalence] = None  # with a margin for the metric (--equivalence)
+
+
+def paired_values(group: Group, baseline: Group, metric: str) -> tuple[list[float], list[float]]:
+    """The metric's values of same-seed (group run, baseline run) pairs where both recorded it."""
+    pairs, _ = pair_runs(group, baseline)
+    values = [(metric_value(ours, metric), metric_value(theirs, metric)) for ours, theirs in pairs]
+    values = [(x, y) for x, y in values if x is not None and y is not None]
+    return [x for x, _ in values], [y for _, y in values]
 
 
 def compare(group: Group, baseline: Group, metric: str) -> Comparison:
-    pairs, dropped = pair_runs(group, baseline)
-    values = [(metric_value(ours, metric), metric_value(theirs, metric)) for ours, theirs in pairs]
-    values = [(x, y) for x, y in values if x is not None and y is not None]
-    paired = paired_comparison([x for x, _ in values], [y for _, y in values])
+    paired = paired_comparison(*paired_values(group, baseline, metric))
     improvement = probability_of_improvement(finite_values(group.completed, metric),
                                              finite_values(baseline.completed, metric))
-    return Comparison(group, baseline, metric, paired, improvement, dropped)
+    return Comparison(group, baseline, metric, paired, improvement, pair_runs(group, baseline)[1])
 
 
 def judge(family: Sequence[Comparison]) -> None:
@@ -328,12 +388,29 @@ def needed_seeds(paired: PairedComparison, alpha: float) -> Optional[int]:
     return seeds_needed(paired.mean_diff, paired.sd_diff, paired.n_pairs, alpha)
 
 
+def add_equivalence(comparisons: Sequence[Comparison], margins: Mapping[str, float]) -> None:
+    """TOST (statistics.equivalence) for every comparison of a metric with a margin, after judge.
+    Holm's adjustment runs over the TOST p-values of the same family as the differences' (the
+    metric's comparisons with a test), each interval at 1 − 2α/m (Bonferroni): the error to
+    control is a false claim of equivalence, and m comparisons each at α would make one likelier
+    with every group added. With one comparison per metric (fp32 against bf16) nothing changes.
+    "different" follows the difference's own Holm-adjusted verdict (higher or lower)."""
+    for metric, margin in margins.items():
+        family = [c for c in comparisons if c.metric == metric]
+        results = [equivalence(*paired_values(c.group, c.baseline, metric), margin, ALPHA,
+                               bonferroni_level(c.family, 2 * ALPHA)) for c in family]
+        for c, result, adjusted in zip(family, results, holm([r.p_value for r in results])):
+            result.p_holm = adjusted
+            result.verdict = equivalence_verdict(result.n_pairs, adjusted, c.p_holm)
+            c.equivalence = result
+
+
 def build_comparisons(jobs: Sequence[Job], grouping: Grouping,
                       selectors: Sequence[tuple[str, str]]) -> tuple[list[Comparison], list[str]]:
     """Every (group, baseline) pair on every key metric some job recorded; Holm's adjustment runs
     over all comparisons of one metric, so 10 regularizers against none count as 10 tests."""
     pairs, notes = find_baselines(grouping, selectors)
-    recorded = {key for job in jobs for key, value in job.metrics.items() if is_number(value)}
+    recorded = recorded_metrics(jobs)
     comparisons = []
     for metric, _, _ in KEY_METRICS:
         if metric not in recorded:
@@ -393,8 +470,28 @@ def noise_cells(c: Comparison) -> dict[str, Any]:
     }
 
 
+def equivalence_cells(e: Optional[Equivalence]) -> dict[str, Any]:
+    """The EQUIVALENCE_COLUMNS of a row; empty for a metric without a margin."""
+    if e is None:
+        return dict.fromkeys(EQUIVALENCE_COLUMNS, "")
+    return {
+        "tost_margin": e.margin, "tost_ci_level": e.level if e.n_pairs >= 2 else "",
+        "tost_low": number(e.ci_low), "tost_high": number(e.ci_high),
+        "tost_p_lower": number(e.p_lower), "tost_p_upper": number(e.p_upper),
+        "tost_p": number(e.p_value), "tost_p_holm": number(e.p_holm), "tost_verdict": e.verdict,
+    }
+
+
+def comparison_header(comparisons: Sequence[Comparison]) -> list[str]:
+    """comparisons.csv's columns: the equivalence ones only when some metric has a margin."""
+    with_margin = any(c.equivalence is not None for c in comparisons)
+    return [*COMPARISON_COLUMNS, *(EQUIVALENCE_COLUMNS if with_margin else ())]
+
+
 def comparison_rows(comparisons: Sequence[Comparison]) -> list[dict[str, Any]]:
-    """comparisons.csv rows: full-precision numbers, empty cells for what was not computed."""
+    """comparisons.csv rows (comparison_header's columns): full-precision numbers, empty cells for
+    what was not computed."""
+    with_margin = any(c.equivalence is not None for c in comparisons)
     return [{
         "group": c.group.label, "baseline": c.baseline.label, "metric": c.metric,
         "n_pairs": c.paired.n_pairs, "mean_diff": number(c.paired.mean_diff),
@@ -404,7 +501,7 @@ def comparison_rows(comparisons: Sequence[Comparison]) -> list[dict[str, Any]]:
         "seeds_needed": seeds_needed_cell(c.seeds_needed), "sd_diff": number(c.paired.sd_diff),
         "test": c.paired.test, "dropped_seeds": c.dropped_seeds, "did_not_learn": learning_warning(c),
         "ci_level": c.ci_level if c.family else "", "outcome": outcome(c.metric, c.verdict),
-        **noise_cells(c),
+        **noise_cells(c), **(equivalence_cells(c.equivalence) if with_margin else {}),
     } for c in comparisons]
 
 
@@ -447,6 +544,13 @@ def interval_text(metric: str, low: float, high: float, level: float, unit: str 
     return text if math.isclose(level, LEVEL) else f"{text} ({format_level(level)})"
 
 
+def interval_or_none(metric: str, low: float, high: float, level: float, pairs: int) -> str:
+    """interval_text, or why there is none: equal differences on too few pairs to bound it."""
+    if math.isnan(low):
+        return f"(no finite {format_level(level)} interval from {pairs} equal pairs)"
+    return interval_text(metric, low, high, level)
+
+
 def verdict_line(c: Comparison) -> str:
     """"label_smoothing vs none: test accuracy +0.91 pp [0.35, 1.47], p_holm = 0.012, higher,
     better (4 pairs)", then the verdicts with the test split's noise and the seeds needed."""
@@ -454,7 +558,8 @@ def verdict_line(c: Comparison) -> str:
     unit = " pp" if c.metric in PERCENT_METRICS else ""
     head = f"{c.group.label} vs {c.baseline.label}: {name}"
     warning = f" ⚠ {learning}" if (learning := learning_warning(c)) else ""
-    return verdict_text(c, head, unit) + noise_text(c, unit) + seeds_text(c) + warning
+    return (verdict_text(c, head, unit) + noise_text(c, unit) + seeds_text(c)
+            + equivalence_text(c, unit) + warning)
 
 
 def pairs_text(paired: PairedComparison, alpha: float) -> str:
@@ -478,11 +583,8 @@ def verdict_text(c: Comparison, head: str, unit: str) -> str:
     difference = f"{format_difference(c.metric, paired.mean_diff)}{unit}"
     if c.verdict == TOO_FEW_SEEDS:
         return f"{head} {difference} ({pairs_text(paired, ALPHA)}): {TOO_FEW_SEEDS} for a test"
-    if math.isnan(paired.ci_low):
-        interval = (f"(no finite {format_level(c.ci_level)} interval from {paired.n_pairs} "
-                    "equal pairs)")
-    else:
-        interval = interval_text(c.metric, paired.ci_low, paired.ci_high, c.ci_level)
+    interval = interval_or_none(c.metric, paired.ci_low, paired.ci_high, c.ci_level,
+                                paired.n_pairs)
     better = f", {result}" if (result := outcome(c.metric, c.verdict)) else ""
     alpha = ALPHA / max(c.family, 1)
     return (f"{head} {difference} {interval}, p_holm = {format_p(c.p_holm)}, {c.verdict}{better} "
@@ -512,6 +614,28 @@ def noise_text(c: Comparison, unit: str) -> str:
                  f"in {c.group.label}, {test.baseline_only} only in {c.baseline.label}, p_holm = "
                  f"{format_p(noise.mcnemar_p_holm)}, {noise.mcnemar_verdict}{better}")
     return text
+
+
+def equivalence_word(c: Comparison, unit: str) -> str:
+    """"equivalent within ±0.30 pp", "not shown equivalent", "different", "too few seeds"."""
+    e = c.equivalence
+    if e is None:
+        return ""
+    if e.verdict != EQUIVALENT:
+        return e.verdict
+    return f"{EQUIVALENT} within ±{format_difference(c.metric, e.margin, False)}{unit}"
+
+
+def equivalence_text(c: Comparison, unit: str) -> str:
+    """"; TOST at ±0.30 pp: [-0.12, 0.20] (90 %), p_holm = 0.0031, equivalent within ±0.30 pp"."""
+    e = c.equivalence
+    if e is None:
+        return ""
+    head = f"; TOST at ±{format_difference(c.metric, e.margin, False)}{unit}"
+    if e.verdict == TOO_FEW_SEEDS:
+        return f"{head}: {TOO_FEW_SEEDS} for a test"
+    interval = interval_or_none(c.metric, e.ci_low, e.ci_high, e.level, e.n_pairs)
+    return f"{head}: {interval}, p_holm = {format_p(e.p_holm)}, {equivalence_word(c, unit)}"
 
 
 def seeds_text(c: Comparison) -> str:
@@ -586,7 +710,26 @@ def comparison_method_text(comparisons: Sequence[Comparison], selectors: Sequenc
         "the difference is negligible next to its spread; where every pair differs by the same "
         f"amount, the smallest n whose exact sign-flip p = 2·0.5^n is below {ALPHA}/m (6 for "
         f"m = 1). All numbers, with the probability of improvement, in {COMPARISONS_CSV}.")
-    return text + noise_method_text(comparisons)
+    return text + equivalence_method_text(comparisons) + noise_method_text(comparisons)
+
+
+def equivalence_method_text(comparisons: Sequence[Comparison]) -> str:
+    """What the TOST verdicts are, when some metric has a margin (--equivalence)."""
+    if not any(c.equivalence is not None for c in comparisons):
+        return ""
+    margins = {c.metric: c.equivalence.margin for c in comparisons if c.equivalence is not None}
+    listed = ", ".join(f"{METRIC_NAMES.get(metric, metric)} ±{margin!r}"
+                       for metric, margin in margins.items())
+    return (
+        f" **Equivalence** (--equivalence; margins in the metric's own units: {listed}): two "
+        "one-sided paired t-tests (TOST, Schuirmann 1987; scipy.stats.ttest_1samp) of H0 mean "
+        "difference ≤ −margin and H0 ≥ +margin; the TOST p is the larger one, Holm-adjusted over "
+        "the same comparisons as the differences' p (a false claim of equivalence is the error "
+        f"it guards against). Equivalent within ±margin when that p_holm < {ALPHA}, the same as "
+        f"the 1 − 2·{ALPHA}/m interval (90 % for one comparison) lying inside (−margin, "
+        "+margin); otherwise different when the difference's own verdict is higher or lower; "
+        "otherwise not shown equivalent. Equal differences on every pair use the exact sign-flip "
+        "test, 0.5^n on each side.")
 
 
 def noise_method_text(comparisons: Sequence[Comparison]) -> str:

@@ -40,12 +40,13 @@ from regbench.report.calibration import (
 )
 from regbench.report.calibration import SPEC as CALIBRATION_SPEC
 from regbench.report.comparisons import (
-    COMPARISON_COLUMNS,
     METRIC_NAMES,
     PERCENT_METRICS,
     Comparison,
+    comparison_header,
     comparison_method_text,
     comparison_rows,
+    equivalence_word,
     format_difference,
     format_p,
     verdict_line,
@@ -119,6 +120,7 @@ class HtmlReport:
     figures: Mapping[str, Any] = field(default_factory=dict)
     baseline: Sequence[str] = ()  # the --baseline selectors as given
     rank_metric: str = TEST_ACC
+    margins: Mapping[str, float] = field(default_factory=dict)  # --equivalence, parsed
 
 
 def write_html_report(report: HtmlReport) -> Path:
@@ -217,6 +219,9 @@ def verdict_matrix(comparisons: Sequence[Comparison]) -> str:
             word = outcome(c)
             difference = "" if math.isnan(c.paired.mean_diff) else format_difference(metric, c.paired.mean_diff)
             content = f"<span class=\"diff\">{esc(difference)}</span><span class=\"word\">{esc(word)}</span>"
+            if c.equivalence is not None:
+                unit = " pp" if metric in PERCENT_METRICS else ""
+                content += f"<span class=\"word\">{esc(equivalence_word(c, unit))}</span>"
             cells.append(element("td", content, class_=f"verdict {outcome_class(word)}",
                                  title=verdict_line(c)))
         rows.append(cells)
@@ -341,13 +346,13 @@ def group_section(jobs: Sequence[Job], grouping: Grouping) -> Section:
 
 
 # Columns of comparisons.csv shown in the group − baseline unit (pp for accuracies), and p-values.
-DIFFERENCE_COLUMN = re.compile(r"(^|_)diff(_|$)|_(low|high)$")
+DIFFERENCE_COLUMN = re.compile(r"(^|_)(diff|margin)(_|$)|_(low|high)$")
 P_COLUMN = re.compile(r"(^|_)p(_|$)|^p_value")
 # comparisons.csv's interval columns, shown as one "[low, high]" column.
 INTERVAL_ENDS = ("_low", "_high")
 # Shown even when every row has the same value; other such columns become one sentence (but
 # differences, whose unit changes with the metric).
-ALWAYS_SHOWN = {"group", "mean_diff", "verdict"}
+ALWAYS_SHOWN = {"group", "mean_diff", "verdict", "tost_verdict"}
 
 
 def comparison_text(column: str, value: Any, metric: str) -> str:
@@ -362,10 +367,11 @@ def comparison_text(column: str, value: Any, metric: str) -> str:
     return str(value)
 
 
-def comparison_columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, ...]]:
-    """comparisons.csv's columns that some row fills, the metric aside (it heads its rows), each
-    ``x_low`` with its ``x_high`` as one interval column: (column,) or (low, high)."""
-    filled = [column for column in COMPARISON_COLUMNS
+def comparison_columns(rows: Sequence[Mapping[str, Any]],
+                       header: Sequence[str]) -> list[tuple[str, ...]]:
+    """comparisons.csv's columns (``header``) that some row fills, the metric aside (it heads its
+    rows), each ``x_low`` with its ``x_high`` as one interval column: (column,) or (low, high)."""
+    filled = [column for column in header
               if column != "metric" and any(row.get(column) != "" for row in rows)]
     columns: list[tuple[str, ...]] = []
     for column in filled:
@@ -400,7 +406,7 @@ def comparison_section(analysis: Analysis) -> Optional[Section]:
     rows = comparison_rows(analysis.comparisons)
     if not rows:
         return None
-    columns = comparison_columns(rows)
+    columns = comparison_columns(rows, comparison_header(analysis.comparisons))
     constant = [column for column in columns if len(column) == 1 and len(rows) > 1
                 and column[0] not in ALWAYS_SHOWN and not DIFFERENCE_COLUMN.search(column[0])
                 and len({str(row[column[0]]) for row in rows}) == 1]
@@ -420,6 +426,10 @@ def comparison_section(analysis: Analysis) -> Optional[Section]:
             "points; p holm: the p-value after Holm's adjustment over the groups; prob "
             "improvement: the share of (group run, baseline run) pairs in which the group's value "
             "is the higher.")
+    if any(c.equivalence is not None for c in analysis.comparisons):
+        text += (" tost: the equivalence test within ±margin (--equivalence), its interval at the "
+                 "tost ci level, the one-sided p-values against −margin (lower) and +margin "
+                 "(upper), the larger of them (tost p) and after Holm.")
     if constant:
         text += " In every row: " + "; ".join(
             f"{column_title(column)} {comparison_text(column[0], rows[0][column[0]], rows[0]['metric'])}"
@@ -640,6 +650,9 @@ def report_command(report: HtmlReport) -> str:
     options = [option for selector in report.baseline for option in ("--baseline", selector)]
     if report.rank_metric != TEST_ACC:
         options += ["--rank-metric", report.rank_metric]
+    if report.margins:
+        options += ["--equivalence",
+                    *(f"{key}={margin!r}" for key, margin in report.margins.items())]
     return shlex.join(["python", "-m", "regbench.report", *map(str, report.sweeps), *options])
 
 

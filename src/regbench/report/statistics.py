@@ -5,6 +5,9 @@
   Bonferroni-width intervals for the same family (Dunn 1961: level 1 − α/m).
 - Probability of improvement (Agarwal et al. 2021, "Deep RL at the edge of the statistical
   precipice"): P(X > Y) over all run pairs, ties counting half.
+- Equivalence within a margin ±Δ: two one-sided paired t-tests (TOST; Schuirmann 1987, "A
+  comparison of the two one-sided tests procedure and the power approach for assessing the
+  equivalence of average bioavailability", J. Pharmacokinet. Biopharm. 15; notes §9.1).
 - Seeds needed to detect a difference: the paired t-test's power from the noncentral t
   distribution (``scipy.stats.nct``), solved for the smallest number of pairs.
 - McNemar's exact test on paired predictions of one test set (``scipy.stats.binomtest``).
@@ -167,6 +170,86 @@ def verdict(comparison: PairedComparison, p_adjusted: float, alpha: float = ALPH
     if p_adjusted < alpha and comparison.mean_diff != 0:
         return HIGHER if comparison.mean_diff > 0 else LOWER
     return INDISTINGUISHABLE
+
+
+# --- equivalence within a margin (TOST) ---------------------------------------------------------
+
+EQUIVALENT = "equivalent"
+NOT_SHOWN_EQUIVALENT = "not shown equivalent"
+DIFFERENT = "different"
+
+
+@dataclass
+class Equivalence:
+    """Whether group − baseline lies within ±margin, over same-seed pairs of one metric."""
+
+    margin: float
+    n_pairs: int
+    mean_diff: float  # NaN without pairs
+    level: float      # of the interval: 1 − 2α (90 % at α = 0.05), the interval TOST inverts
+    ci_low: float     # NaN with < 2 pairs, or from equal pairs too few to bound it
+    ci_high: float
+    p_lower: float    # one-sided p of H0 mean <= −margin (alternative: greater); NaN: no test
+    p_upper: float    # one-sided p of H0 mean >= +margin (alternative: less)
+    p_value: float    # TOST: max(p_lower, p_upper)
+    test: str         # T_TEST, ZERO_VARIANCE_TEST or "" (no test)
+    p_holm: float = math.nan  # p_value after Holm's adjustment over a family (the caller's)
+    verdict: str = TOO_FEW_SEEDS
+
+
+def equivalence(group: Sequence[float], baseline: Sequence[float], margin: float,
+                alpha: float = ALPHA, level: Optional[float] = None) -> Equivalence:
+    """TOST of the paired differences d = group − baseline against ±``margin`` (> 0).
+
+    p_lower: ``ttest_1samp(d, -margin, alternative="greater")``, p_upper: ``ttest_1samp(d,
+    margin, alternative="less")``; the TOST p is the larger. Equivalence at α (p < α) is the same
+    decision as the (1 − 2α) t-interval d̄ ± t_{1−α, n−1}·s/√n lying inside (−margin, +margin).
+    ``level``: of that interval, 1 − 2α unless the caller widens it for a family (Bonferroni).
+
+    Zero-variance differences: scipy says p = 0 for equal differences on the far side of a bound
+    (2 equal pairs would be "equivalent") and NaN when they sit on it, so equal differences d get
+    the exact one-sided sign-flip p instead, as paired_comparison does for the two-sided test:
+    0.5^n when d is on the alternative's side of the bound (only the observed sign pattern
+    reaches it), else 1; the interval is with_interval's, which inverts the same test ([d, d]
+    when 0.5^n < α, else none: it is what these p-values accept). Identical results (d = 0) are
+    such a case. Fewer than 2 pairs: no test (NaN), verdict "too few seeds".
+    The verdict is equivalence_verdict's on this one comparison's p-values (no family).
+    """
+    level = 1 - 2 * alpha if level is None else level
+    paired = paired_comparison(group, baseline, level)
+    if paired.test == "":
+        return Equivalence(margin, paired.n_pairs, paired.mean_diff, level, math.nan, math.nan,
+                           math.nan, math.nan, math.nan, "")
+    if paired.test == T_TEST:
+        differences = np.asarray(group, dtype=float) - np.asarray(baseline, dtype=float)
+        p_lower = stats.ttest_1samp(differences, -margin, alternative="greater").pvalue
+        p_upper = stats.ttest_1samp(differences, margin, alternative="less").pvalue
+    else:
+        # One-sided sign-flip: half of sign_flip_p_value's two mirrored patterns.
+        one_sided = 0.5 ** paired.n_pairs
+        p_lower = one_sided if paired.mean_diff > -margin else 1.0
+        p_upper = one_sided if paired.mean_diff < margin else 1.0
+        constant = dataclasses.replace(paired, test=ZERO_VARIANCE_TEST)
+        paired = with_interval(constant, level)
+    p_value = max(float(p_lower), float(p_upper))
+    result = Equivalence(margin, paired.n_pairs, paired.mean_diff, level, paired.ci_low,
+                         paired.ci_high, float(p_lower), float(p_upper), p_value, paired.test,
+                         p_holm=p_value)
+    result.verdict = equivalence_verdict(result.n_pairs, p_value, paired.p_value, alpha)
+    return result
+
+
+def equivalence_verdict(n_pairs: int, tost_p: float, difference_p: float,
+                        alpha: float = ALPHA) -> str:
+    """The rule: "equivalent" (within the margin) when the TOST p is below α; otherwise
+    "different" when the two-sided paired test of a zero difference has p below α (a difference
+    is shown, and not shown to be small); otherwise "not shown equivalent". "too few seeds" with
+    fewer than 2 pairs. ``tost_p`` and ``difference_p``: adjusted ones for a family."""
+    if n_pairs < 2 or math.isnan(tost_p):
+        return TOO_FEW_SEEDS
+    if tost_p < alpha:
+        return EQUIVALENT
+    return DIFFERENT if difference_p < alpha else NOT_SHOWN_EQUIVALENT
 
 
 def probability_of_improvement(group: Sequence[float], baseline: Sequence[float]) -> float:
