@@ -243,5 +243,7 @@ def test_the_command_compares_bf16_with_fp32_by_seed_and_prints_the_tost_verdict
     assert float(acc["tost_low"]) == pytest.approx(interval.low, abs=1e-12)
     assert acc["tost_verdict"] == "equivalent"
     page = (folder / "report.html").read_text()
-    assert "equivalent within ±1.00 pp" in page and "tost interval" in page
+    # Beside the difference in the verdict matrix, and a column of the comparisons table.
+    assert '<span class="word">equivalent within ±1.00 pp</span>' in page
+    assert '<span class="word">different</span>' in page and "tost interval" in page
     assert "--equivalence test/acc=0.01 test/ece=0.01" in page

@@ -5,7 +5,9 @@ The baseline is chosen by override-style selectors (``--baseline key=value``, de
 with. Per metric, the paired statistics of statistics.py, Holm's adjustment over all comparisons of
 that metric with Bonferroni-width intervals for the same family, the verdict, the seeds a t-test
 would need, and its rows for comparisons.csv and its line for summary.md. The verdicts that include
-the test split's own noise (split_noise.py) are attached to the same comparisons and shown beside.
+the test split's own noise (split_noise.py) are attached to the same comparisons and shown beside,
+and so is, for a metric given a margin (``--equivalence KEY=MARGIN``), whether the group is
+equivalent to its baseline within it (TOST, statistics.equivalence; ``add_equivalence``).
 """
 
 from __future__ import annotations
