@@ -10,9 +10,18 @@ import pytest
 import yaml
 
 from conftest import read_metrics, run_cli, without_timings
+from regbench.cli.command_line import check_command_line
 from regbench.cli.compose import composer
+from regbench.config import ConfigError
 from regbench.machine import available_cores
-from regbench.sweep_plan import JobShape, gpu_slot, job_overrides, plan_jobs, shape_key
+from regbench.sweep_plan import (
+    LAUNCHER_TARGET,
+    JobShape,
+    gpu_slot,
+    job_overrides,
+    plan_jobs,
+    shape_key,
+)
 
 MLP = JobShape(model="mlp", device="auto", num_threads=0)
 
@@ -128,3 +137,17 @@ def test_a_default_sweep_runs_jobs_side_by_side_with_the_results_of_one_at_a_tim
                      f"hydra.sweep.dir={tmp_path / 'basic'}"], cwd=tmp_path)
     assert basic.returncode == 0, basic.stderr
     assert job_results(tmp_path / "parallel") == job_results(tmp_path / "basic")
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "abc", "1.5"])
+def test_a_bad_n_jobs_for_the_default_launcher_is_refused_in_one_line(value):
+    with pytest.raises(ConfigError, match=r"^hydra.launcher.n_jobs=.* is not allowed: a positive "
+                                          r"number of jobs at once, or null"):
+        check_command_line(["-m", "seed=0,1", f"hydra.launcher.n_jobs={value}"])
+    check_command_line(["-m", "seed=0,1", "hydra.launcher.n_jobs=3"])
+    check_command_line(["-m", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=-1"])
+
+
+def test_the_launcher_the_command_line_checks_is_the_one_the_config_names():
+    with composer() as compose:
+        assert compose([], hydra=True).hydra.launcher._target_ == LAUNCHER_TARGET

@@ -34,6 +34,8 @@ from typing import Iterator, Optional, Sequence
 MIN_THREADS_ALL_CORES = 0  # marker: the whole machine, one job at a time
 MIN_THREADS = {"resnet18": MIN_THREADS_ALL_CORES, "resnet34": MIN_THREADS_ALL_CORES,
                "resnet50": MIN_THREADS_ALL_CORES}
+# configs/hydra/launcher/parallel.yaml's launcher (the command-line check looks for it).
+LAUNCHER_TARGET = "hydra_plugins.regbench_parallel_launcher.parallel_launcher.ParallelLauncher"
 # Hidden lock files in the sweep folder: a job holds one while it runs on that GPU.
 GPU_SLOT_FILE = ".regbench-gpu-{}.lock"
 
@@ -58,6 +60,15 @@ class JobPlan:
         threads = f", {self.threads} CPU thread{'s' * (self.threads != 1)} each" if self.threads else ""
         return (f"{job_count} job{'s' * (job_count != 1)}, {self.at_once} at a time "
                 f"({self.reason}{threads}); hydra/launcher=basic runs one at a time")
+
+
+def check_n_jobs(n_jobs: object) -> None:
+    """``hydra.launcher.n_jobs``: null (chosen from the cores or GPUs) or a positive whole number."""
+    from regbench.config import check
+
+    check(n_jobs is None or (isinstance(n_jobs, int) and not isinstance(n_jobs, bool) and n_jobs >= 1),
+          "hydra.launcher.n_jobs", n_jobs, "a positive number of jobs at once, or null (chosen from "
+          "the cores or the GPUs)")
 
 
 def uses_cuda(shape: JobShape, gpus: int) -> bool:

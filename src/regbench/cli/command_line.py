@@ -274,6 +274,22 @@ def is_read_only_mount(path: Path) -> bool:
     return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
 
 
+def check_launcher(overrides: Sequence[Override], first: list[str], compose: Any) -> None:
+    """The default launcher's ``n_jobs``: null or a positive number (joblib's own launcher reads
+    -1 as every core; this one chooses by itself when it is null). Other Hydra settings are
+    Hydra's to check."""
+    from regbench.sweep_plan import LAUNCHER_TARGET, check_n_jobs
+
+    hydra_settings = [o.input_line for o in overrides
+                      if o.key_or_group.startswith("hydra") and not o.is_sweep_override()]
+    try:
+        launcher = compose([*first, *hydra_settings], hydra=True).hydra.launcher
+    except (HydraException, OmegaConfBaseException, ValueError):
+        return
+    if str(launcher.get("_target_", "")) == LAUNCHER_TARGET:
+        check_n_jobs(launcher.get("n_jobs"))
+
+
 def check_command_line(args: Sequence[str]) -> None:
     """Raise ConfigError for the first bad override of a command line."""
     command_line = split_command_line(args)
@@ -288,6 +304,8 @@ def check_command_line(args: Sequence[str]) -> None:
         candidates = list(candidate_command_lines(checked_overrides(overrides)))
         if not command_line.multirun:
             check_sweeps_have_multirun(overrides, candidates[0], compose)
+        elif not set(command_line.flags) - MULTIRUN_FLAGS:
+            check_launcher(overrides, candidates[0], compose)
         for candidate in candidates:
             try:
                 OmegaConf.to_object(compose(candidate))
