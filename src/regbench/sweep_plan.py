@@ -25,7 +25,6 @@ rounding (README, Sweeps).
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -109,32 +108,33 @@ def job_overrides(plan: JobPlan, overrides: Sequence[str], slot: Optional[int]) 
     return [*overrides, *extra]
 
 
+class SlotTaken(Exception):
+    """Another job holds this GPU's slot."""
+
+
+def slot_taken() -> None:
+    raise SlotTaken
+
+
 @contextlib.contextmanager
 def gpu_slot(sweep_dir: Path, gpus: int) -> Iterator[Optional[int]]:
-    """The first GPU no other job of this sweep holds, held (an exclusive ``flock``) until the
+    """The first GPU no other job of this sweep holds, held (``files.exclusive_lock``) until the
     block ends; None when jobs are not pinned (``gpus`` 0). The launcher never runs more jobs at
     once than GPUs, so a free one exists; a lock dies with its process, so a killed job frees it."""
-    import fcntl  # POSIX only, as the GPU jobs it pins
+    from regbench.files import exclusive_lock
 
     if gpus <= 0:
         yield None
         return
-    handles = []
-    try:
-        for slot in range(gpus):
-            path = sweep_dir / GPU_SLOT_FILE.format(slot)
-            handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-            handles.append(handle)
+    for slot in range(gpus):
+        with contextlib.ExitStack() as held:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                held.enter_context(exclusive_lock(sweep_dir / GPU_SLOT_FILE.format(slot), slot_taken))
+            except SlotTaken:
                 continue
             yield slot
             return
-        raise RuntimeError(f"no free GPU slot among {gpus} in {sweep_dir}")
-    finally:
-        for handle in handles:
-            os.close(handle)  # closing releases the lock
+    raise RuntimeError(f"no free GPU slot among {gpus} in {sweep_dir}")
 
 
 # Override keys that can change a job's shape (its model, device or threads); jobs that differ only
