@@ -206,7 +206,11 @@ def current_job_label() -> str:
 
     if not in_multirun():
         return ""
-    return f" [{Path(HydraConfig.get().runtime.output_dir).name}]"
+    # None in a sweep's own process between jobs (a launcher's or sweeper's lines after a job ran
+    # in-process, as the parallel launcher runs them when one at a time fits the machine).
+    folder = OmegaConf.select(HydraConfig.get(), "runtime.output_dir", default=None,
+                              throw_on_missing=False)
+    return f" [{Path(folder).name}]" if folder else ""
 
 
 def register_resolvers() -> None:
