@@ -84,6 +84,20 @@ def train_with_cli(tmp_path: Path, overrides: Sequence[str],
     return metrics, history
 
 
+def train_end_to_end(tmp_path: Path, overrides: Sequence[str],
+                     epochs: int = 2) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A few epochs of the run these overrides compose from configs/, trained and tested in this
+    process (a preset's run minus the command line's start-up, which tests/cli runs for real);
+    checks that it completed and returns (metrics.json, history.jsonl) of its run folder."""
+    run_dir = tmp_path / "run"
+    train_in_process(run_dir, [*overrides, f"trainer.epochs={epochs}"])
+    metrics = read_metrics(run_dir)
+    assert metrics["status"] == "completed"
+    history = read_history(run_dir)
+    assert len(history) == epochs
+    return metrics, history
+
+
 def read_history(run_dir: Path) -> list[dict[str, Any]]:
     """history.jsonl as a list of per-epoch records ([] before the first epoch)."""
     return RunFolder(run_dir).history()

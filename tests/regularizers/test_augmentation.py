@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torchvision.transforms import v2
 
-from conftest import compose_config, train_in_process, train_with_cli
+from conftest import compose_config, train_end_to_end, train_in_process
 from regbench.config import ConfigError
 from regbench.regularizers import REGULARIZERS, RunContext
 from regbench.regularizers.augmentation import Augmentation, AugmentationConfig, AugmentationMode
@@ -151,5 +151,5 @@ def test_only_training_batches_are_augmented(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_cli_trains_with_augmentation(tmp_path):
-    train_with_cli(tmp_path, ["regularizer=augmentation"])
+def test_a_run_with_the_augmentation_preset_completes(tmp_path):
+    train_end_to_end(tmp_path, ["regularizer=augmentation"])

@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import build_model_of, compose_config, train_with_cli
+from conftest import build_model_of, compose_config, train_end_to_end
 from regbench.config import ConfigError
 from regbench.models.base import ModelOptions, hidden_block
 from regbench.regularizers import REGULARIZERS, RunContext
@@ -83,6 +83,6 @@ def test_config_composes_and_bad_values_are_refused():
 
 
 @pytest.mark.slow
-def test_cli_trains_with_dropout_and_batchnorm(tmp_path):
-    metrics, _ = train_with_cli(tmp_path, ["regularizer=[dropout,batchnorm]"])
+def test_a_run_with_dropout_and_batchnorm_completes_and_records_both(tmp_path):
+    metrics, _ = train_end_to_end(tmp_path, ["regularizer=[dropout,batchnorm]"])
     assert metrics["regularizer"] == ["batchnorm", "dropout"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose_config, train_in_process, train_with_cli
+from conftest import compose_config, train_end_to_end, train_in_process
 from regbench.config import ConfigError
 from regbench.regularizers import REGULARIZERS, RunContext, StepOutput
 from regbench.regularizers.confidence_penalty import ConfidencePenaltyConfig
@@ -157,7 +157,7 @@ def test_hinge_stops_pushing_once_entropy_reaches_threshold(tmp_path, baseline, 
 
 
 @pytest.mark.slow
-def test_cli_run_logs_the_term(tmp_path):
-    _, history = train_with_cli(tmp_path, ["regularizer=confidence_penalty"])
+def test_a_run_with_the_preset_logs_a_negative_term_every_epoch(tmp_path):
+    _, history = train_end_to_end(tmp_path, ["regularizer=confidence_penalty"])
     # Without a threshold the term is -beta * H: negative.
     assert all(record["train/loss_confidence_penalty"] < 0 for record in history)

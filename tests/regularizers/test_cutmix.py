@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose_config, train_in_process, train_with_cli
+from conftest import compose_config, train_end_to_end, train_in_process
 from regbench.config import ConfigError
 from regbench.regularizers import REGULARIZERS, RunContext
 from regbench.regularizers.cutmix import CutMixConfig
@@ -73,6 +73,6 @@ def test_cutmix_trains_on_digits_and_differs_from_none(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_run(tmp_path):
-    metrics, history = train_with_cli(tmp_path, ["regularizer=cutmix"])
+def test_a_run_with_the_preset_completes_and_logs_the_cross_entropy(tmp_path):
+    metrics, history = train_end_to_end(tmp_path, ["regularizer=cutmix"])
     assert metrics["regularizer"] == ["cutmix"] and "train/loss_ce" in history[-1]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from scipy import stats
 
-from conftest import compose_config, read_history, train_in_process, train_with_cli
+from conftest import compose_config, read_history, train_end_to_end, train_in_process
 from regbench.config import ConfigError
 from regbench.models import build_model
 from regbench.models.base import ModelOptions
@@ -258,7 +258,7 @@ def test_dropblock_makes_training_harder_on_digits(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_run_on_the_cifar_resnet(tmp_path):
-    metrics, _ = train_with_cli(tmp_path, ["regularizer=[dropblock,augmentation]", "model=resnet"],
+def test_a_cifar_resnet_run_with_dropblock_and_augmentation_completes(tmp_path):
+    metrics, _ = train_end_to_end(tmp_path, ["regularizer=[dropblock,augmentation]", "model=resnet"],
                                 epochs=1)
     assert sorted(metrics["regularizer"]) == ["augmentation", "dropblock"]

@@ -8,7 +8,13 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import build_model_of, compose_config, regularizer_overrides, train_in_process, train_with_cli
+from conftest import (
+    build_model_of,
+    compose_config,
+    regularizer_overrides,
+    train_end_to_end,
+    train_in_process,
+)
 from regbench.config import ConfigError
 from regbench.models.base import DropoutPlacement, ModelOptions, hidden_block
 from regbench.models.layers import GaussianDropout, Uout
@@ -178,7 +184,7 @@ def test_channel_dropout_on_lenet_needs_before_bn_next_to_batchnorm(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_trains_with_dropout(tmp_path):
-    metrics, _ = train_with_cli(tmp_path, ["regularizer=dropout", "regularizer.dropout.kind=gaussian",
+def test_a_run_with_gaussian_input_dropout_completes(tmp_path):
+    metrics, _ = train_end_to_end(tmp_path, ["regularizer=dropout", "regularizer.dropout.kind=gaussian",
                                            "regularizer.dropout.input_p=0.2"])
     assert metrics["regularizer"] == ["dropout"]

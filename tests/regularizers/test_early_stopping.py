@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import compose_config, train_in_process, train_with_cli
+from conftest import compose_config, train_end_to_end, train_in_process
 from regbench.config import ConfigError
 from regbench.regularizers import REGULARIZERS, RunContext
 from regbench.regularizers.early_stopping import EarlyStopping, EarlyStoppingConfig
@@ -135,6 +135,6 @@ def test_real_run_stops_and_tests_the_best_epochs_weights(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_trains_with_early_stopping(tmp_path):
-    metrics, _ = train_with_cli(tmp_path, ["regularizer=early_stopping"])
+def test_a_two_epoch_run_records_its_best_and_stopped_epochs(tmp_path):
+    metrics, _ = train_end_to_end(tmp_path, ["regularizer=early_stopping"])
     assert 1 <= metrics["early_stopping/best_epoch"] <= metrics["early_stopping/stopped_epoch"] == 2

@@ -17,8 +17,8 @@ from conftest import (
     assert_resumes_exactly_after_sigterm,
     compose_config,
     read_history,
+    train_end_to_end,
     train_in_process,
-    train_with_cli,
 )
 from regbench.config import ConfigError
 from regbench.regularizers import REGULARIZERS, RunContext
@@ -175,7 +175,7 @@ def test_a_run_interrupted_by_sigterm_resumes_to_the_uninterrupted_metrics(tmp_p
 
 
 @pytest.mark.slow
-def test_cli_run_with_ema_and_label_smoothing(tmp_path):
-    metrics, history = train_with_cli(tmp_path, ["regularizer=[ema,label_smoothing]", *SMALL])
+def test_a_run_with_ema_and_label_smoothing_records_raw_and_averaged_metrics(tmp_path):
+    metrics, history = train_end_to_end(tmp_path, ["regularizer=[ema,label_smoothing]", *SMALL])
     assert "test_raw/acc" in metrics and "val_raw/acc" in history[-1]
     assert metrics["ema/updates"] == 2 * 19

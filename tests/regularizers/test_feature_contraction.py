@@ -4,13 +4,12 @@ the features on real data."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from conftest import compose_config, train_in_process, train_with_cli
+from conftest import compose_config, train_end_to_end, train_in_process
 from regbench.config import ConfigError
 from regbench.models import ModelOptions, build_model
 from regbench.models.mlp import MLPConfig
@@ -153,6 +152,6 @@ def test_contraction_lowers_test_feature_norm_on_digits(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_run_logs_the_term(tmp_path):
-    _, history = train_with_cli(tmp_path, ["regularizer=feature_contraction"])
+def test_a_run_with_the_preset_logs_a_positive_term_every_epoch(tmp_path):
+    _, history = train_end_to_end(tmp_path, ["regularizer=feature_contraction"])
     assert all(record["train/loss_feature_contraction"] > 0 for record in history)

@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import compose_config, train_in_process, train_with_cli
+from conftest import compose_config, train_end_to_end, train_in_process
 from regbench.config import ConfigError
 from regbench.regularizers import REGULARIZERS, StepOutput
 from regbench.regularizers.l1 import L1Config
@@ -83,5 +83,5 @@ def test_l1_shrinks_the_absolute_weights_on_digits(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_trains_with_l1(tmp_path):
-    train_with_cli(tmp_path, ["regularizer=l1"])
+def test_a_run_with_the_l1_preset_completes(tmp_path):
+    train_end_to_end(tmp_path, ["regularizer=l1"])

@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import compose_config, train_in_process, train_with_cli
+from conftest import compose_config, train_end_to_end, train_in_process
 from regbench.config import ConfigError
 from regbench.optim import param_groups
 from regbench.regularizers import REGULARIZERS, RunContext, StepOutput
@@ -138,5 +138,5 @@ def test_decoupled_weight_decay_with_adamw_lowers_the_weight_norm(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_trains_with_l2(tmp_path):
-    train_with_cli(tmp_path, ["regularizer=l2"])
+def test_a_run_with_the_l2_preset_completes(tmp_path):
+    train_end_to_end(tmp_path, ["regularizer=l2"])

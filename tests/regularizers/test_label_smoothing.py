@@ -10,7 +10,13 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from conftest import compose_config, read_history, train_in_process, train_with_cli
+from conftest import (
+    compose_config,
+    read_history,
+    train_end_to_end,
+    train_in_process,
+    train_with_cli,
+)
 from regbench.config import ConfigError
 from regbench.regularizers import REGULARIZERS, StepOutput
 from regbench.regularizers.label_smoothing import LabelSmoothingConfig
@@ -89,8 +95,8 @@ def test_label_smoothing_lowers_test_confidence_on_digits(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_run_logs_the_term(tmp_path):
-    _, history = train_with_cli(tmp_path, ["regularizer=label_smoothing"])
+def test_a_run_with_the_preset_logs_its_term_every_epoch(tmp_path):
+    _, history = train_end_to_end(tmp_path, ["regularizer=label_smoothing"])
     assert all("train/loss_label_smoothing" in record for record in history)
 
 

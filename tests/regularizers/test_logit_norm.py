@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from conftest import compose_config, read_history, train_in_process, train_with_cli
+from conftest import compose_config, read_history, train_end_to_end, train_in_process
 from regbench.config import ConfigError
 from regbench.regularizers import REGULARIZERS, StepOutput
 from regbench.regularizers.logit_norm import LogitNormConfig
@@ -76,9 +76,9 @@ def test_bad_values_are_refused_naming_the_key(override, key):
 
 
 @pytest.mark.slow
-def test_logit_norm_at_its_defaults_trains_the_digits_mlp_from_the_command_line(tmp_path):
+def test_logit_norm_at_its_preset_defaults_trains_the_digits_mlp(tmp_path):
     # The paper's loss without the floor ended this run at test accuracy 0.32 (seed 0, 5 epochs).
-    metrics, history = train_with_cli(tmp_path, ["regularizer=logit_norm", "seed=0"], epochs=5)
+    metrics, history = train_end_to_end(tmp_path, ["regularizer=logit_norm", "seed=0"], epochs=5)
     assert metrics["test/acc"] > 0.9
     assert metrics["did_not_learn"] is False
     for record in history:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from conftest import compose_config, read_history, train_in_process, train_with_cli
+from conftest import compose_config, read_history, train_end_to_end, train_in_process
 from regbench.config import ConfigError
 from regbench.regularizers import REGULARIZERS, RunContext, StepOutput
 from regbench.regularizers.label_smoothing import LabelSmoothingConfig
@@ -101,7 +101,7 @@ def test_mixup_lowers_test_confidence_on_digits(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_run_with_label_smoothing_and_augmentation(tmp_path):
-    metrics, history = train_with_cli(tmp_path, ["regularizer=[augmentation,mixup,label_smoothing]"])
+def test_a_run_with_augmentation_mixup_and_label_smoothing_completes(tmp_path):
+    metrics, history = train_end_to_end(tmp_path, ["regularizer=[augmentation,mixup,label_smoothing]"])
     assert sorted(metrics["regularizer"]) == ["augmentation", "label_smoothing", "mixup"]
     assert "train/loss_label_smoothing" in history[-1] and 0 <= history[-1]["train/acc"] <= 1

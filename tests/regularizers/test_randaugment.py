@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from scipy import stats
 from torchvision.transforms import v2
 
-from conftest import compose_config, read_history, train_in_process, train_with_cli
+from conftest import compose_config, read_history, train_end_to_end, train_in_process
 from regbench.config import ConfigError
 from regbench.regularizers import REGULARIZERS
 from regbench.regularizers import randaugment as R
@@ -107,7 +107,7 @@ def test_randaugment_makes_the_training_batches_harder_on_digits(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_run_with_crop_flip_randaugment_and_mixup(tmp_path):
-    metrics, history = train_with_cli(tmp_path, ["regularizer=[augmentation,randaugment,mixup]"])
+def test_a_run_with_crop_flip_randaugment_and_mixup_completes(tmp_path):
+    metrics, history = train_end_to_end(tmp_path, ["regularizer=[augmentation,randaugment,mixup]"])
     assert sorted(metrics["regularizer"]) == ["augmentation", "mixup", "randaugment"]
     assert 0 <= history[-1]["train/acc"] <= 1

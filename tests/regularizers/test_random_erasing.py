@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from scipy import stats
 
-from conftest import compose_config, read_history, train_in_process, train_with_cli
+from conftest import compose_config, read_history, train_end_to_end, train_in_process
 from regbench.config import ConfigError
 from regbench.regularizers.random_erasing import (
     ErasingFill,
@@ -172,8 +172,8 @@ def test_random_erasing_makes_training_harder_on_digits(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_run_with_crops_mixup_and_random_erasing(tmp_path):
+def test_a_run_with_crops_mixup_and_random_erasing_completes(tmp_path):
     # After mixup the batch is float in [0, 1] with soft targets: erasing takes it as it is.
-    metrics, history = train_with_cli(tmp_path, ["regularizer=[augmentation,mixup,random_erasing]"])
+    metrics, history = train_end_to_end(tmp_path, ["regularizer=[augmentation,mixup,random_erasing]"])
     assert sorted(metrics["regularizer"]) == ["augmentation", "mixup", "random_erasing"]
     assert 0 <= history[-1]["train/acc"] <= 1

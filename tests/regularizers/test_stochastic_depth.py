@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 from torchvision.ops import StochasticDepth
 
-from conftest import compose_config, train_in_process, train_with_cli
+from conftest import compose_config, train_end_to_end, train_in_process
 from regbench.config import ConfigError
 from regbench.models import build_model
 from regbench.models.base import ModelOptions
@@ -68,6 +68,6 @@ def test_stochastic_depth_trains_a_resnet_and_differs_from_none(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_run(tmp_path):
-    metrics, _ = train_with_cli(tmp_path, ["regularizer=stochastic_depth", "model=resnet"], epochs=1)
+def test_a_cifar_resnet_run_with_stochastic_depth_completes(tmp_path):
+    metrics, _ = train_end_to_end(tmp_path, ["regularizer=stochastic_depth", "model=resnet"], epochs=1)
     assert metrics["regularizer"] == ["stochastic_depth"]

@@ -18,8 +18,8 @@ from conftest import (
     assert_resumes_exactly_after_sigterm,
     compose_config,
     read_history,
+    train_end_to_end,
     train_in_process,
-    train_with_cli,
 )
 from regbench.cli.compose import compose_settings
 from regbench.config import ConfigError
@@ -194,7 +194,7 @@ def test_a_run_interrupted_by_sigterm_in_the_swa_phase_resumes_to_the_uninterrup
 
 
 @pytest.mark.slow
-def test_cli_run_with_swa_and_batchnorm(tmp_path):
-    metrics, history = train_with_cli(tmp_path, ["regularizer=[batchnorm,swa]", *SMALL])
+def test_a_run_with_swa_and_batchnorm_records_one_snapshot_and_raw_test_metrics(tmp_path):
+    metrics, history = train_end_to_end(tmp_path, ["regularizer=[batchnorm,swa]", *SMALL])
     assert metrics["swa/snapshots"] == 1 and "test_raw/acc" in metrics
     assert not any(key.startswith("val_raw/") for record in history for key in record)  # BatchNorm
