@@ -184,8 +184,8 @@ class TrainerConfig:
     # Progress bar: null = on when stderr is a terminal and the run is not part of a multirun.
     progress: Optional[bool] = None
     # CPU threads for this process; 0 = the cores not busy with other work when the run starts
-    # (engine.free_cores: all of them on an idle machine, 1 on a busy one); for parallel sweeps
-    # set cores / n_jobs.
+    # (machine.free_cores: all of them on an idle machine, 1 on a busy one); in a sweep the
+    # default launcher sets each job's share (sweep_plan.py).
     num_threads: int = 0
     # torch.compile the model (opt-in: compilation costs more than it saves on short runs).
     compile: bool = False
