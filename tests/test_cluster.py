@@ -225,22 +225,6 @@ ray_missing = importlib.util.find_spec("ray") is None or \
 RAY_SWEEP_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
 
 
-@pytest.mark.skipif(ray_missing, reason="Ray is not installed: pip install -e '.[ray]' -c constraints.txt")
-def test_ray_sweep_runs_jobs_as_ray_tasks_on_a_local_ray(tmp_path):
-    sweep = tmp_path / "sweep"
-    result = run_cli(["-m", "hydra/launcher=ray", "regularizer=none,dropout", "trainer.epochs=2",
-                      *FAST, "model.hidden_sizes=[64]", f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
-                     env=RAY_SWEEP_ENV)
-    assert result.returncode == 0, result.stderr[-3000:]
-    output = result.stdout + result.stderr
-    assert "Ray Launcher is launching 2 jobs" in output and "Started a local Ray instance" in output
-    folders = job_folders(sweep)
-    assert [f.name for f in folders] == ["0_regularizer=none", "1_regularizer=dropout"]
-    regularizers = sorted(assert_usual_outputs(f, epochs=2)["regularizer"][0] for f in folders)
-    assert regularizers == ["dropout", "none"]
-    assert_report_reads(sweep, jobs=2)
-
-
 def listening_sockets(root: psutil.Process, met: dict[int, psutil.Process]) -> set[tuple[str, str, int]]:
     """The LISTEN sockets of ``root`` and its descendants as (process name, address, port); every
     process met is kept in ``met`` so that the test can end each one it started."""
@@ -302,15 +286,37 @@ def watch_listening_sockets(args: list[str], cwd: Path, deadline_s: float) -> tu
     return process.wait(), sockets, output
 
 
-@pytest.mark.skipif(ray_missing or psutil is None,
-                    reason="Ray or psutil is not installed: pip install -e '.[dev]' -c constraints.txt")
-def test_a_local_ray_listens_on_the_loopback_interface_only(tmp_path):
+@pytest.fixture(scope="module")
+def ray_sweep(tmp_path_factory) -> tuple[Path, int, set, str]:
+    """One sweep of two jobs on a local Ray (``hydra/launcher=ray``), the LISTEN sockets of it and of
+    every process it started watched until it ended: (sweep folder, exit status, sockets, output).
+    Both Ray tests read this one sweep: a local Ray's start is most of a Ray test's time."""
+    if ray_missing or psutil is None:
+        pytest.skip("Ray or psutil is not installed: pip install -e '.[dev]' -c constraints.txt")
+    cwd = tmp_path_factory.mktemp("ray")
+    sweep = cwd / "sweep"
+    status, sockets, output = watch_listening_sockets(
+        ["hydra/launcher=ray", "regularizer=none,dropout", "trainer.epochs=2", *FAST,
+         "model.hidden_sizes=[64]", f"hydra.sweep.dir={sweep}"], cwd=cwd, deadline_s=300)
+    return sweep, status, sockets, output
+
+
+def test_ray_sweep_runs_jobs_as_ray_tasks_on_a_local_ray(ray_sweep):
+    sweep, status, _, output = ray_sweep
+    assert status == 0, output[-3000:]
+    assert "Ray Launcher is launching 2 jobs" in output and "Started a local Ray instance" in output
+    folders = job_folders(sweep)
+    assert [f.name for f in folders] == ["0_regularizer=none", "1_regularizer=dropout"]
+    regularizers = sorted(assert_usual_outputs(f, epochs=2)["regularizer"][0] for f in folders)
+    assert regularizers == ["dropout", "none"]
+    assert_report_reads(sweep, jobs=2)
+
+
+def test_a_local_ray_listens_on_the_loopback_interface_only(ray_sweep):
     """The local Ray of ``hydra/launcher=ray`` (init.address null) serves this machine only: its
     GCS, raylet, agents, workers and the driver listen on 127.0.0.1 or ::1, never on every
     interface. Joining a cluster is the user's choice (hydra.launcher.ray.init.address)."""
-    status, sockets, output = watch_listening_sockets(
-        ["hydra/launcher=ray", "trainer.epochs=3", *FAST, "model.hidden_sizes=[64]",
-         f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path, deadline_s=300)
+    _, status, sockets, output = ray_sweep
     assert status == 0, output[-3000:]
     names = {name for name, _, _ in sockets}
     # The test saw Ray's own servers and a worker, not an empty list.
