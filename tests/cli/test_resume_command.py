@@ -91,30 +91,57 @@ def interrupt_after(cwd: Path, epochs: int) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
+def run_folders(cwd: Path) -> list[Path]:
+    return sorted((cwd / "outputs/runs").glob("*/*"))
+
+
+@pytest.fixture(scope="module")
+def commands(tmp_path_factory) -> dict:
+    """One user's commands in one folder, each after the one before: the run stopped by Ctrl-C
+    after 2 epochs; the same command with trainer.resume=false (a new run, the interrupted one left
+    as it was); the same command (it resumes the interrupted run); another experiment. The
+    interrupted start is the costly part of both tests, so they share it."""
+    cwd = tmp_path_factory.mktemp("resume")
+    interrupted = interrupt_after(cwd, epochs=2)
+    (folder,) = run_folders(cwd)
+    stopped = read_metrics(folder)
+    started_over = run_cli([*ARGS, "trainer.resume=false"], cwd=cwd)
+    after_start_over = {"folders": run_folders(cwd), "interrupted": read_metrics(folder)}
+    resumed = run_cli(ARGS, cwd=cwd)
+    after_resume = run_folders(cwd)
+    fresh = run_cli([*ARGS, "trainer.epochs=1"], cwd=cwd)
+    return {"cwd": cwd, "interrupted": interrupted, "folder": folder, "stopped": stopped,
+            "started_over": started_over, "after_start_over": after_start_over,
+            "resumed": resumed, "after_resume": after_resume, "fresh": fresh}
+
+
 @pytest.mark.slow
-def test_the_same_command_after_ctrl_c_resumes_in_the_same_folder(tmp_path):
-    interrupted = interrupt_after(tmp_path, epochs=2)
+def test_the_same_command_after_ctrl_c_resumes_in_the_same_folder(commands):
+    interrupted, folder, cwd = commands["interrupted"], commands["folder"], commands["cwd"]
     assert interrupted.returncode == 130, interrupted.stderr
     assert "run the same command again to resume" in interrupted.stderr
-    (folder,) = (tmp_path / "outputs/runs").glob("*/*")
     assert folder.name.endswith("_trainer.epochs=8")  # result-neutral overrides left out
-    done = read_metrics(folder)["epochs"]
+    done = commands["stopped"]["epochs"]
 
-    resumed = run_cli(ARGS, cwd=tmp_path)
+    resumed = commands["resumed"]
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming the interrupted run in {folder.relative_to(tmp_path)}" in resumed.stderr
+    assert f"resuming the interrupted run in {folder.relative_to(cwd)}" in resumed.stderr
     assert f"after epoch {done}" in resumed.stdout + resumed.stderr
-    assert list((tmp_path / "outputs/runs").glob("*/*")) == [folder]
+    # The interrupted run's folder, not the completed one trainer.resume=false started; no other.
+    assert commands["after_resume"] == commands["after_start_over"]["folders"]
     assert read_metrics(folder)["status"] == "completed" and read_metrics(folder)["epochs"] == 8
 
-    fresh = run_cli([*ARGS, "trainer.epochs=1"], cwd=tmp_path)  # another experiment: a new folder
+    fresh = commands["fresh"]  # another experiment: a new folder
     assert fresh.returncode == 0 and "resuming" not in fresh.stderr
-    assert len(list((tmp_path / "outputs/runs").glob("*/*"))) == 2
+    assert len(run_folders(cwd)) == 3
 
 
 @pytest.mark.slow
-def test_resume_false_starts_a_new_folder(tmp_path):
-    interrupt_after(tmp_path, epochs=1)
-    started_over = run_cli([*ARGS, "trainer.resume=false"], cwd=tmp_path)
+def test_resume_false_starts_a_new_folder(commands):
+    started_over, folder = commands["started_over"], commands["folder"]
     assert started_over.returncode == 0 and "resuming" not in started_over.stderr
-    assert len(list((tmp_path / "outputs/runs").glob("*/*"))) == 2
+    folders = commands["after_start_over"]["folders"]
+    assert len(folders) == 2 and folder in folders
+    (new,) = (f for f in folders if f != folder)
+    assert read_metrics(new)["status"] == "completed" and read_metrics(new)["epochs"] == 8
+    assert commands["after_start_over"]["interrupted"] == commands["stopped"]  # left as it was
