@@ -21,6 +21,7 @@ from regbench.run.loggers import MlflowConfig
 from regbench.run.mlflow_logger import (
     RUN_FILE,
     MlflowRun,
+    experiment_id_of,
     metric_name,
     params_of,
     tracking_uri,
@@ -178,3 +179,19 @@ def test_a_run_without_the_tensorboard_logger_writes_no_event_files(tmp_path, sq
     with_tensorboard = tmp_path / "with"
     train_in_process(with_tensorboard, ["trainer.epochs=1"])
     assert list(with_tensorboard.glob("events.out.tfevents.*"))
+
+
+def test_a_job_that_loses_the_race_to_create_the_experiment_uses_the_winners(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'race.db'}"
+    winner, loser = MlflowClient(tracking_uri=uri), MlflowClient(tracking_uri=uri)
+    created = winner.create_experiment("regbench")
+    real_lookup, lookups = loser.get_experiment_by_name, []
+
+    def lookup(name):  # the loser's first look came before the winner created it
+        lookups.append(name)
+        return None if len(lookups) == 1 else real_lookup(name)
+
+    monkeypatch.setattr(loser, "get_experiment_by_name", lookup)
+    assert experiment_id_of(loser, "regbench", uri) == created

@@ -83,13 +83,29 @@ def connect(cfg: MlflowConfig) -> tuple["MlflowClient", str, str]:
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=uri)
     try:
-        experiment = client.get_experiment_by_name(cfg.experiment_name)
-        experiment_id = experiment.experiment_id if experiment is not None else \
-            client.create_experiment(cfg.experiment_name, default_artifact_location(uri))
+        experiment_id = experiment_id_of(client, cfg.experiment_name, uri)
     except Exception as error:  # mlflow raises MlflowException, requests' and SQLAlchemy's errors
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise ConfigError(f"logger.mlflow.tracking_uri={uri!r} cannot be used: {reason}") from None
     return client, uri, experiment_id
+
+
+def experiment_id_of(client: "MlflowClient", name: str, uri: str) -> str:
+    """The experiment's id, created when missing. Parallel jobs of a sweep start at once: when
+    another job created it in between, the store refuses a second one (RESOURCE_ALREADY_EXISTS),
+    and that one is used."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, default_artifact_location(uri))
+    except MlflowException as error:
+        experiment = client.get_experiment_by_name(name)
+        if error.error_code != "RESOURCE_ALREADY_EXISTS" or experiment is None:
+            raise
+        return experiment.experiment_id
 
 
 def params_of(identity: Mapping[str, Any]) -> dict[str, str]:
