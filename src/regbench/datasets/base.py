@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from regbench.config import ConfigError, Corruption, DatasetConfig, check, one_line
 from regbench.datasets.crops import crop_batches, cropped_shape
+from regbench.files import exclusive_lock
 from regbench.machine import available_cores
 from regbench.registry import Registry
 
@@ -122,7 +123,7 @@ def require_files(cfg: DatasetConfig, directory: Path, expected: Sequence[str],
         raise missing_files_error(cfg.name, directory, missing(),
                                   f"rerun with dataset.download=true, {elsewhere}")
     try:
-        fetch()
+        fetch_once(directory, fetch, missing)
     except (OSError, RuntimeError) as error:
         # Offline, urllib raises URLError (an OSError); torchvision's MNIST wraps it in RuntimeError.
         raise missing_files_error(cfg.name, directory, missing(),
@@ -130,6 +131,18 @@ def require_files(cfg: DatasetConfig, directory: Path, expected: Sequence[str],
                                   ) from None
     if missing():
         raise missing_files_error(cfg.name, directory, missing(), elsewhere)
+
+
+def fetch_once(directory: Path, fetch: Callable[[], object], missing: Callable[[], list]) -> None:
+    """``fetch()`` under a file lock beside ``directory``: the jobs of a parallel sweep that start
+    at once download the files once (the others wait, then find them), not each into the same
+    folder at the same time."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    lock = directory.parent / f".{directory.name}.download.lock"
+    with exclusive_lock(lock, when_busy=lambda: log.info(
+            "waiting for another process that is downloading into %s", directory), remove=True):
+        if missing():
+            fetch()
 
 
 class TensorBatches:
