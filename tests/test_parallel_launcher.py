@@ -56,6 +56,8 @@ def test_cuda_jobs_run_one_per_gpu_each_pinned_with_the_cores_shared_out():
     assert (single.at_once, single.gpus) == (1, 0)  # one GPU: trainer.device=auto finds it
     on_cpu = plan_jobs([JobShape("mlp", "cpu", 0)], job_count=8, cores=16, gpus=4)
     assert (on_cpu.at_once, on_cpu.gpus) == (8, 0)
+    named = plan_jobs([JobShape("mlp", "cuda:1", 0)], job_count=8, cores=16, gpus=4)
+    assert (named.at_once, named.gpus) == (1, 0)  # the user's GPU, one job at a time, not pinned
 
 
 def test_hydra_launcher_n_jobs_sets_the_jobs_at_once():

@@ -70,8 +70,11 @@ def check_n_jobs(n_jobs: object) -> None:
           "the cores or the GPUs)")
 
 
+PINNABLE_DEVICES = ("auto", "cuda")  # trainer.device values the launcher may pin to a GPU
+
+
 def uses_cuda(shape: JobShape, gpus: int) -> bool:
-    return gpus > 0 and shape.device in ("auto", "cuda")
+    return gpus > 0 and (shape.device in PINNABLE_DEVICES or shape.device.startswith("cuda:"))
 
 
 def plan_jobs(shapes: Sequence[JobShape], job_count: int, cores: int, gpus: int,
@@ -81,10 +84,13 @@ def plan_jobs(shapes: Sequence[JobShape], job_count: int, cores: int, gpus: int,
     job_count, cores = max(1, job_count), max(1, cores)
     user_threads = max((shape.num_threads for shape in shapes), default=0)
     if any(uses_cuda(shape, gpus) for shape in shapes):
-        at_once = min(job_count, n_jobs or gpus)
+        # A device the user named (cuda:1) is theirs: its jobs run there, one at a time.
+        pinnable = all(shape.device in PINNABLE_DEVICES for shape in shapes)
+        slots = gpus if pinnable else 1
+        at_once = min(job_count, n_jobs or slots)
         threads = None if user_threads else max(1, cores // at_once)
-        return JobPlan(at_once, threads, gpus=min(gpus, at_once) if at_once > 1 else 0,
-                       reason=f"{gpus} GPU{'s' * (gpus != 1)}, one job each")
+        return JobPlan(at_once, threads, gpus=min(slots, at_once) if pinnable and at_once > 1 else 0,
+                       reason=f"{slots} GPU{'s' * (slots != 1)}, one job each")
     if n_jobs:
         at_once = min(job_count, n_jobs)
         reason = "hydra.launcher.n_jobs"
