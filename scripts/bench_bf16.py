@@ -1,11 +1,12 @@
 """bf16 autocast on the CPU against fp32: epoch time per model, and the evidence sweep.
 
-Speed (the default): for each model, one built run on MNIST-format data (synthetic 28x28 pixels
-written as IDX files, as scripts/bench.py does), training epochs alternating fp32 / bf16
-(``run.amp_dtype``: what ``trainer.amp`` sets) after a warm-up pair, median seconds per epoch and
-the ratio; the machine's CPU, cores and the threads used are named.
+Speed (the default): for each model and input size, one built run on MNIST-format data (synthetic
+28x28 pixels written as IDX files, as scripts/bench.py does) or on the 8x8 digits, training epochs
+alternating fp32 / bf16 (``run.amp_dtype``: what ``trainer.amp`` sets) after a warm-up pair, median
+seconds per epoch and the ratio; the machine's CPU, cores and the threads used are named.
 
-    python scripts/bench_bf16.py [--models mlp lenet convnet resnet] [--repeats 5] [--out bf16.json]
+    python scripts/bench_bf16.py [--models mlp lenet convnet resnet] [--datasets mnist digits]
+                                 [--repeats 5] [--samples 10000] [--threads 1] [--out bf16.json]
 
 Evidence (``--sweep DIR``): regbench itself trains every model in fp32 (``trainer.amp=false``) and
 bf16 (``trainer.amp=true``) with the same seeds, on scikit-learn's digits and on the same images
@@ -58,15 +59,15 @@ ACC_MARGIN = 0.01
 ECE_MARGIN = 0.01
 MARGINS = {"test/acc": ACC_MARGIN, "test/ece": ECE_MARGIN}
 PRECISIONS = {"fp32": "trainer.amp=false", "bf16": "trainer.amp=true"}
+SPEED_DATA = {"mnist": "28x28 (synthetic MNIST-format)", "digits": "8x8 digits"}
 
 
 # --- speed ---------------------------------------------------------------------------------------
 
-def epoch_times(model: str, data_root: Path, repeats: int, threads: int) -> dict[str, float]:
+def epoch_times(model: str, data: list[str], repeats: int, threads: int) -> dict[str, float]:
     run = Run.build(compose_settings([
-        "dataset=mnist", f"dataset.root={data_root}", "dataset.download=false", "dataset.val_size=0",
-        f"model={model}", "trainer.batch_size=128", f"trainer.num_threads={threads}",
-        "trainer.progress=false", f"trainer.epochs={2 * repeats + 2}"]))
+        *data, "dataset.val_size=0", f"model={model}", "trainer.batch_size=128",
+        f"trainer.num_threads={threads}", "trainer.progress=false", f"trainer.epochs={2 * repeats + 2}"]))
     precisions = {"fp32": None, "bf16": torch.bfloat16}
     times: dict[str, list[float]] = {name: [] for name in precisions}
     for index in range(repeats + 1):  # the first pair warms up
@@ -86,15 +87,19 @@ def machine_facts(threads: int) -> dict[str, Any]:
 
 
 def speed(args: argparse.Namespace) -> None:
+    """Both input sizes: the speed-up of bf16 depends on the images' size as well as the model."""
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         write_synthetic_mnist(Path(folder), args.samples, num_test=100)
-        for model in args.models:
-            medians = epoch_times(model, Path(folder), args.repeats, args.threads)
-            rows.append({"model": model, "seconds_per_epoch": medians,
-                         "speedup_bf16": medians["fp32"] / medians["bf16"]})
-            print(f"{model:<10}{medians['fp32']:>10.3f} s fp32{medians['bf16']:>10.3f} s bf16"
-                  f"{rows[-1]['speedup_bf16']:>8.2f}x", flush=True)
+        inputs = {"mnist": ["dataset=mnist", f"dataset.root={folder}", "dataset.download=false"],
+                  "digits": ["dataset=digits"]}
+        for dataset in args.datasets:
+            for model in args.models:
+                medians = epoch_times(model, inputs[dataset], args.repeats, args.threads)
+                rows.append({"dataset": dataset, "model": model, "seconds_per_epoch": medians,
+                             "speedup_bf16": medians["fp32"] / medians["bf16"]})
+                print(f"{dataset:<8}{model:<10}{medians['fp32']:>9.3f} s fp32{medians['bf16']:>9.3f} "
+                      f"s bf16{rows[-1]['speedup_bf16']:>7.2f}x", flush=True)
     machine = machine_facts(args.threads)
     print(speed_table(rows, machine))
     if args.out:
@@ -103,10 +108,11 @@ def speed(args: argparse.Namespace) -> None:
 
 
 def speed_table(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
-    lines = ["| model | fp32 s/epoch | bf16 s/epoch | fp32 / bf16 |", "| --- | ---: | ---: | ---: |"]
+    lines = ["| data | model | fp32 s/epoch | bf16 s/epoch | fp32 / bf16 |",
+             "| --- | --- | ---: | ---: | ---: |"]
     for row in rows:
         times = row["seconds_per_epoch"]
-        lines.append(f"| {row['model']} | {times['fp32']:.3f} | {times['bf16']:.3f} | "
+        lines.append(f"| {SPEED_DATA[row['dataset']]} | {row['model']} | {times['fp32']:.3f} | {times['bf16']:.3f} | "
                      f"{row['speedup_bf16']:.2f} |")
     lines.append(f"\n{machine['cpu']}, {machine['cores']} cores, {machine['threads']} thread(s), "
                  f"native bf16: {machine['native_bf16']}, torch {machine['torch']}, load average "
