@@ -18,8 +18,8 @@ from torch import nn
 from conftest import run_cli
 from regbench.cli.compose import compose_settings
 from regbench.fold import fold_batchnorm, foldable_pairs, load_folded
-from regbench.run.spec import FOLDED_FILE
 from regbench.run.engine import Run
+from regbench.run.spec import FOLDED_FILE
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_fold.py"
 
@@ -140,9 +140,17 @@ def test_fold_cli_checks_saves_and_times_a_trained_run(tmp_path):
         torch.testing.assert_close(folded(images), run.model(images), atol=1e-4, rtol=1e-4)
 
 
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory) -> Path:
+    """A trained MLP without BatchNorm whose dataset.root is relative (my_data): nothing to fold,
+    and a data root that fold must find from elsewhere. Read by two tests, written by neither."""
+    return trained_run(tmp_path_factory.mktemp("fold"), "plain",
+                       ["model.hidden_sizes=[32]", "dataset.root=my_data"])
+
+
 @pytest.mark.slow
-def test_fold_cli_refuses_a_model_without_batchnorm_and_a_folder_without_a_run(tmp_path):
-    run_dir = trained_run(tmp_path, "plain", ["model.hidden_sizes=[32]"])
+def test_fold_cli_refuses_a_model_without_batchnorm_and_a_folder_without_a_run(tmp_path, plain_run):
+    run_dir = plain_run
     result = run_cli([str(run_dir)], cwd=tmp_path, module="regbench.fold")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "nothing to fold" in result.stderr
@@ -185,12 +193,11 @@ def test_fold_refuses_malformed_saved_overrides_in_one_line(tmp_path, content, m
 
 
 @pytest.mark.slow
-def test_fold_finds_a_relative_data_root_from_another_working_directory(tmp_path):
+def test_fold_finds_a_relative_data_root_from_another_working_directory(plain_run):
     from regbench.fold import run_config
 
-    run_dir = trained_run(tmp_path, "run", ["model.hidden_sizes=[32]", "dataset.root=my_data"])
-    elsewhere = tmp_path / "elsewhere"
+    elsewhere = plain_run.parent / "elsewhere"
     elsewhere.mkdir()
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(elsewhere)
-        assert run_config(Path("../run")).dataset.root == str(tmp_path / "my_data")
+        assert run_config(Path("../plain")).dataset.root == str(plain_run.parent / "my_data")
