@@ -21,6 +21,22 @@ from regbench.train import train
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
+# The files whose end-to-end runs (a SLURM cluster, Ray, sweeps, servers, interrupted commands)
+# take longest, handed out first: the test processes take whole files in collection order
+# (pyproject's addopts: --dist loadfile --no-loadscope-reorder), and one of these started last
+# would keep the suite waiting on it while the other processes stand idle.
+LONGEST_FIRST = ("tests/test_cluster.py", "tests/test_sweep_outcomes.py", "tests/test_sweeps.py",
+                 "tests/test_fold.py", "tests/report/test_command.py", "tests/test_dip.py",
+                 "tests/run/test_mlflow_logger.py", "tests/datasets/test_randomization.py",
+                 "tests/cli/test_resume_command.py", "tests/run/test_checkpoint_integrity.py",
+                 "tests/cli/test_cli.py", "tests/cli/test_errors.py", "tests/run/test_run_lifecycle.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    first = {path: rank for rank, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: first.get(item.nodeid.split("::")[0], len(first)))  # stable
+
+
 # Small, fast settings for runs inside tests; tests add their own overrides after these. No test-phase
 # figures (they cost more than 3 epochs of training): the tests of figures turn them on.
 FAST = ["trainer.epochs=3", "trainer.progress=false", "trainer.num_threads=1", "evaluation.figures=false"]
