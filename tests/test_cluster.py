@@ -34,6 +34,10 @@ FAST = ["trainer.progress=false", "trainer.num_threads=1", "evaluation.figures=f
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.gpus_per_node=0",
          "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1"]
 TIMINGS = {"seconds", "train_seconds", "eval_seconds"}
+# The interrupted jobs' length: the signal is sent once 3 epochs are in history.jsonl and must
+# find the job still training; the 117 epochs left are the margin for squeue's and scontrol's
+# round trips (more epochs only lengthen both tests: the job and the reference train them all).
+INTERRUPTED_EPOCHS = 120
 
 
 def slurm_unavailable() -> str | None:
@@ -156,7 +160,7 @@ def test_slurm_requeued_job_resumes_in_its_folder_and_matches_an_uninterrupted_r
     """`scontrol requeue` in the middle of training (what pre-emption does): SLURM sends SIGTERM,
     the job records `interrupted`, SLURM queues it again, it resumes from last.pt in the same
     folder and ends exactly where an uninterrupted run with the same seed ends."""
-    epochs, name = 300, f"regbench-requeue-{os.getpid()}"
+    epochs, name = INTERRUPTED_EPOCHS, f"regbench-requeue-{os.getpid()}"
     job = ["seed=3", f"trainer.epochs={epochs}", "model.hidden_sizes=[256,256]", *FAST]
     sweep = tmp_path / "sweep"
     process = start_sweep([*SLURM, f"hydra.launcher.name={name}", *job, f"hydra.sweep.dir={sweep}"],
@@ -191,7 +195,7 @@ def test_slurm_time_limit_warning_requeues_the_job_and_it_resumes(slurm, tmp_pat
     timer (timeout_min=1 leaves at most 60 - signal_delay_s seconds per attempt) a machine whose job
     start-up takes longer than that never trains an epoch. submitit counts the signal as a time-out
     (not a pre-emption) for any limit under 10 minutes, as it does at a real time limit."""
-    epochs, name = 300, f"regbench-timeout-{os.getpid()}"
+    epochs, name = INTERRUPTED_EPOCHS, f"regbench-timeout-{os.getpid()}"
     sweep = tmp_path / "sweep"
     process = start_sweep([*SLURM, f"hydra.launcher.name={name}", "hydra.launcher.timeout_min=5",
                            "hydra.launcher.signal_delay_s=90", "hydra.launcher.max_num_timeout=2",
