@@ -351,12 +351,6 @@ def test_a_bf16_cpu_step_has_a_finite_loss_and_keeps_fp32_parameters():
     assert {name: (p.shape, p.dtype) for name, p in run.model.named_parameters()} == shapes
 
 
-def test_amp_stays_off_on_the_cpu_unless_asked_for():
-    from regbench.machine import autocast_dtype
-    cpu = torch.device("cpu")
-    assert autocast_dtype(cpu, None) is None and autocast_dtype(cpu, False) is None
-
-
 @pytest.mark.parametrize("load,expected", [(0.0, 2), (0.4, 2), (0.8, 1), (2.0, 1), (7.5, 1)])
 def test_automatic_threads_leave_busy_cores_alone(monkeypatch, load, expected):
     from regbench import machine

@@ -183,7 +183,7 @@ class Run:
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.show_progress = show_progress
-        self.amp_dtype = autocast_dtype(device, settings.trainer.amp)
+        self.amp_dtype = autocast_dtype(device, settings.trainer.amp, settings.model.name)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         # channels_last speeds up convolutions on CUDA; a no-op layout for MLPs.
         self.memory_format = torch.channels_last if device.type == "cuda" else torch.preserve_format
