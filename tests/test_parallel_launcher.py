@@ -153,3 +153,9 @@ def test_a_bad_n_jobs_for_the_default_launcher_is_refused_in_one_line(value):
 def test_the_launcher_the_command_line_checks_is_the_one_the_config_names():
     with composer() as compose:
         assert compose([], hydra=True).hydra.launcher._target_ == LAUNCHER_TARGET
+
+
+def test_a_jobs_shape_is_read_from_its_composed_config():
+    with composer() as compose:
+        config = compose(["model=lenet", "trainer.num_threads=2", "trainer.device=cpu"])
+    assert JobShape.of(config) == JobShape("lenet", "cpu", 2)

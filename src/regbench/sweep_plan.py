@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 # The fewest threads a job of this model gets on the CPU (models not listed: 1).
 MIN_THREADS_ALL_CORES = 0  # marker: the whole machine, one job at a time
@@ -46,6 +46,15 @@ class JobShape:
     model: str
     device: str  # trainer.device
     num_threads: int  # trainer.num_threads; 0 = not set
+
+    @classmethod
+    def of(cls, config: Any) -> "JobShape":
+        """The shape of a job's composed config."""
+        from omegaconf import OmegaConf
+
+        return cls(model=str(OmegaConf.select(config, "model.name", default="")),
+                   device=str(OmegaConf.select(config, "trainer.device", default="auto")),
+                   num_threads=int(OmegaConf.select(config, "trainer.num_threads", default=0)))
 
 
 @dataclass(frozen=True)

@@ -14,18 +14,21 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_globals
 from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+if TYPE_CHECKING:  # regbench is imported when a sweep launches, not by Hydra's plugin scan
+    from regbench.sweep_plan import JobPlan, JobShape
 
 log = logging.getLogger(__name__)
 
 
-def execute_planned_job(plan: Any, sweep_dir: Path, idx: int, overrides: Sequence[str],
+def execute_planned_job(plan: "JobPlan", sweep_dir: Path, idx: int, overrides: Sequence[str],
                         hydra_context: HydraContext, config: DictConfig, task_function: TaskFunction,
                         singleton_state: dict[Any, Any]) -> JobReturn:
     """One job in a worker process, with its share of the machine (threads, a GPU slot held while
@@ -47,21 +50,15 @@ class ParallelLauncher(JoblibLauncher):
         super().__init__(**joblib)
         self.n_jobs = n_jobs
 
-    def job_shapes(self, job_overrides: Sequence[Sequence[str]]) -> list[Any]:
+    def job_shapes(self, job_overrides: Sequence[Sequence[str]]) -> list["JobShape"]:
         """The distinct shapes among the jobs, each composed once (``sweep_plan.shape_key``)."""
         from regbench.sweep_plan import JobShape, shape_key
 
         distinct = {shape_key(overrides): overrides for overrides in job_overrides}
-        shapes = []
-        for overrides in distinct.values():
-            job = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            shapes.append(JobShape(model=str(OmegaConf.select(job, "model.name", default="")),
-                                   device=str(OmegaConf.select(job, "trainer.device", default="auto")),
-                                   num_threads=int(OmegaConf.select(job, "trainer.num_threads",
-                                                                    default=0))))
-        return shapes
+        load = self.hydra_context.config_loader.load_sweep_config
+        return [JobShape.of(load(self.config, list(overrides))) for overrides in distinct.values()]
 
-    def plan(self, job_overrides: Sequence[Sequence[str]]) -> Any:
+    def plan(self, job_overrides: Sequence[Sequence[str]]) -> "JobPlan":
         import torch
 
         from regbench.machine import available_cores
