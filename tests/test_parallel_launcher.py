@@ -17,6 +17,7 @@ from regbench.machine import available_cores
 from regbench.sweep_plan import (
     LAUNCHER_TARGET,
     JobShape,
+    counted,
     gpu_slot,
     job_overrides,
     plan_jobs,
@@ -64,6 +65,8 @@ def test_hydra_launcher_n_jobs_sets_the_jobs_at_once():
     plan = plan_jobs([MLP], job_count=8, cores=16, gpus=0, n_jobs=2)
     assert (plan.at_once, plan.threads) == (2, 8)
     assert "hydra/launcher=basic runs one at a time" in plan.describe(8)
+    assert plan_jobs([MLP], job_count=1, cores=1, gpus=0).describe(1).startswith(
+        "1 job, 1 at a time (1 core, 1 CPU thread each)")
 
 
 def test_a_jobs_share_is_appended_to_its_overrides_so_it_wins():
@@ -123,7 +126,8 @@ def test_a_default_sweep_runs_jobs_side_by_side_with_the_results_of_one_at_a_tim
     parallel = run_cli(["-m", *grid, f"hydra.sweep.dir={tmp_path / 'parallel'}"], cwd=tmp_path)
     assert parallel.returncode == 0, parallel.stderr
     at_once = min(4, available_cores())
-    assert f"4 jobs, {at_once} at a time ({available_cores()} cores" in parallel.stdout + parallel.stderr
+    assert f"4 jobs, {at_once} at a time ({counted(available_cores(), 'core')}" in (parallel.stdout
+                                                                                     + parallel.stderr)
     assert "sweep finished: 4 jobs (4 completed)" in parallel.stdout
     jobs = sorted(path.parent for path in (tmp_path / "parallel").glob("*/metrics.json"))
     threads = {appended_threads(job) for job in jobs}

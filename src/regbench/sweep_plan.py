@@ -65,9 +65,13 @@ class JobPlan:
     reason: str = ""
 
     def describe(self, job_count: int) -> str:
-        threads = f", {self.threads} CPU thread{'s' * (self.threads != 1)} each" if self.threads else ""
-        return (f"{job_count} job{'s' * (job_count != 1)}, {self.at_once} at a time "
+        threads = f", {counted(self.threads, 'CPU thread')} each" if self.threads else ""
+        return (f"{counted(job_count, 'job')}, {self.at_once} at a time "
                 f"({self.reason}{threads}); hydra/launcher=basic runs one at a time")
+
+
+def counted(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' * (count != 1)}"
 
 
 def check_n_jobs(n_jobs: object) -> None:
@@ -99,17 +103,17 @@ def plan_jobs(shapes: Sequence[JobShape], job_count: int, cores: int, gpus: int,
         at_once = min(job_count, n_jobs or slots)
         threads = None if user_threads else max(1, cores // at_once)
         return JobPlan(at_once, threads, gpus=min(slots, at_once) if pinnable and at_once > 1 else 0,
-                       reason=f"{slots} GPU{'s' * (slots != 1)}, one job each")
+                       reason=f"{counted(slots, 'GPU')}, one job each")
     if n_jobs:
         at_once = min(job_count, n_jobs)
         reason = "hydra.launcher.n_jobs"
     elif user_threads:
         at_once = min(job_count, max(1, cores // user_threads))
-        reason = f"{cores} cores / trainer.num_threads={user_threads}"
+        reason = f"{counted(cores, 'core')} / trainer.num_threads={user_threads}"
     else:
         least = max(MIN_THREADS.get(shape.model, 1) or cores for shape in shapes) if shapes else 1
         at_once = min(job_count, max(1, cores // least))
-        reason = f"{cores} cores" + (", a model that takes all of them" if least > 1 else "")
+        reason = counted(cores, "core") + (", a model that takes all of them" if least > 1 else "")
     threads = None if user_threads else max(1, cores // at_once)
     return JobPlan(at_once, threads, reason=reason)
 
