@@ -84,7 +84,7 @@ def main() -> None:
 
 def print_table(args: argparse.Namespace, grid: list[str], seconds: dict[str, list[float]],
                 differences: dict[str, float], plan: str, load_before: tuple) -> None:
-    jobs = int(plan.split(" jobs", 1)[0]) if plan else None
+    jobs = int(plan.split(" ", 1)[0]) if plan else None  # "8 jobs, 2 at a time (...)"
     medians = {name: statistics.median(values) for name, values in seconds.items()}
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(),
                "cores_available": len(os.sched_getaffinity(0)),
