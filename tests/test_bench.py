@@ -74,3 +74,27 @@ def test_bench_startup_compares_wall_time_with_the_jobs_training(tmp_path: Path)
     assert case["ratio"] == pytest.approx(case["wall_seconds"] / case["train_eval_seconds"])
     assert "default" in result.stdout and "ratio" in result.stdout
 
+
+
+@pytest.mark.slow
+def test_bench_sweep_times_the_default_launcher_against_basic_and_compares_their_results(
+        tmp_path: Path) -> None:
+    out = tmp_path / "sweep.json"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT.parent / "bench_sweep.py"), "--rounds", "1", "--grid",
+         "seed=0,1 trainer.epochs=1 evaluation.figures=false evaluation.calibrators=[]",
+         "--out", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.json"]  # sweeps in a temp folder
+    report = json.loads(out.read_text())
+    rows = {row["launcher"]: row for row in report["rows"]}
+    assert report["jobs"] == 2 and report["default_launcher"].startswith("2 jobs, ")
+    assert rows["basic"]["speedup_over_basic"] == 1.0
+    assert rows["parallel"]["speedup_over_basic"] == pytest.approx(
+        rows["basic"]["median_seconds"] / rows["parallel"]["median_seconds"])
+    assert rows["parallel"]["jobs_per_hour"] == pytest.approx(
+        2 * 3600 / rows["parallel"]["median_seconds"])
+    assert set(report["largest_differences"]) == {"test/acc", "test/nll", "test/ece"}
+    assert report["largest_differences"]["test/acc"] < 0.01  # the same jobs, whatever the threads
+    assert "| parallel |" in result.stdout and "| basic |" in result.stdout
